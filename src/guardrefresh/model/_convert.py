@@ -1,0 +1,120 @@
+"""Conversion between :class:`Rule` and the wire's ``RuleInstance``."""
+
+from __future__ import annotations
+
+import math
+
+import betterproto2
+
+from ..proto import rule_installation as pb
+from ._anchors import RuleAnchors
+from ._errors import RuleValidationError
+from ._rule import ParamScalar, PolicyType, Rule
+
+
+def rule_from_proto(
+    msg: pb.RuleInstance, *, installed_by: str = "", config_id: str = "", owner: str = ""
+) -> Rule:
+    """Build and validate a :class:`Rule` from the wire.
+
+    Raises :class:`RuleValidationError` naming the rule and field on the
+    first problem (unknown policy type, anchor width, NaN, ...).
+    """
+    rid = msg.rule_id
+    rule = Rule(
+        rule_id=rid,
+        family_id=msg.family_id,
+        layer=msg.layer,
+        agent_id=msg.agent_id,
+        priority=msg.priority,
+        enabled=msg.enabled,
+        created_at_ms=msg.created_at_ms,
+        params={key: _param_from_proto(rid, key, value) for key, value in msg.params.items()},
+        anchors=_anchors_from_proto(rid, msg.anchors),
+        policy_type=PolicyType.parse(msg.policy_type, rule_id=rid),
+        drift_threshold=_finite_f32(rid, "drift_threshold", msg.drift_threshold),
+        modification_spec=msg.modification_spec,
+        slice_weights=tuple(msg.slice_weights),
+        installed_by=installed_by,
+        config_id=config_id,
+        owner=owner,
+    )
+    rule.validate()
+    return rule
+
+
+def rule_to_proto(rule: Rule) -> pb.RuleInstance:
+    """The wire form of a rule; every ``RuleInstance`` field is carried."""
+    a = rule.anchors
+
+    def vectors(slot: int) -> list[pb.AnchorVector]:
+        return [pb.AnchorVector(values=row.tolist()) for row in a.slot(slot)]
+
+    return pb.RuleInstance(
+        rule_id=rule.rule_id,
+        family_id=rule.family_id,
+        layer=rule.layer,
+        agent_id=rule.agent_id,
+        priority=rule.priority,
+        enabled=rule.enabled,
+        created_at_ms=rule.created_at_ms,
+        params={key: _param_to_proto(value) for key, value in rule.params.items()},
+        anchors=pb.RuleAnchorsPayload(
+            action_anchors=vectors(0),
+            action_count=a.counts[0],
+            resource_anchors=vectors(1),
+            resource_count=a.counts[1],
+            data_anchors=vectors(2),
+            data_count=a.counts[2],
+            risk_anchors=vectors(3),
+            risk_count=a.counts[3],
+        ),
+        policy_type=rule.policy_type.value,
+        drift_threshold=rule.drift_threshold,
+        modification_spec=rule.modification_spec,
+        slice_weights=list(rule.slice_weights),
+    )
+
+
+def _finite_f32(rid: str, field: str, value: float) -> float:
+    if not math.isfinite(value):
+        raise RuleValidationError(rid, field, "must be finite (no NaN or inf)")
+    return value
+
+
+def _anchors_from_proto(rid: str, payload: pb.RuleAnchorsPayload | None) -> RuleAnchors:
+    if payload is None:
+        return RuleAnchors.empty()
+    slots = [
+        [v.values for v in payload.action_anchors],
+        [v.values for v in payload.resource_anchors],
+        [v.values for v in payload.data_anchors],
+        [v.values for v in payload.risk_anchors],
+    ]
+    counts = [payload.action_count, payload.resource_count, payload.data_count, payload.risk_count]
+    return RuleAnchors.from_slots(slots, counts, rule_id=rid)
+
+
+def _param_from_proto(rid: str, key: str, value: pb.ParamValue) -> ParamScalar:
+    which, inner = betterproto2.which_one_of(value, "value")
+    if which == "string_list":
+        assert isinstance(inner, pb.StringList)
+        return tuple(inner.values)
+    if which in ("string_value", "int_value", "float_value", "bool_value"):
+        assert isinstance(inner, str | int | float | bool)
+        return inner
+    raise RuleValidationError(rid, f"params[{key!r}]", "value is not set (one of string_value, "
+                              "int_value, float_value, bool_value, string_list is required)")
+
+
+def _param_to_proto(value: ParamScalar) -> pb.ParamValue:
+    # bool before int: bool is an int subclass.
+    if isinstance(value, bool):
+        return pb.ParamValue(bool_value=value)
+    if isinstance(value, int):
+        return pb.ParamValue(int_value=value)
+    if isinstance(value, float):
+        return pb.ParamValue(float_value=value)
+    if isinstance(value, str):
+        return pb.ParamValue(string_value=value)
+    return pb.ParamValue(string_list=pb.StringList(values=list(value)))

@@ -1,0 +1,206 @@
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, TypeAlias
+
+import attrs
+import numpy as np
+
+from ._anchors import RuleAnchors
+from ._errors import RuleValidationError
+
+#: A parameter value, as carried by the wire's ``ParamValue`` oneof.
+ParamScalar: TypeAlias = str | int | float | bool | tuple[str, ...]
+
+MAX_RULE_ID_CHARS = 256
+MAX_NAME_CHARS = 128
+MAX_PARAM_KEY_CHARS = 128
+MAX_PARAMS = 256
+#: Upper bound on params + modification_spec of one rule, as UTF-8 bytes.
+MAX_EXTRAS_BYTES = 64 * 1024
+INT32 = (-(2**31), 2**31 - 1)
+INT64 = (-(2**63), 2**63 - 1)
+
+
+class PolicyType(enum.Enum):
+    """What a matching rule does. Stored by value, never defaulted."""
+
+    FORBIDDEN = "forbidden"
+    CONTEXT_ALLOW = "context_allow"
+    CONTEXT_DENY = "context_deny"
+    CONTEXT_DEFER = "context_defer"
+
+    @classmethod
+    def parse(cls, value: str, *, rule_id: str = "") -> PolicyType:
+        try:
+            return cls(value)
+        except ValueError:
+            allowed = ", ".join(p.value for p in cls)
+            raise RuleValidationError(
+                rule_id, "policy_type", f"unknown policy type {value!r} (allowed: {allowed})"
+            ) from None
+
+
+#: Stable small codes for the columnar store; never renumber.
+POLICY_CODES: dict[PolicyType, int] = {
+    PolicyType.FORBIDDEN: 1,
+    PolicyType.CONTEXT_ALLOW: 2,
+    PolicyType.CONTEXT_DENY: 3,
+    PolicyType.CONTEXT_DEFER: 4,
+}
+POLICY_BY_CODE: dict[int, PolicyType] = {code: p for p, code in POLICY_CODES.items()}
+
+
+def _f32(value: float) -> float:
+    # The wire carries these as proto `float`: keep exactly what float32 can hold.
+    return float(np.float32(value))
+
+
+def _frozen_params(value: Mapping[str, ParamScalar]) -> Mapping[str, ParamScalar]:
+    if isinstance(value, MappingProxyType):
+        return value
+    return MappingProxyType(
+        {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    )
+
+
+def _frozen_weights(value: Any) -> tuple[float, ...]:
+    return tuple(_f32(v) for v in value)
+
+
+@attrs.frozen(kw_only=True)
+class Rule:
+    """One installed rule, with every field of the wire's ``RuleInstance``.
+
+    Instances are immutable. Construction does not validate (a rule read back
+    from verified storage needs no second check); call :meth:`validate`, or
+    build from the wire with :func:`rule_from_proto`, at trust boundaries.
+
+    ``installed_by``, ``config_id`` and ``owner`` record which InstallRules
+    call stored the rule; they are not part of ``RuleInstance``.
+    """
+
+    rule_id: str
+    family_id: str = ""
+    layer: str = ""
+    agent_id: str = ""
+    priority: int = 0
+    enabled: bool = True
+    created_at_ms: int = 0
+    params: Mapping[str, ParamScalar] = attrs.field(
+        factory=dict, converter=_frozen_params, eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b) and _same_types(a, b))
+    )
+    anchors: RuleAnchors = attrs.field(factory=RuleAnchors.empty)
+    policy_type: PolicyType = PolicyType.FORBIDDEN
+    drift_threshold: float = attrs.field(default=0.0, converter=_f32)
+    modification_spec: str = ""
+    slice_weights: tuple[float, ...] = attrs.field(default=(), converter=_frozen_weights)
+    installed_by: str = ""
+    config_id: str = ""
+    owner: str = ""
+
+    @property
+    def is_global(self) -> bool:
+        """A rule with no agent applies to every agent."""
+        return not self.agent_id
+
+    def validate(self) -> None:
+        """Raise :class:`RuleValidationError` on the first invalid field."""
+        rid = self.rule_id
+        if not rid:
+            raise RuleValidationError(rid, "rule_id", "must not be empty")
+        _check_text(rid, "rule_id", rid, MAX_RULE_ID_CHARS)
+        for name in ("family_id", "layer", "agent_id", "installed_by", "config_id", "owner"):
+            _check_text(rid, name, getattr(self, name), MAX_NAME_CHARS)
+        _check_int(rid, "priority", self.priority, INT32)
+        _check_int(rid, "created_at_ms", self.created_at_ms, INT64)
+        if not isinstance(self.enabled, bool):
+            raise RuleValidationError(rid, "enabled", "must be a bool")
+        if not isinstance(self.policy_type, PolicyType):
+            raise RuleValidationError(rid, "policy_type", f"must be a PolicyType, got {self.policy_type!r}")
+        if not math.isfinite(self.drift_threshold) or self.drift_threshold < 0:
+            raise RuleValidationError(
+                rid, "drift_threshold", f"must be finite and >= 0, got {self.drift_threshold}"
+            )
+        if len(self.slice_weights) not in (0, 4):
+            raise RuleValidationError(
+                rid, "slice_weights", f"must be 4 values or empty, got {len(self.slice_weights)}"
+            )
+        if not all(math.isfinite(w) for w in self.slice_weights):
+            raise RuleValidationError(rid, "slice_weights", "values must be finite (no NaN or inf)")
+        _check_params(rid, self.params)
+        if self.modification_spec:
+            try:
+                json.loads(self.modification_spec)
+            except ValueError as exc:
+                raise RuleValidationError(rid, "modification_spec", f"must be JSON: {exc}") from None
+        extras = len(self.modification_spec.encode("utf-8", "surrogatepass")) + _params_size(self.params)
+        if extras > MAX_EXTRAS_BYTES:
+            raise RuleValidationError(
+                rid, "params", f"params and modification_spec exceed {MAX_EXTRAS_BYTES} bytes ({extras})"
+            )
+        self.anchors.validate(rid)
+
+
+def _same_types(a: Mapping[str, ParamScalar], b: Mapping[str, ParamScalar]) -> bool:
+    # 1 == 1.0 == True in Python; a rule that says 1.0 must not compare equal to one that says 1.
+    return all(type(a[k]) is type(b[k]) for k in a)
+
+
+def _check_text(rid: str, field: str, value: object, limit: int) -> None:
+    if not isinstance(value, str):
+        raise RuleValidationError(rid, field, f"must be a string, got {type(value).__name__}")
+    if len(value) > limit:
+        raise RuleValidationError(rid, field, f"at most {limit} characters, got {len(value)}")
+    if "\x00" in value:
+        raise RuleValidationError(rid, field, "must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RuleValidationError(rid, field, "must be valid Unicode (no lone surrogates)") from None
+
+
+def _check_int(rid: str, field: str, value: object, bounds: tuple[int, int]) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RuleValidationError(rid, field, f"must be an integer, got {type(value).__name__}")
+    if not bounds[0] <= value <= bounds[1]:
+        raise RuleValidationError(rid, field, f"must be in {bounds[0]}..{bounds[1]}, got {value}")
+
+
+def _check_params(rid: str, params: Mapping[str, ParamScalar]) -> None:
+    if len(params) > MAX_PARAMS:
+        raise RuleValidationError(rid, "params", f"at most {MAX_PARAMS} entries, got {len(params)}")
+    for key, value in params.items():
+        field = f"params[{key!r}]"
+        if not key:
+            raise RuleValidationError(rid, "params", "keys must not be empty")
+        _check_text(rid, field, key, MAX_PARAM_KEY_CHARS)
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            _check_int(rid, field, value, INT64)
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise RuleValidationError(rid, field, "must be finite (no NaN or inf)")
+        elif isinstance(value, str):
+            _check_text(rid, field, value, MAX_EXTRAS_BYTES)
+        elif isinstance(value, tuple):
+            for item in value:
+                _check_text(rid, field, item, MAX_EXTRAS_BYTES)
+        else:
+            raise RuleValidationError(rid, field, f"unsupported value type {type(value).__name__}")
+
+
+def _params_size(params: Mapping[str, ParamScalar]) -> int:
+    size = 0
+    for key, value in params.items():
+        size += len(key) + 8
+        if isinstance(value, str):
+            size += len(value.encode("utf-8", "surrogatepass"))
+        elif isinstance(value, tuple):
+            size += sum(len(v.encode("utf-8", "surrogatepass")) + 4 for v in value)
+    return size

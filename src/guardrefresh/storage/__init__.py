@@ -1,0 +1,36 @@
+"""Warm storage: the durable, verified, columnar rule store on disk."""
+
+from ._errors import (
+    CorruptStoreError,
+    StorageError,
+    StoreBusyError,
+    StoreDirectoryMissingError,
+    StorePermissionError,
+    StoreWriteError,
+    UnsafeStoreError,
+    UnsupportedVersionError,
+)
+from ._fs import atomic_write
+from ._segment import Segment
+from ._store import Manifest, StoreInfo, WarmStore
+from ._table import RuleRef, TableStat, WarmTable, family_of
+
+__all__ = [
+    "CorruptStoreError",
+    "Manifest",
+    "RuleRef",
+    "Segment",
+    "StorageError",
+    "StoreBusyError",
+    "StoreDirectoryMissingError",
+    "StoreInfo",
+    "StorePermissionError",
+    "StoreWriteError",
+    "TableStat",
+    "UnsafeStoreError",
+    "UnsupportedVersionError",
+    "WarmStore",
+    "WarmTable",
+    "atomic_write",
+    "family_of",
+]

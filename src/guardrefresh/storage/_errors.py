@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class StorageError(Exception):
+    """Base class: warm storage could not be read or written. Nothing was changed."""
+
+
+class StoreDirectoryMissingError(StorageError):
+    def __init__(self, directory: Path) -> None:
+        super().__init__(f"warm storage directory {str(directory)!r} does not exist")
+        self.directory = directory
+
+
+class StorePermissionError(StorageError):
+    def __init__(self, path: Path, action: str, detail: str = "") -> None:
+        msg = f"permission denied: cannot {action} {str(path)!r}"
+        super().__init__(f"{msg}: {detail}" if detail else msg)
+        self.path = path
+
+
+class UnsafeStoreError(StorageError):
+    """A store file is owned by another user or writable by others: refused."""
+
+
+class CorruptStoreError(StorageError):
+    """A store file failed verification; ``section`` and ``offset`` say where."""
+
+    def __init__(self, path: Path, section: str, offset: int, problem: str) -> None:
+        super().__init__(f"corrupt warm storage {str(path)!r}: {section} at offset {offset}: {problem}")
+        self.path = path
+        self.section = section
+        self.offset = offset
+        self.problem = problem
+
+
+class UnsupportedVersionError(StorageError):
+    def __init__(self, path: Path, found: int, supported: int) -> None:
+        super().__init__(
+            f"warm storage {str(path)!r} has format version {found}; this build reads version {supported}"
+        )
+        self.path = path
+        self.found = found
+
+
+class StoreWriteError(StorageError):
+    """A write failed (disk full, file too large, read-only, ...); the store is unchanged."""
+
+
+class StoreBusyError(StorageError):
+    """Another process holds the store's write lock."""
