@@ -1,0 +1,221 @@
+"""The bridge: one owner for the hot cache, the warm store and the rule index."""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import attrs
+import trio
+
+from ..cache import HotCache
+from ..model import Rule, RuleValidationError
+from ..storage import RuleRef, TableStat, WarmStore, WarmTable, family_of
+from ._errors import RuleConflictError, RuleNotFoundError, TooManyRulesError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_HOT_CAPACITY = 10_000
+DEFAULT_MAX_RULES_PER_INSTALL = 10_000
+
+
+class Tier(enum.StrEnum):
+    """Which tier answered a lookup."""
+
+    HOT = "hot"
+    WARM = "warm"
+
+
+@attrs.frozen
+class InstallResult:
+    rules_installed: int
+    rules_by_layer: dict[str, int]
+    bridge_version: int
+
+
+@attrs.frozen
+class RuleStats:
+    bridge_version: int
+    tables: list[TableStat]
+
+    @property
+    def total_rules(self) -> int:
+        return sum(t.rule_count for t in self.tables)
+
+    @property
+    def total_global_rules(self) -> int:
+        return sum(t.global_count for t in self.tables)
+
+    @property
+    def total_scoped_rules(self) -> int:
+        return sum(t.scoped_count for t in self.tables)
+
+
+class Bridge:
+    """Owns the hot cache, the warm store and the current warm table.
+
+    All methods run on the Trio thread. Reads (:meth:`get_rule`,
+    :meth:`rule_stats`) are synchronous and never await, so asyncio-side gRPC
+    handlers on the same thread may call them directly. Writes are serialised
+    by :attr:`write_lock`, run the blocking store work in a worker thread,
+    and are durable in warm storage before they become visible in the hot
+    cache. A write whose caller is cancelled still completes: the disk and
+    the in-memory view never disagree.
+    """
+
+    def __init__(
+        self,
+        store: WarmStore,
+        table: WarmTable,
+        *,
+        hot_capacity: int = DEFAULT_HOT_CAPACITY,
+        max_rules_per_install: int = DEFAULT_MAX_RULES_PER_INSTALL,
+    ) -> None:
+        self.store = store
+        self.table = table
+        self.cache: HotCache[RuleRef] = HotCache(hot_capacity, family_of=family_of)
+        self.max_rules_per_install = max_rules_per_install
+        self.write_lock = trio.Lock()
+        self._compacting = False
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        hot_capacity: int = DEFAULT_HOT_CAPACITY,
+        max_rules_per_install: int = DEFAULT_MAX_RULES_PER_INSTALL,
+        make_dirs: bool = False,
+    ) -> Bridge:
+        """Open (or create) warm storage at ``path``. The hot cache starts empty:
+        the warm-up refresh fills it. Raises the storage errors of
+        :meth:`WarmStore.open`."""
+        store = WarmStore(path)
+        table = await trio.to_thread.run_sync(lambda: store.open(make_dirs=make_dirs))
+        logger.info(
+            "Opened warm storage %s: %d rules, bridge version %d", path, len(table), table.bridge_version
+        )
+        return cls(store, table, hot_capacity=hot_capacity, max_rules_per_install=max_rules_per_install)
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def bridge_version(self) -> int:
+        return self.table.bridge_version
+
+    # -- reads ---------------------------------------------------------------
+    def get_rule(self, rule_id: str) -> tuple[Rule, Tier] | None:
+        """Tiered lookup: hot cache (marks use), then warm storage (promoted into hot)."""
+        ref = self.cache.get_and_mark(rule_id)
+        if ref is not None:
+            return ref.rule, Tier.HOT
+        ref = self.table.ref(rule_id)
+        if ref is None:
+            return None
+        self.cache.insert(rule_id, ref)
+        return ref.rule, Tier.WARM
+
+    def rule_stats(self) -> RuleStats:
+        return RuleStats(self.table.bridge_version, self.table.table_stats())
+
+    # -- writes --------------------------------------------------------------
+    async def install_rules(
+        self, agent_id: str, rules: Sequence[Rule], *, config_id: str = "", owner: str = ""
+    ) -> InstallResult:
+        """Validated, all-or-nothing, idempotent upsert of ``rules`` for ``agent_id``.
+
+        Raises :class:`RuleValidationError` (bad rule, duplicate id, wrong
+        agent), :class:`TooManyRulesError`, :class:`RuleConflictError` (a rule
+        id that belongs to another agent) or a storage error; in every case
+        nothing was stored.
+        """
+        if len(rules) > self.max_rules_per_install:
+            raise TooManyRulesError(
+                f"{len(rules)} rules in one request; the limit is {self.max_rules_per_install}"
+            )
+        stamped: list[Rule] = []
+        seen: set[str] = set()
+        for rule in rules:
+            rule.validate()
+            if rule.rule_id in seen:
+                raise RuleValidationError(rule.rule_id, "rule_id", "appears more than once in the request")
+            seen.add(rule.rule_id)
+            if rule.agent_id and rule.agent_id != agent_id:
+                raise RuleValidationError(
+                    rule.rule_id, "agent_id",
+                    f"rule is scoped to agent {rule.agent_id!r} but the request is for {agent_id!r}",
+                )
+            stamped.append(attrs.evolve(rule, installed_by=agent_id, config_id=config_id, owner=owner))
+        async with self.write_lock:
+            for rule in stamped:
+                existing = self.table.ref(rule.rule_id)
+                if existing is not None and not self._belongs(existing, agent_id):
+                    raise RuleConflictError(
+                        f"rule {rule.rule_id!r} belongs to another agent; remove it there first"
+                    )
+            if stamped:
+                await self._commit(stamped, ())
+        by_layer = Counter(rule.layer for rule in stamped)
+        return InstallResult(len(stamped), dict(by_layer), self.table.bridge_version)
+
+    async def remove_policy(self, agent_id: str, policy_id: str) -> int:
+        """Remove rule ``policy_id`` of ``agent_id``. Raises :class:`RuleNotFoundError`."""
+        async with self.write_lock:
+            ref = self.table.ref(policy_id)
+            if ref is None or not self._belongs(ref, agent_id):
+                raise RuleNotFoundError(f"agent {agent_id!r} has no rule {policy_id!r}")
+            await self._commit((), (policy_id,))
+        return 1
+
+    async def remove_agent_rules(self, agent_id: str) -> int:
+        """Remove every rule scoped to or installed by ``agent_id``; returns how many."""
+        async with self.write_lock:
+            ids = self.table.ids_of_agent(agent_id)
+            if ids:
+                await self._commit((), ids)
+        return len(ids)
+
+    @staticmethod
+    def _belongs(ref: RuleRef, agent_id: str) -> bool:
+        seg, row = ref.segment, ref.row
+        return agent_id in (
+            seg.agent_names[seg.agent_codes[row]],
+            seg.installer_names[seg.installer_codes[row]],
+        )
+
+    async def _commit(self, upserts: Sequence[Rule], deletes: Sequence[str]) -> None:
+        # Shielded: once the write starts, the in-memory view must follow the disk.
+        with trio.CancelScope(shield=True):
+            base = self.table
+            table = await trio.to_thread.run_sync(self.store.append, base, upserts, deletes)
+            self.adopt(table)
+            if deletes:
+                self.cache.remove_many(deletes)
+            if upserts:
+                refs = [table.ref(rule.rule_id) for rule in upserts]
+                self.cache.insert_many(
+                    (rule.rule_id, RuleRef(ref.segment, ref.row, rule))
+                    for rule, ref in zip(upserts, refs, strict=True)
+                    if ref is not None
+                )
+
+    def adopt(self, table: WarmTable) -> None:
+        """Make ``table`` the current warm view (after a write or a refresh)."""
+        self.table = table
+
+    async def compact_if_needed(self) -> bool:
+        """Fold the journal into a new snapshot when it has grown; True if it did.
+
+        Holds the write lock while compacting (writes wait; reads do not).
+        """
+        if not self.store.needs_compaction():
+            return False
+        async with self.write_lock:
+            with trio.CancelScope(shield=True):
+                table = await trio.to_thread.run_sync(self.store.compact)
+                self.adopt(table)
+        return True
