@@ -10,6 +10,7 @@ from pathlib import Path
 
 import attrs
 import trio
+import trio_util
 
 from ..cache import HotCache
 from ..model import Rule, RuleValidationError
@@ -79,7 +80,8 @@ class Bridge:
         self.cache: HotCache[RuleRef] = HotCache(hot_capacity, family_of=family_of)
         self.max_rules_per_install = max_rules_per_install
         self.write_lock = trio.Lock()
-        self._compacting = False
+        #: Counts committed writes; the background compactor waits on its transitions.
+        self.writes = trio_util.AsyncValue(0)
 
     @classmethod
     async def open(
@@ -202,6 +204,7 @@ class Bridge:
                     for rule, ref in zip(upserts, refs, strict=True)
                     if ref is not None
                 )
+            self.writes.value += 1
 
     def adopt(self, table: WarmTable) -> None:
         """Make ``table`` the current warm view (after a write or a refresh)."""

@@ -1,0 +1,175 @@
+"""The service process: one root nursery supervising server, refresher and shutdown."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+import trio_asyncio
+
+from ..bridge import Bridge
+from ..config import ServiceConfig
+from ..refresh import RefreshError, RefreshScheduler, RefreshTrigger
+from ..refresh._service import RefreshService, open_refresh_service
+from ..server import GrpcHost
+from ..server._dataplane import DataPlaneService
+from ..storage import StorageError
+
+logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The service could not start; ``str()`` is the one-line reason."""
+
+
+def working_set_path(warm_storage: Path) -> Path:
+    return warm_storage.with_name(warm_storage.name + ".hot")
+
+
+async def serve_service(
+    config: ServiceConfig, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run the whole service until SIGTERM/SIGINT has drained it.
+
+    Reports the bound gRPC port through ``task_status`` once the warm-up
+    refresh is done, the scheduler runs and the port listens (health is
+    SERVING from then on). Raises :class:`StartupError` when it cannot start.
+    """
+    try:
+        bridge = await Bridge.open(
+            Path(config.storage.warm_storage),
+            hot_capacity=config.storage.hot_capacity,
+            max_rules_per_install=config.server.max_rules_per_install,
+            make_dirs=True,
+        )
+    except StorageError as exc:
+        raise StartupError(f"cannot open warm storage: {exc}") from None
+    try:
+        async with trio_asyncio.open_loop(), open_refresh_service(
+            bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
+        ) as refresher:
+            await _supervise(config, bridge, refresher, task_status)
+    finally:
+        bridge.close()
+
+
+async def _supervise(
+    config: ServiceConfig,
+    bridge: Bridge,
+    refresher: RefreshService,
+    task_status: trio.TaskStatus[int],
+) -> None:
+    if config.scheduler.refresh_on_start:
+        try:
+            stats = await refresher.refresh(trigger=RefreshTrigger.STARTUP)
+        except RefreshError as exc:
+            raise StartupError(f"warm-up refresh failed: {exc}") from None
+        logger.info(
+            "Warm-up refresh: %d rules hot of %d in warm storage, in %dms (bridge version %d)",
+            stats.rules_refreshed, len(bridge.table), round(stats.duration_ms), stats.bridge_version,
+        )
+    scheduler = RefreshScheduler(refresher, config.scheduler)
+    dataplane = DataPlaneService(bridge, refresher, scheduler)
+    host = GrpcHost(
+        [dataplane],
+        host=config.server.host,
+        port=config.server.port,
+        max_message_bytes=config.server.max_message_bytes,
+    )
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            logger.info("Spawning scheduled refresh background task")
+            await nursery.start(scheduler.run)
+            try:
+                port = await nursery.start(host.serve)
+            except OSError as exc:
+                raise StartupError(_bind_error(config, exc)) from None
+            host.set_serving(True)
+            logger.info("Listening on %s:%d", config.server.host, port)
+            nursery.start_soon(_compact_in_background, bridge)
+            task_status.started(port)
+
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if host.draining:
+                    logger.info("Received %s again: skipping the rest of the grace period", name)
+                    host.skip_grace()
+                    continue
+                logger.info(
+                    "Received %s: draining (grace %ss, %d RPCs in flight)",
+                    name, config.server.shutdown_grace, host.in_flight,
+                )
+                nursery.start_soon(_shutdown, nursery, host, scheduler, refresher, config)
+
+
+async def _shutdown(
+    nursery: trio.Nursery,
+    host: GrpcHost,
+    scheduler: RefreshScheduler,
+    refresher: RefreshService,
+    config: ServiceConfig,
+) -> None:
+    report = await host.drain(config.server.shutdown_grace)
+    logger.info(
+        "Drained: %d in flight at start, %d completed, %d cancelled, %d rejected, "
+        "%d connections closed in %.2fs",
+        report.in_flight_at_start, report.completed, report.cancelled, report.rejected,
+        report.connections_closed, report.duration_s,
+    )
+    scheduler.stop()
+    logger.info("Scheduler stopped")
+    await refresher.save_working_set()
+    nursery.cancel_scope.cancel()
+    logger.info("Shutdown complete")
+
+
+async def _compact_in_background(bridge: Bridge) -> None:
+    """Fold the journal into a new snapshot when it has grown (checked after writes)."""
+    while True:
+        await bridge.writes.wait_transition()
+        try:
+            await bridge.compact_if_needed()
+        except StorageError as exc:
+            logger.warning("Compaction failed (the journal keeps working): %s", exc)
+
+
+def _bind_error(config: ServiceConfig, exc: OSError) -> str:
+    where = f"{config.server.host}:{config.server.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return f"cannot listen on {where}: address already in use"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
+def run_service(config: ServiceConfig) -> int:
+    """Run the service in this process; returns the exit code.
+
+    0 after a graceful shutdown, 1 with a one-line reason on stderr when it
+    cannot start.
+    """
+    try:
+        trio.run(serve_service, config)
+    except StartupError as exc:
+        sys.stderr.write(f"guardrefresh: error: {exc}\n")
+        return 1
+    except BaseExceptionGroup as group:
+        startup = group.subgroup(StartupError)
+        if startup is None:
+            raise
+        first = _leaves(startup)[0]
+        sys.stderr.write(f"guardrefresh: error: {first}\n")
+        return 1
+    return 0
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            out.extend(_leaves(exc))
+        else:
+            out.append(exc)
+    return out

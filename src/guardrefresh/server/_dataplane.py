@@ -1,0 +1,246 @@
+"""The ``rule_installation.DataPlane`` gRPC service.
+
+Handlers run on the asyncio side of the trio-asyncio loop, on the Trio
+thread. Reads (GetRule, GetRuleStats, GetRefreshStatus) touch the bridge
+directly: no lock, no crossing. Only calls that must await Trio work
+(installs, removals, refreshes) cross with ``trio_as_aio``.
+
+Every refusal is a gRPC status with a message a person can act on; a handler
+exception never reaches grpclib unmapped.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import trio_asyncio
+from grpclib import GRPCError, Status
+
+from ..bridge import Bridge, RuleConflictError, RuleNotFoundError, TooManyRulesError
+from ..model import RuleValidationError, rule_from_proto, rule_to_proto
+from ..proto import rule_installation as pb
+from ..refresh import RefreshError, RefreshScheduler, RefreshStats, RefreshTrigger
+from ..refresh._service import RefreshService
+from ..storage import StorageError
+
+logger = logging.getLogger(__name__)
+
+_Msg = TypeVar("_Msg")
+_Resp = TypeVar("_Resp")
+
+
+def _mapped(
+    handler: Callable[[Any, _Msg], Awaitable[_Resp]],
+) -> Callable[[Any, _Msg], Awaitable[_Resp]]:
+    """Turn domain errors into gRPC statuses; log and hide anything unexpected."""
+
+    @functools.wraps(handler)
+    async def wrapper(self: Any, message: _Msg) -> _Resp:
+        try:
+            return await handler(self, message)
+        except GRPCError:
+            raise
+        except RuleValidationError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        except TooManyRulesError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        except RuleNotFoundError as exc:
+            raise GRPCError(Status.NOT_FOUND, str(exc)) from None
+        except RuleConflictError as exc:
+            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
+        except (StorageError, RefreshError) as exc:
+            raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
+        except Exception:
+            logger.exception("Unhandled error in %s", handler.__name__)
+            raise GRPCError(
+                Status.INTERNAL, f"internal error in {handler.__name__}; see server log"
+            ) from None
+
+    return wrapper
+
+
+def stats_message(stats: RefreshStats | None) -> pb.RefreshStatsMessage | None:
+    if stats is None:
+        return None
+    return pb.RefreshStatsMessage(
+        rules_refreshed=stats.rules_refreshed,
+        duration_ms=round(stats.duration_ms),
+        timestamp_ms=stats.timestamp_ms,
+        trigger=str(stats.trigger),
+        family_ids=list(stats.families),
+        bridge_version=stats.bridge_version,
+        rules_added=stats.added,
+        rules_removed=stats.removed,
+        rules_changed=stats.changed,
+        unchanged=stats.unchanged,
+    )
+
+
+class DataPlaneService(pb.DataPlaneBase):
+    """Serves the bridge, the refresh service and the scheduler over gRPC."""
+
+    def __init__(
+        self,
+        bridge: Bridge,
+        refresher: RefreshService,
+        scheduler: RefreshScheduler,
+        *,
+        max_staleness_s: float | None = None,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._bridge = bridge
+        self._refresher = refresher
+        self._scheduler = scheduler
+        self._max_staleness_s = max_staleness_s
+        self._wall_clock = wall_clock
+
+    # -- writes (cross into Trio) ---------------------------------------------
+    @_mapped
+    async def install_rules(self, message: pb.InstallRulesRequest) -> pb.InstallRulesResponse:
+        if not message.agent_id:
+            raise GRPCError(Status.INVALID_ARGUMENT, "agent_id is required")
+        # Convert and validate everything before anything is stored.
+        rules = [
+            rule_from_proto(
+                r, installed_by=message.agent_id, config_id=message.config_id, owner=message.owner
+            )
+            for r in message.rules
+        ]
+        result = await trio_asyncio.trio_as_aio(self._bridge.install_rules)(
+            message.agent_id, rules, config_id=message.config_id, owner=message.owner
+        )
+        return pb.InstallRulesResponse(
+            success=True,
+            message=f"installed {result.rules_installed} rules for agent {message.agent_id!r}",
+            rules_installed=result.rules_installed,
+            rules_by_layer=result.rules_by_layer,
+            bridge_version=result.bridge_version,
+        )
+
+    @_mapped
+    async def remove_agent_rules(
+        self, message: pb.RemoveAgentRulesRequest
+    ) -> pb.RemoveAgentRulesResponse:
+        if not message.agent_id:
+            raise GRPCError(Status.INVALID_ARGUMENT, "agent_id is required")
+        removed = await trio_asyncio.trio_as_aio(self._bridge.remove_agent_rules)(message.agent_id)
+        return pb.RemoveAgentRulesResponse(
+            success=True,
+            message=f"removed {removed} rules of agent {message.agent_id!r}",
+            rules_removed=removed,
+        )
+
+    @_mapped
+    async def remove_policy(self, message: pb.RemovePolicyRequest) -> pb.RemovePolicyResponse:
+        if not message.agent_id or not message.policy_id:
+            raise GRPCError(Status.INVALID_ARGUMENT, "agent_id and policy_id are required")
+        removed = await trio_asyncio.trio_as_aio(self._bridge.remove_policy)(
+            message.agent_id, message.policy_id
+        )
+        return pb.RemovePolicyResponse(
+            success=True, message=f"removed rule {message.policy_id!r}", rules_removed=removed
+        )
+
+    @_mapped
+    async def refresh_rules(self, message: pb.RefreshRulesRequest) -> pb.RefreshRulesResponse:
+        families = list(message.family_ids)
+        if any(not f for f in families):
+            raise GRPCError(Status.INVALID_ARGUMENT, "family_ids must not contain empty names")
+        stats = await trio_asyncio.trio_as_aio(self._refresher.refresh)(
+            families, trigger=RefreshTrigger.RPC
+        )
+        return pb.RefreshRulesResponse(
+            success=True,
+            message="unchanged" if stats.unchanged else f"refreshed {stats.rules_refreshed} rules",
+            rules_refreshed=stats.rules_refreshed,
+            duration_ms=round(stats.duration_ms),
+            timestamp_ms=stats.timestamp_ms,
+            bridge_version=stats.bridge_version,
+            unchanged=stats.unchanged,
+            rules_added=stats.added,
+            rules_removed=stats.removed,
+            rules_changed=stats.changed,
+            trigger=str(stats.trigger),
+            family_ids=list(stats.families),
+        )
+
+    # -- reads (direct) ----------------------------------------------------------
+    @_mapped
+    async def get_rule(self, message: pb.GetRuleRequest) -> pb.GetRuleResponse:
+        if not message.rule_id:
+            raise GRPCError(Status.INVALID_ARGUMENT, "rule_id is required")
+        found = self._bridge.get_rule(message.rule_id)
+        if found is None:
+            raise GRPCError(Status.NOT_FOUND, f"no rule {message.rule_id!r}")
+        rule, tier = found
+        return pb.GetRuleResponse(found=True, rule=rule_to_proto(rule), tier=str(tier))
+
+    @_mapped
+    async def get_rule_stats(self, message: pb.GetRuleStatsRequest) -> pb.GetRuleStatsResponse:
+        stats = self._bridge.rule_stats()
+        return pb.GetRuleStatsResponse(
+            bridge_version=stats.bridge_version,
+            total_tables=len(stats.tables),
+            total_rules=stats.total_rules,
+            total_global_rules=stats.total_global_rules,
+            total_scoped_rules=stats.total_scoped_rules,
+            table_stats=[
+                pb.TableStats(
+                    family_id=t.family_id,
+                    layer_id=t.layer_id,
+                    version=t.version,
+                    rule_count=t.rule_count,
+                    global_count=t.global_count,
+                    scoped_count=t.scoped_count,
+                )
+                for t in stats.tables
+            ],
+        )
+
+    @_mapped
+    async def get_refresh_status(
+        self, message: pb.GetRefreshStatusRequest
+    ) -> pb.GetRefreshStatusResponse:
+        status = self._scheduler.status()
+        last = self._refresher.last_stats.value
+        now_ms = int(self._wall_clock() * 1000)
+        last_ms = last.timestamp_ms if last is not None else 0
+        age_ms = now_ms - last_ms if last_ms else 0
+        max_staleness = self._max_staleness_s or 2 * status.current_interval_s
+        stale = last_ms == 0 or age_ms > max_staleness * 1000
+        return pb.GetRefreshStatusResponse(
+            scheduler_enabled=status.enabled,
+            scheduler_running=status.running,
+            last_success_ms=last_ms,
+            last_success_age_ms=age_ms,
+            next_refresh_ms=status.next_refresh_ms,
+            last_stats=stats_message(last),
+            consecutive_failures=status.consecutive_failures,
+            last_error=status.last_error,
+            current_interval_s=status.current_interval_s,
+            backoff_s=status.backoff_s,
+            bridge_version=self._bridge.bridge_version,
+            hot_rules=len(self._bridge.cache),
+            hot_capacity=self._bridge.cache.capacity,
+            warm_rules=len(self._bridge.table),
+            stale=stale,
+            max_staleness_s=max_staleness,
+        )
+
+    # -- declared, not implemented yet -----------------------------------------
+    async def enforce(self, message: pb.EnforceRequest) -> pb.EnforceResponse:
+        raise GRPCError(Status.UNIMPLEMENTED, "Enforce is not implemented by this data plane yet")
+
+    async def query_telemetry(self, message: pb.QueryTelemetryRequest) -> pb.QueryTelemetryResponse:
+        raise GRPCError(
+            Status.UNIMPLEMENTED, "QueryTelemetry is not implemented by this data plane yet"
+        )
+
+    async def get_session(self, message: pb.GetSessionRequest) -> pb.GetSessionResponse:
+        raise GRPCError(
+            Status.UNIMPLEMENTED, "GetSession is not implemented by this data plane yet"
+        )
