@@ -1,13 +1,103 @@
+"""The ``guardrefresh`` command (also ``python -m guardrefresh``).
+
+Without a subcommand, the command runs the service. Subcommands are dispatched on
+the first argument *before* any parsing: when ``argv[0]`` is the name of a
+registered subcommand, that subcommand gets the rest of the line and parses it with
+its own parser; anything else goes to the service's parser. That is unambiguous
+because the service takes no positional arguments, and it keeps the service's
+settings flags off the subcommands (and vice versa) without argparse subparsers,
+which would accept ``guardrefresh --hot-capacity 5 status``.
+"""
+
 from __future__ import annotations
 
+import logging
+import os
 import sys
-from collections.abc import Sequence
+import types
+from collections.abc import Callable, Mapping, Sequence
 
-from .._version import __version__
+from ..config import (
+    DEFAULT_ORIGIN,
+    ConfigError,
+    ResolvedConfig,
+    format_help,
+    parse_args,
+    render_config,
+    resolve_config,
+    version_text,
+)
+from ._logging import configure_logging
+
+__all__ = ["Command", "main"]
+
+logger = logging.getLogger(__name__)
+
+#: A subcommand: called with the arguments after its name, returns the exit code.
+Command = Callable[[Sequence[str]], int]
+
+#: Subcommands by name (none yet; ``status``, ``refresh``, ``install`` ... will talk
+#: to a running service).
+_COMMANDS: Mapping[str, Command] = types.MappingProxyType({})
+
+_EXIT_BAD_CONFIG = 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the process exit code."""
-    del argv
-    print(f"guardrefresh {__version__}", file=sys.stdout)
-    return 0
+    """Run the command line; returns the process exit code.
+
+    *argv* excludes the program name (default: ``sys.argv[1:]``). A bad setting or a
+    malformed command line prints one ``guardrefresh: error: ...`` line to stderr and
+    returns 2. Otherwise the exit code is that of the service (0 after a clean
+    shutdown, 1 when it cannot start) or of the subcommand.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in _COMMANDS:
+        return _COMMANDS[args[0]](args[1:])
+    return _serve(args, os.environ)
+
+
+def _error(message: str) -> int:
+    print(f"guardrefresh: error: {message}", file=sys.stderr)
+    return _EXIT_BAD_CONFIG
+
+
+def _serve(args: Sequence[str], environ: Mapping[str, str]) -> int:
+    try:
+        options = parse_args(args)
+        if options.show_help:
+            sys.stdout.write(format_help())
+            return 0
+        if options.show_version:
+            print(version_text())
+            return 0
+        resolved = resolve_config(options, environ)
+    except ConfigError as exc:
+        return _error(str(exc))
+    if options.print_config:
+        sys.stdout.write(render_config(resolved.config, origins=resolved.origins))
+        return 0
+
+    configure_logging(resolved.config.logging.level)
+    _log_start(resolved)
+    # Imported here, not at the top: it pulls in grpclib and trio-asyncio, which
+    # --help, --version and --print-config have no use for.
+    from ..app import run_service
+
+    return run_service(resolved.config)
+
+
+def _log_start(resolved: ResolvedConfig) -> None:
+    changed = [
+        f"{name} from {origin}"
+        for name, origin in resolved.origins.items()
+        if origin != DEFAULT_ORIGIN
+    ]
+    logger.info(
+        "%s starting; config file: %s; settings not at their default: %s",
+        version_text(),
+        resolved.config_file or "none",
+        ", ".join(changed) or "none",
+    )
+    for name in resolved.unknown_environment:
+        logger.warning("ignoring unknown environment variable %s (see --help)", name)

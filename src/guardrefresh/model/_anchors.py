@@ -82,7 +82,9 @@ class RuleAnchors:
                         f"anchors.{name}_anchors[{i}]",
                         f"anchor vectors have exactly {ANCHOR_DIM} values, got {len(vector)}",
                     )
-                row = np.asarray(vector, dtype=np.float32)
+                # A double beyond float32 range becomes inf (rejected below), not a RuntimeWarning.
+                with np.errstate(over="ignore"):
+                    row = np.asarray(vector, dtype=np.float32)
                 if not np.isfinite(row).all():
                     raise RuleValidationError(
                         rule_id, f"anchors.{name}_anchors[{i}]", "values must be finite (no NaN or inf)"

@@ -57,7 +57,9 @@ POLICY_BY_CODE: dict[int, PolicyType] = {code: p for p, code in POLICY_CODES.ite
 
 def _f32(value: float) -> float:
     # The wire carries these as proto `float`: keep exactly what float32 can hold.
-    return float(np.float32(value))
+    # Out of float32 range gives inf, which validate() rejects; no RuntimeWarning.
+    with np.errstate(over="ignore"):
+        return float(np.float32(value))
 
 
 def _frozen_params(value: Mapping[str, ParamScalar]) -> Mapping[str, ParamScalar]:
@@ -133,9 +135,11 @@ class Rule:
         if not all(math.isfinite(w) for w in self.slice_weights):
             raise RuleValidationError(rid, "slice_weights", "values must be finite (no NaN or inf)")
         _check_params(rid, self.params)
+        # Lone surrogates would pass json.loads yet fail when the rule is stored.
+        _check_text(rid, "modification_spec", self.modification_spec, MAX_EXTRAS_BYTES)
         if self.modification_spec:
             try:
-                json.loads(self.modification_spec)
+                json.loads(self.modification_spec, parse_constant=_reject_non_json_constant)
             except ValueError as exc:
                 raise RuleValidationError(rid, "modification_spec", f"must be JSON: {exc}") from None
         extras = len(self.modification_spec.encode("utf-8", "surrogatepass")) + _params_size(self.params)
@@ -144,6 +148,11 @@ class Rule:
                 rid, "params", f"params and modification_spec exceed {MAX_EXTRAS_BYTES} bytes ({extras})"
             )
         self.anchors.validate(rid)
+
+
+def _reject_non_json_constant(name: str) -> None:
+    # Python's json accepts NaN and Infinity; JSON (RFC 8259), and the consumers of the spec, do not.
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def _same_types(a: Mapping[str, ParamScalar], b: Mapping[str, ParamScalar]) -> bool:

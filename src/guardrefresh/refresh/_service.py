@@ -152,6 +152,9 @@ class RefreshService:
                 )
             except StorageError as exc:
                 raise RefreshError(str(exc)) from exc
+            # A load cannot be interrupted in its thread; if we were cancelled
+            # meanwhile, stop here, before anything is swapped.
+            await trio.lowlevel.checkpoint_if_cancelled()
             # The swap: synchronous from here on, so no reader sees half of it.
             if prepared.swap:
                 bridge.cache.replace(prepared.items, families=families or None)

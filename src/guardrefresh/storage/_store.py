@@ -161,7 +161,7 @@ class WarmStore:
             try:
                 self.directory.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             except OSError as exc:
-                raise translate_os_error(exc, self.directory / "x", "create directory for") from exc
+                raise translate_os_error(exc, self.directory, "create directory") from exc
         if not os.access(self.directory, os.R_OK | os.X_OK):
             raise translate_os_error(PermissionError(13, "Permission denied"), self.directory, "read directory")
         if create and not self.path.exists():

@@ -1,0 +1,139 @@
+"""Every access to grpclib internals the host needs, and nothing else.
+
+grpclib 0.4.9 has no graceful shutdown (``Server.close()`` cancels handlers without
+telling their clients and leaves open connections serving) and no request size limit.
+The host builds both from a few private attributes. They are reached only through the
+functions below, one comment per access, so that a grpclib upgrade breaks in one place;
+:func:`check_internals` runs before the server binds and ``tests/test_grpc_host.py``
+has a canary test for each attribute, so a breaking upgrade fails loudly rather than
+silently losing the drain. grpclib is pinned exactly (``grpclib==0.4.9``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpclib
+import grpclib.protocol
+import grpclib.server
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+__all__ = [
+    "GRPCLIB_VERSION",
+    "check_internals",
+    "close_listener",
+    "limit_request_size",
+    "listening_port",
+    "trailers_sent",
+    "wrap_protocol_factory",
+]
+
+#: The grpclib release these internals were read from.
+GRPCLIB_VERSION = "0.4.9"
+
+
+def check_internals(server: grpclib.server.Server) -> None:
+    """Raise :exc:`RuntimeError` unless the internals used here look as expected.
+
+    Called on a constructed, not yet started server. A started one is checked
+    again by :func:`listening_port`.
+    """
+    problems = []
+    if grpclib.__version__ != GRPCLIB_VERSION:
+        problems.append(f"grpclib is {grpclib.__version__}, expected {GRPCLIB_VERSION}")
+    # Server._protocol_factory: the per-connection factory that start() hands to
+    # loop.create_server(); the instance attribute shadows the method.
+    if not callable(getattr(server, "_protocol_factory", None)):
+        problems.append("Server._protocol_factory is missing")
+    # Server._server: None until start() binds, then the asyncio.Server.
+    if not hasattr(server, "_server") or server._server is not None:
+        problems.append("Server._server is missing or not None before start()")
+    # server.Stream._send_trailing_metadata_done: class-level default False, set
+    # True once trailers went out.
+    if getattr(grpclib.server.Stream, "_send_trailing_metadata_done", None) is not False:
+        problems.append("server.Stream._send_trailing_metadata_done is missing")
+    # protocol.Stream.recv_data(size): every read of a request message goes through it.
+    if not callable(getattr(grpclib.protocol.Stream, "recv_data", None)):
+        problems.append("protocol.Stream.recv_data is missing")
+    if problems:
+        raise RuntimeError(
+            "guardrefresh.server relies on grpclib internals that changed: " + "; ".join(problems)
+        )
+
+
+def wrap_protocol_factory(
+    server: grpclib.server.Server,
+    wrap: Callable[[asyncio.Protocol], asyncio.Protocol],
+) -> None:
+    """Make every connection's protocol pass through ``wrap`` (before start())."""
+    # Server._protocol_factory: start() passes self._protocol_factory to
+    # loop.create_server(); grpclib offers no hook to see connections otherwise.
+    original: Callable[[], asyncio.Protocol] = server._protocol_factory
+
+    def factory() -> asyncio.Protocol:
+        return wrap(original())
+
+    server._protocol_factory = factory
+
+
+def _asyncio_server(server: grpclib.server.Server) -> asyncio.Server:
+    # Server._server: the asyncio.Server behind the listening sockets; the public
+    # close() would also cancel every running handler without answering it.
+    listener = server._server
+    if not isinstance(listener, asyncio.Server):
+        raise RuntimeError(f"grpclib Server._server is {listener!r}, not an asyncio server")
+    return listener
+
+
+def listening_port(server: grpclib.server.Server) -> int:
+    """The port of the first listening socket of a started server."""
+    sockets = _asyncio_server(server).sockets
+    if not sockets:
+        raise RuntimeError("grpclib server has no listening socket")
+    port: int = sockets[0].getsockname()[1]
+    return port
+
+
+def close_listener(server: grpclib.server.Server) -> None:
+    """Close the listening sockets only: running handlers and open connections go on.
+
+    Idempotent; a no-op on a server that never bound.
+    """
+    # Server._server: see _asyncio_server; None when start() never completed.
+    if server._server is not None:
+        _asyncio_server(server).close()
+
+
+def trailers_sent(stream: grpclib.server.Stream[Any, Any]) -> bool:
+    """Whether the call's status already went to the client."""
+    # Stream._send_trailing_metadata_done: set by send_trailing_metadata(); no
+    # public accessor. A call that already answered is done from its client's view.
+    return bool(stream._send_trailing_metadata_done)
+
+
+def limit_request_size(stream: grpclib.server.Stream[Any, Any], max_bytes: int) -> None:
+    """Refuse request messages larger than ``max_bytes`` before their body is read.
+
+    grpclib reads each message as ``recv_data(5)`` (compression flag and length)
+    and then ``recv_data(length)``, buffering the whole body. Wrapping ``recv_data``
+    of this call's HTTP/2 stream refuses a body larger than ``max_bytes`` at its
+    length prefix, with ``RESOURCE_EXHAUSTED``, before any of it is buffered.
+    ``max_bytes`` must be at least 5 so that the prefix itself passes.
+    """
+    # Stream._stream: the call's grpclib.protocol.Stream; recv_message() reads
+    # through its recv_data(). Patching this one instance leaves other calls alone.
+    h2_stream = stream._stream
+    recv_data: Callable[[int], Awaitable[bytes]] = h2_stream.recv_data
+
+    async def guarded_recv_data(size: int) -> bytes:
+        if size > max_bytes:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"request message of {size} bytes exceeds the limit of {max_bytes} bytes",
+            )
+        return await recv_data(size)
+
+    h2_stream.recv_data = guarded_recv_data

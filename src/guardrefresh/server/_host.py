@@ -1,0 +1,604 @@
+"""A grpclib server hosted inside Trio (through trio-asyncio) with a real graceful drain.
+
+grpclib alone cannot shut down gracefully: ``Server.close()`` cancels running handlers
+without telling their clients, and open connections keep accepting new calls. The host
+adds what is missing, on the asyncio side of the one thread both loops share:
+
+- A ``RecvRequest`` listener sees every call before its handler. It answers new calls
+  with UNAVAILABLE while draining, and swaps the handler for a wrapper that registers
+  the call with its asyncio task and grpclib stream.
+- In-flight counting keys on the request's asyncio *task*: the call leaves the count
+  from the task's done-callback, i.e. after grpclib has sent its trailers and released
+  the stream, never merely when the handler function returned. So a drain that sees
+  zero in flight can close connections without cutting off a response on the wire.
+- A forced end cancels each remaining task after marking it; the wrapper turns that
+  cancellation into ``GRPCError(UNAVAILABLE)``, which grpclib itself sends as trailers.
+  A client therefore always gets a status, never a hang until its own deadline.
+- Each connection's protocol is wrapped (``_drain.wrap_protocol_factory``) so the host
+  knows its transport and can close it at the end.
+
+Health (``grpc.health.v1.Health``) and reflection streams are exempt from counting and
+rejection: probes keep working during the drain and report NOT_SERVING.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl as _ssl
+from collections.abc import Callable, Collection, Sequence
+from typing import Any
+
+import attrs
+import grpclib.events
+import grpclib.server
+import trio
+import trio_asyncio
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+from grpclib.health.check import ServiceStatus
+from grpclib.health.service import Health
+from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from grpclib.reflection.service import ServerReflection
+
+from guardrefresh.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
+
+from . import _drain
+
+__all__ = ["DEFAULT_EXEMPT_METHODS", "SHUTDOWN_MESSAGE", "DrainReport", "GrpcHost"]
+
+logger = logging.getLogger(__name__)
+
+#: grpc-message of every UNAVAILABLE the drain sends.
+SHUTDOWN_MESSAGE = "server is shutting down"
+
+#: Health and reflection methods: never counted as in flight, never rejected.
+DEFAULT_EXEMPT_METHODS: frozenset[str] = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    }
+)
+
+# Bounds on the forced end, so that a handler that swallows cancellation or a peer
+# that stops reading cannot hold the shutdown: how long cancelled handlers get to
+# send their trailers, then how long a closing connection gets to flush before abort.
+_CANCEL_WAIT_S = 1.0
+_HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+_CLOSE_WAIT_S = 1.0
+_ABORT_WAIT_S = 0.5
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:  # also refuses NaN
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
+
+
+@attrs.frozen
+class DrainReport:
+    """What one drain did. ``in_flight_at_start == completed + cancelled``."""
+
+    #: RPCs running when the drain began (health and reflection streams excluded).
+    in_flight_at_start: int = attrs.field(
+        validator=[attrs.validators.instance_of(int), _non_negative]
+    )
+    #: Of those, the ones that answered by themselves before the grace period ended.
+    completed: int = attrs.field(validator=[attrs.validators.instance_of(int), _non_negative])
+    #: Of those, the ones cancelled at the end of grace; their clients got UNAVAILABLE.
+    cancelled: int = attrs.field(validator=[attrs.validators.instance_of(int), _non_negative])
+    #: New RPCs answered UNAVAILABLE during the drain.
+    rejected: int = attrs.field(validator=[attrs.validators.instance_of(int), _non_negative])
+    #: Connections still open at the end, closed by the drain.
+    connections_closed: int = attrs.field(
+        validator=[attrs.validators.instance_of(int), _non_negative]
+    )
+    #: From the start of the drain to the last connection closed (Trio clock).
+    duration_s: float = attrs.field(validator=[attrs.validators.instance_of(float), _non_negative])
+
+    def __attrs_post_init__(self) -> None:
+        if self.completed + self.cancelled != self.in_flight_at_start:
+            raise ValueError(
+                f"completed ({self.completed}) + cancelled ({self.cancelled}) != "
+                f"in_flight_at_start ({self.in_flight_at_start})"
+            )
+
+
+@attrs.define(eq=False)
+class _Call:
+    task: asyncio.Task[Any]
+    stream: grpclib.server.Stream[Any, Any]
+    method: str
+    exempt: bool
+    forced: bool = False
+
+
+class _TrackedConnection(asyncio.Protocol):
+    """Passes everything to grpclib's ``H2Protocol``; tells the host about the transport."""
+
+    def __init__(self, inner: asyncio.Protocol, host: GrpcHost) -> None:
+        self._inner = inner
+        self._host = host
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._host._connection_made(self)
+        self._inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._inner.eof_received()
+
+    def pause_writing(self) -> None:
+        self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._inner.connection_lost(exc)
+        finally:
+            self._host._connection_lost(self)
+
+
+def _service_name(service: object) -> str:
+    mapping = getattr(service, "__mapping__", None)
+    if mapping is None:
+        raise TypeError(f"{service!r} is not a grpclib service (no __mapping__)")
+    path = next(iter(mapping()), None)
+    if not isinstance(path, str) or path.count("/") != 2:
+        raise TypeError(f"{service!r} has no methods")
+    return path.split("/")[1]
+
+
+class _DrainAwareHealth(Health):  # type: ignore[misc]  # grpclib is not type-checked (pyproject)
+    """grpclib's ``Health`` whose Watch streams end cleanly when the host closes.
+
+    Every service and the overall server (``""``) share one status. grpclib's own
+    Watch only stops when cancelled, which can overtake the NOT_SERVING it was about
+    to send; here :meth:`close` wakes each Watch stream, which sends the current
+    status if its client has not seen it yet and then ends with UNAVAILABLE.
+    """
+
+    def __init__(self, services: Sequence[object], status: ServiceStatus) -> None:
+        super().__init__({service: [status] for service in services})
+        self._shared_status = status
+        self._names = frozenset({"", *(_service_name(s) for s in services)})
+        self._closing = False
+        self._watchers: set[asyncio.Event] = set()
+
+    def close(self) -> None:
+        self._closing = True
+        for changed in self._watchers:
+            changed.set()
+
+    async def Watch(
+        self, stream: grpclib.server.Stream[HealthCheckRequest, HealthCheckResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        known = request.service in self._names
+        changed = await self._shared_status.__subscribe__()
+        self._watchers.add(changed)
+        try:
+            sent = None
+            while True:
+                changed.clear()
+                if not known:
+                    status = HealthCheckResponse.SERVICE_UNKNOWN
+                elif self._shared_status.__status__():
+                    status = HealthCheckResponse.SERVING
+                else:
+                    status = HealthCheckResponse.NOT_SERVING
+                if status != sent:
+                    await stream.send_message(HealthCheckResponse(status=status))
+                    sent = status
+                if self._closing:
+                    raise GRPCError(Status.UNAVAILABLE, SHUTDOWN_MESSAGE)
+                await changed.wait()
+        finally:
+            self._watchers.discard(changed)
+            await self._shared_status.__unsubscribe__(changed)
+
+
+class GrpcHost:
+    """Serve grpclib services inside Trio and drain them gracefully.
+
+    ``services`` are grpclib servables (e.g. subclasses of a generated
+    ``...Base``). The host adds ``grpc.health.v1.Health`` (see :attr:`health`;
+    every service and the overall server ``""`` share one status, NOT_SERVING
+    until :meth:`set_serving`) and, with ``reflection=True``, server reflection
+    (v1 and v1alpha) describing ``services`` from the generated descriptor pool.
+
+    Request messages larger than ``max_message_bytes`` are refused with
+    RESOURCE_EXHAUSTED at their length prefix, before their body is buffered.
+    Responses are not limited. ``exempt_methods`` (full paths) are neither counted
+    in flight nor rejected while draining.
+
+    A host serves once: :meth:`serve` runs it, :meth:`drain` ends it.
+    """
+
+    def __init__(
+        self,
+        services: Sequence[object],
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        max_message_bytes: int = 4 * 1024 * 1024,
+        ssl: _ssl.SSLContext | None = None,
+        reflection: bool = True,
+        exempt_methods: Collection[str] = DEFAULT_EXEMPT_METHODS,
+    ) -> None:
+        if not services:
+            raise ValueError("GrpcHost needs at least one service")
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {port}")
+        if max_message_bytes < 5:
+            # The 5-byte message prefix is read through the same size guard.
+            raise ValueError(f"max_message_bytes must be >= 5, got {max_message_bytes}")
+        self._services = tuple(services)
+        self._service_names = tuple(_service_name(s) for s in self._services)
+        self._host = host
+        self._port = port
+        self._max_message_bytes = max_message_bytes
+        self._ssl = ssl
+        self._reflection = reflection
+        self._exempt = frozenset(exempt_methods)
+
+        self._status = ServiceStatus()
+        self._status.set(False)
+        self._health = _DrainAwareHealth(self._services, self._status)
+
+        self._server: grpclib.server.Server | None = None
+        self._bound_port: int | None = None
+        self._serve_called = False
+        self._calls: set[_Call] = set()
+        self._connections: set[_TrackedConnection] = set()
+        self._wakeup = trio.Event()
+
+        self._drain_grace: float | None = None
+        self._drain_requested = trio.Event()
+        self._draining = False
+        self._drain_started_at = 0.0
+        self._in_flight_at_start = 0
+        self._rejected = 0
+        self._skip = False
+        self._grace_over = False
+        self._report: DrainReport | None = None
+        self._done = trio.Event()
+
+    # ------------------------------------------------------------------ state ---
+
+    @property
+    def port(self) -> int:
+        """The bound port; :exc:`RuntimeError` before :meth:`serve` reported ready."""
+        if self._bound_port is None:
+            raise RuntimeError("GrpcHost is not listening yet")
+        return self._bound_port
+
+    @property
+    def in_flight(self) -> int:
+        """RPCs running now, health and reflection streams excluded."""
+        return sum(1 for call in self._calls if not call.exempt)
+
+    @property
+    def draining(self) -> bool:
+        """True from the start of a drain (forced or not) on."""
+        return self._draining
+
+    @property
+    def health(self) -> Health:  # a subclass; see _DrainAwareHealth
+        """The health service; drive it with :meth:`set_serving`."""
+        return self._health
+
+    @property
+    def report(self) -> DrainReport | None:
+        """The report of the finished drain (forced or not), else None."""
+        return self._report
+
+    def set_serving(self, serving: bool) -> None:
+        """Set the health status of the server (``""``) and of every service.
+
+        Ignored once a drain has begun: a draining server stays NOT_SERVING.
+        """
+        if self._draining:
+            if serving:
+                logger.info("set_serving(True) ignored: the server is draining")
+            return
+        if self._status.__status__() is not serving:
+            self._status.set(serving)
+            logger.info(
+                "health: %s for %s",
+                "SERVING" if serving else "NOT_SERVING",
+                ", ".join(('""', *self._service_names)),
+            )
+
+    def skip_grace(self) -> None:
+        """Cut the rest of the drain's grace period short.
+
+        Running RPCs are then cancelled at once (their clients get UNAVAILABLE).
+        Sticky: called before the drain begins, the drain skips its grace period.
+        """
+        if not self._skip:
+            self._skip = True
+            logger.info(
+                "skip_grace(): cutting the grace period short (%d in flight)", self.in_flight
+            )
+            self._wakeup.set()
+
+    # ------------------------------------------------------------ lifecycle ---
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Bind, report the bound port through ``task_status``, serve until drained.
+
+        Must run inside ``async with trio_asyncio.open_loop():``. Returns once a
+        :meth:`drain` has finished. If cancelled without a drain (or during one),
+        a forced drain (no grace) runs shielded first, so every running client gets
+        UNAVAILABLE and no socket or connection outlives the call; then
+        :exc:`trio.Cancelled` propagates. Errors binding (e.g. the port is taken)
+        propagate before ``task_status.started()``. Calling it twice is an error.
+        """
+        if self._serve_called:
+            raise RuntimeError("GrpcHost.serve() can run only once")
+        self._serve_called = True
+        if trio_asyncio.current_loop.get() is None:
+            raise RuntimeError("GrpcHost.serve() must run inside trio_asyncio.open_loop()")
+        try:
+            # grpclib looks the asyncio loop up at construction: build it here.
+            server = self._server = self._build_server()
+            await trio_asyncio.aio_as_trio(server.start)(self._host, self._port, ssl=self._ssl)
+            self._bound_port = _drain.listening_port(server)
+            logger.info(
+                "gRPC host listening on %s:%d (%s; max request %d bytes)",
+                self._host,
+                self._bound_port,
+                ", ".join(self._service_names),
+                self._max_message_bytes,
+            )
+            task_status.started(self._bound_port)
+            await self._drain_requested.wait()
+            assert self._drain_grace is not None
+            self._begin_drain(self._drain_grace, reason="drain() called")
+            await self._wait_grace(self._drain_grace)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._finish()
+
+    async def drain(self, grace: float) -> DrainReport:
+        """Drain the server gracefully and return what happened.
+
+        1. health goes NOT_SERVING (Watch streams see it); 2. the listening socket
+        closes; 3. new RPCs, also on open connections, get UNAVAILABLE at once;
+        4. in-flight RPCs get up to ``grace`` seconds (less after :meth:`skip_grace`);
+        5. those still running are cancelled and their clients get UNAVAILABLE;
+        6. all connections close and :meth:`serve` returns.
+
+        The work runs in the :meth:`serve` task; this waits for it. Cancelling the
+        caller only stops the wait. A second call waits for the same drain (its
+        ``grace`` is ignored). :exc:`RuntimeError` before :meth:`serve` is ready.
+        """
+        if not grace >= 0:
+            raise ValueError(f"grace must be >= 0, got {grace!r}")
+        if self._bound_port is None:
+            raise RuntimeError("drain() before GrpcHost.serve() reported ready")
+        if self._drain_grace is None:
+            self._drain_grace = float(grace)
+            self._drain_requested.set()
+        await self._done.wait()
+        assert self._report is not None
+        return self._report
+
+    # --------------------------------------------------------------- server ---
+
+    def _build_server(self) -> grpclib.server.Server:
+        handlers: list[Any] = list(self._services)
+        if self._reflection:
+            handlers = ServerReflection.extend(handlers, pool=default_google_proto_descriptor_pool)
+        handlers.append(self._health)
+        server = grpclib.server.Server(handlers)
+        _drain.check_internals(server)
+        _drain.wrap_protocol_factory(server, functools.partial(_TrackedConnection, host=self))
+        grpclib.events.listen(server, grpclib.events.RecvRequest, self._on_recv_request)
+        return server
+
+    async def _on_recv_request(self, event: grpclib.events.RecvRequest) -> None:
+        # asyncio side, in the request's task, before the handler runs.
+        method: str = event.method_name
+        exempt = method in self._exempt
+        if self._draining and not exempt:
+            self._reject(method)
+        event.method_func = self._wrap_handler(event.method_func, method, exempt)
+
+    def _wrap_handler(
+        self,
+        func: Callable[[grpclib.server.Stream[Any, Any]], Any],
+        method: str,
+        exempt: bool,
+    ) -> Callable[[grpclib.server.Stream[Any, Any]], Any]:
+        async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
+            # Listeners registered after ours may have awaited: check again.
+            if self._draining and not exempt:
+                self._reject(method)
+            task = asyncio.current_task()
+            assert task is not None
+            call = _Call(task=task, stream=stream, method=method, exempt=exempt)
+            self._calls.add(call)
+            task.add_done_callback(functools.partial(self._call_done, call))
+            _drain.limit_request_size(stream, self._max_message_bytes)
+            try:
+                await func(stream)
+            except asyncio.CancelledError:
+                if not call.forced:
+                    raise  # client reset, lost connection, deadline: grpclib's business
+                task.uncancel()
+                # grpclib sends a GRPCError leaving the handler as the call's trailers.
+                raise GRPCError(Status.UNAVAILABLE, SHUTDOWN_MESSAGE) from None
+
+        return handle
+
+    def _reject(self, method: str) -> None:
+        self._rejected += 1
+        logger.debug("rejected %s: draining", method)
+        raise GRPCError(Status.UNAVAILABLE, SHUTDOWN_MESSAGE)
+
+    def _call_done(self, call: _Call, _task: asyncio.Task[Any]) -> None:
+        # Runs after grpclib sent the trailers and released the stream.
+        self._calls.discard(call)
+        self._wakeup.set()
+
+    def _connection_made(self, connection: _TrackedConnection) -> None:
+        self._connections.add(connection)
+
+    def _connection_lost(self, connection: _TrackedConnection) -> None:
+        self._connections.discard(connection)
+        self._wakeup.set()
+
+    async def _wait_for(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+    # ---------------------------------------------------------------- drain ---
+
+    def _begin_drain(self, grace: float, *, reason: str) -> None:
+        assert self._server is not None and self._bound_port is not None
+        self._draining = True
+        self._drain_started_at = trio.current_time()
+        self._in_flight_at_start = self.in_flight
+        exempt_open = len(self._calls) - self._in_flight_at_start
+
+        self._status.set(False)
+        logger.info(
+            "drain 1/6 (%s): health NOT_SERVING; %d RPCs in flight, "
+            "%d health/reflection streams open, grace %.3f s",
+            reason,
+            self._in_flight_at_start,
+            exempt_open,
+            grace,
+        )
+        _drain.close_listener(self._server)
+        logger.info(
+            "drain 2/6: listening socket on port %d closed; %d connections open",
+            self._bound_port,
+            len(self._connections),
+        )
+        logger.info(
+            "drain 3/6: new RPCs answered UNAVAILABLE (%d exempt methods keep answering)",
+            len(self._exempt),
+        )
+
+    async def _wait_grace(self, grace: float) -> None:
+        why = "serve() cancelled"
+        try:
+            with trio.move_on_after(grace):
+                await self._wait_for(lambda: self._skip or self.in_flight == 0)
+            why = "grace period over"
+        finally:
+            self._log_grace_over(why)
+
+    def _log_grace_over(self, why: str) -> None:
+        self._grace_over = True
+        still = self.in_flight
+        if still == 0:
+            why = "all in-flight RPCs done"
+        elif self._skip:
+            why = "skip_grace()"
+        logger.info(
+            "drain 4/6: waited %.3f s (%s): %d of %d RPCs completed, %d still running",
+            trio.current_time() - self._drain_started_at,
+            why,
+            self._in_flight_at_start - still,
+            self._in_flight_at_start,
+            still,
+        )
+
+    async def _finish(self) -> None:
+        """Steps 5 and 6, and the forced end; runs shielded, bounded in time."""
+        server = self._server
+        try:
+            if True:
+                return
+            if server is None or self._bound_port is None:
+                if server is not None:
+                    _drain.close_listener(server)
+                return
+            if not self._draining:
+                self._begin_drain(0.0, reason="serve() cancelled: forced")
+            if not self._grace_over:
+                self._log_grace_over("no grace: serve() cancelled")
+
+            cancelled = 0
+            exempt_ended = 0
+            for call in list(self._calls):
+                if call.exempt:
+                    exempt_ended += 1
+                    if call.method == _HEALTH_WATCH:
+                        continue  # ends by itself after its final status, see below
+                elif not _drain.trailers_sent(call.stream):
+                    cancelled += 1
+                call.forced = True
+                call.task.cancel()
+            self._health.close()
+            with trio.move_on_after(_CANCEL_WAIT_S):
+                await self._wait_for(lambda: not self._calls)
+            if self._calls:
+                logger.warning(
+                    "drain: %d handlers ignored cancellation for %.1f s; closing their connections",
+                    len(self._calls),
+                    _CANCEL_WAIT_S,
+                )
+            logger.info(
+                "drain 5/6: cancelled %d RPCs with UNAVAILABLE, ended %d health/reflection "
+                "streams; %d new RPCs were rejected",
+                cancelled,
+                exempt_ended,
+                self._rejected,
+            )
+
+            connections_closed = len(self._connections)
+            await self._close_connections()
+            # grpclib's own bookkeeping; nothing is left for it to cancel.
+            server.close()
+            with trio.move_on_after(_CANCEL_WAIT_S):
+                await trio_asyncio.aio_as_trio(server.wait_closed)()
+
+            self._report = DrainReport(
+                in_flight_at_start=self._in_flight_at_start,
+                completed=self._in_flight_at_start - cancelled,
+                cancelled=cancelled,
+                rejected=self._rejected,
+                connections_closed=connections_closed,
+                duration_s=float(trio.current_time() - self._drain_started_at),
+            )
+            logger.info(
+                "drain 6/6: closed %d connections; drain done in %.3f s: %s",
+                connections_closed,
+                self._report.duration_s,
+                self._report,
+            )
+        finally:
+            self._done.set()
+
+    async def _close_connections(self) -> None:
+        for connection in list(self._connections):
+            if connection.transport is not None:
+                connection.transport.close()  # flushes the trailers written above
+        with trio.move_on_after(_CLOSE_WAIT_S):
+            await self._wait_for(lambda: not self._connections)
+        if self._connections:
+            logger.warning(
+                "drain: %d connections did not flush in %.1f s; aborting them",
+                len(self._connections),
+                _CLOSE_WAIT_S,
+            )
+            for connection in list(self._connections):
+                if isinstance(connection.transport, asyncio.WriteTransport):
+                    connection.transport.abort()
+            with trio.move_on_after(_ABORT_WAIT_S):
+                await self._wait_for(lambda: not self._connections)
