@@ -151,7 +151,7 @@ class Rule:
 
 
 def _reject_non_json_constant(name: str) -> None:
-    # Python's json accepts NaN and Infinity; JSON (RFC 8259), and the consumers of the spec, do not.
+    # Python's json accepts NaN and Infinity; JSON (RFC 8259) and the spec's consumers do not.
     raise ValueError(f"{name} is not valid JSON")
 
 

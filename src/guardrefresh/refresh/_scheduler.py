@@ -53,8 +53,15 @@ def _format_seconds(seconds: float) -> str:
     return str(int(seconds)) if float(seconds).is_integer() else str(seconds)
 
 
-def _is_event_driven(new: RefreshStats | None, _old: RefreshStats | None) -> bool:
-    return new is not None and new.trigger is not RefreshTrigger.PERIODIC
+def _event_driven_other_than(
+    seen: RefreshStats | None,
+) -> Callable[[RefreshStats | None], bool]:
+    def predicate(stats: RefreshStats | None) -> bool:
+        return (
+            stats is not None and stats is not seen and stats.trigger is not RefreshTrigger.PERIODIC
+        )
+
+    return predicate
 
 
 class RefreshScheduler:
@@ -178,7 +185,9 @@ class RefreshScheduler:
         try:
             with self._cancel_scope:
                 async with trio.open_nursery() as nursery:
-                    nursery.start_soon(self._follow_other_refreshes)
+                    nursery.start_soon(
+                        self._follow_other_refreshes, self._refresher.last_stats.value
+                    )
                     self._plan(self._jittered(self._current_interval_s))
                     task_status.started()
                     await self._loop()
@@ -213,12 +222,14 @@ class RefreshScheduler:
             if due.cancelled_caught:
                 return
 
-    async def _follow_other_refreshes(self) -> None:
+    async def _follow_other_refreshes(self, seen: RefreshStats | None) -> None:
+        # Level-triggered against the value run() saw, so a refresh that lands
+        # before this task first parks is not missed; and a later PERIODIC value
+        # cannot hide an event-driven one, since only a match is recorded.
         last_stats = self._refresher.last_stats
         while True:
-            # The predicate keeps a later PERIODIC value from overwriting the
-            # event-driven one before this task wakes up.
-            stats, _ = await last_stats.wait_transition(_is_event_driven)
+            stats: RefreshStats = await last_stats.wait_value(_event_driven_other_than(seen))
+            seen = stats
             logger.debug(
                 "%s refresh completed; next scheduled refresh in a full interval", stats.trigger
             )

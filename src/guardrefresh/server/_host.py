@@ -28,7 +28,7 @@ import functools
 import logging
 import ssl as _ssl
 from collections.abc import Callable, Collection, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import grpclib.events
@@ -216,6 +216,10 @@ class GrpcHost:
     until :meth:`set_serving`) and, with ``reflection=True``, server reflection
     (v1 and v1alpha) describing ``services`` from the generated descriptor pool.
 
+    With ``ssl``, the context is set to offer ALPN ``h2`` (gRPC clients require it).
+    Bind to a literal address: with a name that resolves to several, ``port=0``
+    binds each on its own port and :attr:`port` reports the first.
+
     Request messages larger than ``max_message_bytes`` are refused with
     RESOURCE_EXHAUSTED at their length prefix, before their body is buffered.
     Responses are not limited. ``exempt_methods`` (full paths) are neither counted
@@ -247,6 +251,9 @@ class GrpcHost:
         self._host = host
         self._port = port
         self._max_message_bytes = max_message_bytes
+        if ssl is not None:
+            # gRPC over TLS negotiates HTTP/2 by ALPN; grpcio refuses a server without it.
+            ssl.set_alpn_protocols(["h2"])
         self._ssl = ssl
         self._reflection = reflection
         self._exempt = frozenset(exempt_methods)
@@ -289,8 +296,8 @@ class GrpcHost:
 
     @property
     def draining(self) -> bool:
-        """True from the start of a drain (forced or not) on."""
-        return self._draining
+        """True once :meth:`drain` was called or a forced drain began."""
+        return self._draining or self._drain_grace is not None
 
     @property
     def health(self) -> Health:  # a subclass; see _DrainAwareHealth
@@ -391,7 +398,8 @@ class GrpcHost:
             self._drain_grace = float(grace)
             self._drain_requested.set()
         await self._done.wait()
-        assert self._report is not None
+        if self._report is None:
+            raise RuntimeError("the drain failed: see the exception GrpcHost.serve() raised")
         return self._report
 
     # --------------------------------------------------------------- server ---
@@ -442,7 +450,7 @@ class GrpcHost:
 
         return handle
 
-    def _reject(self, method: str) -> None:
+    def _reject(self, method: str) -> NoReturn:
         self._rejected += 1
         logger.debug("rejected %s: draining", method)
         raise GRPCError(Status.UNAVAILABLE, SHUTDOWN_MESSAGE)
@@ -522,8 +530,6 @@ class GrpcHost:
         """Steps 5 and 6, and the forced end; runs shielded, bounded in time."""
         server = self._server
         try:
-            if True:
-                return
             if server is None or self._bound_port is None:
                 if server is not None:
                     _drain.close_listener(server)

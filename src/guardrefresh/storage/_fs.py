@@ -77,7 +77,9 @@ def translate_os_error(exc: OSError, path: Path, action: str) -> StorageError:
     if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         detail = "read-only file system" if exc.errno == errno.EROFS else (exc.strerror or "")
         return StorePermissionError(path, action, detail)
-    if exc.errno == errno.ENOENT and action in ("create", "open directory"):
+    # A vanished directory shows as ENOENT on the file inside it (e.g. a load).
+    gone = action in ("create", "open directory") or not path.parent.is_dir()
+    if exc.errno == errno.ENOENT and gone:
         return StoreDirectoryMissingError(path.parent)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreWriteError(f"cannot {action} {str(path)!r}: no space left on device")

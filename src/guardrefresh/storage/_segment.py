@@ -38,7 +38,7 @@ from ..model import (
     Rule,
     RuleAnchors,
 )
-from ._errors import CorruptStoreError, UnsupportedVersionError
+from ._errors import CorruptStoreError
 
 SEGMENT_MAGIC = b"GRSEG\x00\r\n"
 FORMAT_VERSION = 1
@@ -374,8 +374,7 @@ def decode_segment(buf: memoryview, start: int, *, path: Path, what: str) -> Seg
     """Verify and decode the segment at ``buf[start:]``.
 
     Raises :class:`CorruptStoreError` (naming ``what``, the section and the
-    absolute offset) or :class:`UnsupportedVersionError`; never returns a
-    partially verified segment.
+    absolute offset); never returns a partially verified segment.
     """
     end_of_buf = len(buf)
 
@@ -389,8 +388,9 @@ def decode_segment(buf: memoryview, start: int, *, path: Path, what: str) -> Seg
     if magic != SEGMENT_MAGIC:
         raise corrupt("header", start, "bad magic (not a guardrefresh segment)")
     if version != FORMAT_VERSION:
-        # Checked before the checksum: a newer writer may have changed the header itself.
-        raise UnsupportedVersionError(path, version, FORMAT_VERSION)
+        # The manifest, verified first, carries the store's version; a segment of
+        # another version under it is damage, not a newer writer.
+        raise corrupt("header", start, f"format version {version}, expected {FORMAT_VERSION}")
     if header_len != _pad(_HEADER.size + _ENTRY.size * section_count) or section_count > 64:
         raise corrupt("header", start, "inconsistent header length")
     if end_of_buf - start < header_len:

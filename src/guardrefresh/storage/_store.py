@@ -87,6 +87,11 @@ class Manifest:
 
     @classmethod
     def decode(cls, raw: bytes, path: Path) -> Manifest:
+        # The version first: a newer build's manifest may well have another size.
+        if len(raw) >= 10 and raw[:8] == MANIFEST_MAGIC:
+            (version,) = struct.unpack_from("<H", raw, 8)
+            if version != FORMAT_VERSION:
+                raise UnsupportedVersionError(path, version, FORMAT_VERSION)
         if len(raw) != _MANIFEST.size:
             raise CorruptStoreError(
                 path, "manifest", min(len(raw), _MANIFEST.size),
@@ -286,7 +291,10 @@ class WarmStore:
         if magic != JOURNAL_MAGIC:
             raise CorruptStoreError(path, "journal header", 0, "bad magic")
         if version != FORMAT_VERSION:
-            raise UnsupportedVersionError(path, version, FORMAT_VERSION)
+            # Under a manifest of this version: damage (see decode_segment).
+            raise CorruptStoreError(
+                path, "journal header", 8, f"format version {version}, expected {FORMAT_VERSION}"
+            )
         if generation != m.generation:
             raise CorruptStoreError(path, "journal header", 0, "generation does not match the manifest")
         segments = []
@@ -439,6 +447,8 @@ class WarmStore:
                 m = None
             generation = (m.generation if m else 0) + 1
             version = (m.bridge_version if m else 0) + 1
+            # Later duplicates win, as in the journal; a snapshot must hold each id once.
+            rules = list({r.rule_id: r for r in rules}.values())
             columns = SegmentColumns.from_rules(rules, bridge_version=version)
             columns.table_versions = {(r.family_id, r.layer): version for r in rules}
             head, body = encode_segment(columns)
@@ -446,7 +456,7 @@ class WarmStore:
             journal_head = self._journal_header(generation)
             atomic_write(self.journal_path(generation), [journal_head])
             new = Manifest(
-                generation, version, len({r.rule_id for r in rules}), size,
+                generation, version, len(rules), size,
                 struct.unpack_from("<Q", head, 56)[0], len(journal_head),
                 xxhash.xxh3_64_intdigest(journal_head), _now_ms(),
             )

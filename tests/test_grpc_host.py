@@ -1,0 +1,441 @@
+"""GrpcHost: grpclib inside Trio with a graceful drain, called by a real grpcio peer.
+
+Real clock throughout: the grpcio client runs in worker threads with its own I/O, and
+the mock clock would race ahead of it. Grace periods stay around a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import logging
+import ssl
+from pathlib import Path
+
+import grpc
+import grpclib
+import grpclib.protocol
+import grpclib.server
+import pytest
+import trio
+import trio_asyncio
+from google.protobuf import descriptor_pb2, descriptor_pool
+from grpclib.reflection.v1 import reflection_pb2 as reflection_v1
+from grpclib.reflection.v1alpha import reflection_pb2 as reflection_v1alpha
+from helpers_grpc import (
+    DATA_PLANE,
+    NOT_SERVING,
+    SERVING,
+    Client,
+    Results,
+    ScriptedDataPlane,
+    in_thread,
+    iter_once,
+    open_client,
+    open_host,
+    wait_until,
+)
+
+from guardrefresh.server import SHUTDOWN_MESSAGE, DrainReport, GrpcHost, _drain
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+OK = grpc.StatusCode.OK
+
+
+async def test_serve_reports_port_and_answers_a_grpcio_client() -> None:
+    async with open_host() as (host, _), open_client(host.port) as client:
+        assert host.port > 0
+        outcome = await in_thread(client.get_rule_stats)
+        assert outcome.code is OK
+        assert outcome.response.total_rules == 7
+        # The call leaves the count when its task ends, just after the client has its answer.
+        await wait_until(lambda: host.in_flight == 0)
+
+
+async def test_drain_completes_short_calls_and_cancels_long_ones_with_unavailable() -> None:
+    results = Results()
+    async with open_host() as (host, servicer), open_client(host.port) as client:
+        host.set_serving(True)
+        async with trio.open_nursery() as nursery:
+            results.start(nursery, "short", client.get_rule, "sleep:0.3")
+            # A long client deadline: the call must end at the grace period, not here.
+            results.start(nursery, "long", client.get_rule, "sleep:30", 20.0)
+            await wait_until(lambda: host.in_flight == 2)
+
+            reports: list[DrainReport] = []
+
+            async def drain() -> None:
+                reports.append(await host.drain(1.0))
+
+            start = trio.current_time()
+            nursery.start_soon(drain)
+            await wait_until(lambda: host.draining)
+
+            # A new RPC on the already-open connection is refused at once.
+            rejected = await in_thread(client.get_rule_stats)
+            assert rejected.code is UNAVAILABLE
+            assert rejected.details == SHUTDOWN_MESSAGE
+            assert rejected.elapsed_s < 1.0
+            # Health is exempt: it still answers, and says NOT_SERVING.
+            health = await in_thread(client.check, "")
+            assert health.code is OK and health.response.status == NOT_SERVING
+            health = await in_thread(client.check, DATA_PLANE)
+            assert health.code is OK and health.response.status == NOT_SERVING
+            # The listening socket is closed: new connections are refused.
+            with pytest.raises(OSError):
+                await trio.open_tcp_stream("127.0.0.1", host.port)
+        elapsed = trio.current_time() - start
+
+    short, long = results.outcomes["short"], results.outcomes["long"]
+    assert short.code is OK and short.response.tier == str(len("sleep:0.3"))
+    assert long.code is UNAVAILABLE and long.details == SHUTDOWN_MESSAGE
+    assert 0.9 < long.elapsed_s < 5.0  # ended by the 1 s grace, not the 20 s deadline
+    assert servicer.finished == ["sleep:0.3"]
+    (report,) = reports
+    assert (report.in_flight_at_start, report.completed, report.cancelled) == (2, 1, 1)
+    assert report.rejected == 1
+    assert report.connections_closed == 1
+    assert 0.95 <= report.duration_s < 3.0
+    assert elapsed < 4.0
+    assert host.report == report
+
+
+async def test_drain_when_idle_does_not_wait_for_the_grace_period() -> None:
+    async with open_host() as (host, _), open_client(host.port) as client:
+        assert (await in_thread(client.get_rule_stats)).code is OK
+        await wait_until(lambda: host.in_flight == 0)
+        report = await host.drain(30.0)
+    assert report.in_flight_at_start == report.completed == report.cancelled == 0
+    assert report.connections_closed == 1
+    assert report.duration_s < 1.0
+
+
+async def test_drain_waits_for_calls_that_finish_within_grace() -> None:
+    results = Results()
+    async with (
+        open_host() as (host, _),
+        open_client(host.port) as client,
+        trio.open_nursery() as nursery,
+    ):
+        for i in range(3):
+            results.start(nursery, f"c{i}", client.get_rule, f"sleep:0.{i + 2}")
+        await wait_until(lambda: host.in_flight == 3)
+        report = await host.drain(5.0)
+    assert all(o.code is OK for o in results.outcomes.values())
+    assert (report.in_flight_at_start, report.completed, report.cancelled) == (3, 3, 0)
+    assert 0.3 < report.duration_s < 1.5  # the longest call (0.4 s), not the 5 s grace
+
+
+async def test_skip_grace_cuts_the_wait_short() -> None:
+    results = Results()
+    async with (
+        open_host() as (host, _),
+        open_client(host.port) as client,
+        trio.open_nursery() as nursery,
+    ):
+        results.start(nursery, "long", client.get_rule, "sleep:30", 20.0)
+        await wait_until(lambda: host.in_flight == 1)
+        reports: list[DrainReport] = []
+
+        async def drain() -> None:
+            reports.append(await host.drain(30.0))
+
+        nursery.start_soon(drain)
+        await wait_until(lambda: host.draining)
+        await trio.sleep(0.2)
+        assert not reports
+        skipped_at = trio.current_time()
+        host.skip_grace()
+        await wait_until(lambda: bool(reports))
+        after_skip = trio.current_time() - skipped_at
+    assert after_skip < 1.0
+    (report,) = reports
+    assert (report.in_flight_at_start, report.completed, report.cancelled) == (1, 0, 1)
+    assert report.duration_s < 2.0
+    assert results.outcomes["long"].code is UNAVAILABLE
+    assert results.outcomes["long"].elapsed_s < 3.0
+
+
+async def test_health_watch_sees_serving_then_not_serving_during_drain() -> None:
+    seen: list[int] = []
+    results = Results()
+    async with open_host() as (host, _), open_client(host.port) as client:
+        assert (await in_thread(client.check)).response.status == NOT_SERVING
+        async with trio.open_nursery() as nursery:
+            results.start(nursery, "watch", client.watch, seen, DATA_PLANE)
+            await wait_until(lambda: seen == [NOT_SERVING])
+            host.set_serving(True)
+            await wait_until(lambda: seen == [NOT_SERVING, SERVING])
+            assert (await in_thread(client.check)).response.status == SERVING
+            # Watch streams are not in flight: an otherwise idle drain ends at once.
+            assert host.in_flight == 0
+            report = await host.drain(5.0)
+            host.set_serving(True)  # ignored while (and after) draining
+    assert seen == [NOT_SERVING, SERVING, NOT_SERVING]
+    watch = results.outcomes["watch"]
+    assert watch.code is UNAVAILABLE and watch.details == SHUTDOWN_MESSAGE
+    assert report.in_flight_at_start == 0
+    assert report.duration_s < 1.5
+
+
+async def test_cancelling_serve_without_drain_forces_a_clean_shutdown() -> None:
+    results = Results()
+    serve_saw_cancelled = []
+
+    async def serve_then_cancel() -> DrainReport | None:
+        # The host lives only in here, so the gc.collect() below can find what it leaks.
+        host = GrpcHost([ScriptedDataPlane()])
+
+        async def serve(task_status: trio.TaskStatus[int]) -> None:
+            try:
+                await host.serve(task_status=task_status)
+            except trio.Cancelled:
+                serve_saw_cancelled.append(True)
+                raise
+
+        async with trio.open_nursery() as nursery:
+            port = await nursery.start(serve)
+            client = await trio.to_thread.run_sync(Client, port)
+            raw = await trio.open_tcp_stream("127.0.0.1", port)
+            results.start(nursery, "long", client.get_rule, "sleep:30", 20.0)
+            await wait_until(lambda: host.in_flight == 1)
+            cancelled_at = trio.current_time()
+            nursery.cancel_scope.cancel()
+        # Forced: the client got UNAVAILABLE right away, not at its deadline.
+        assert results.outcomes["long"].code is UNAVAILABLE
+        assert results.outcomes["long"].details == SHUTDOWN_MESSAGE
+        assert results.outcomes["long"].elapsed_s < 3.0
+        # The server closed the raw connection too: it reads to EOF.
+        with trio.fail_after(2):
+            while await raw.receive_some():
+                pass
+        await raw.aclose()
+        with pytest.raises(OSError):
+            await trio.open_tcp_stream("127.0.0.1", port)
+        assert trio.current_time() - cancelled_at < 3.0
+        await trio.to_thread.run_sync(client.close)
+        return host.report
+
+    async with trio_asyncio.open_loop():
+        report = await serve_then_cancel()
+    # Anything left unclosed warns when collected, and filterwarnings=error fails the test.
+    gc.collect()
+    assert serve_saw_cancelled == [True]
+    assert report is not None
+    assert (report.in_flight_at_start, report.cancelled, report.connections_closed) == (1, 1, 2)
+    assert report.duration_s < 2.0
+
+
+async def test_a_handler_that_swallows_cancellation_cannot_hold_the_drain() -> None:
+    results = Results()
+    async with (
+        open_host() as (host, servicer),
+        open_client(host.port) as client,
+        trio.open_nursery() as nursery,
+    ):
+        results.start(nursery, "stubborn", client.get_rule, "stubborn:30", 20.0)
+        await wait_until(lambda: host.in_flight == 1)
+        report = await host.drain(0.2)
+    # Grace, then the bounded wait for cancelled handlers, then the connection closes
+    # (which cancels the handler again): the client sees the connection go.
+    assert results.outcomes["stubborn"].code is UNAVAILABLE
+    assert results.outcomes["stubborn"].elapsed_s < 4.0
+    assert (report.in_flight_at_start, report.cancelled, report.connections_closed) == (1, 1, 1)
+    assert 1.1 < report.duration_s < 3.0
+    assert servicer.finished == []
+
+
+async def test_serves_over_tls(tmp_path: Path) -> None:
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    await trio.run_process(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+            "-nodes", "-days", "1", "-subj", "/CN=localhost",
+            "-addext", "subjectAltName=IP:127.0.0.1",
+            "-keyout", str(key), "-out", str(cert),
+        ],
+        capture_stdout=True,
+        capture_stderr=True,
+    )  # fmt: skip
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+    async with (
+        open_host(ssl=context) as (host, _),
+        open_client(host.port, credentials) as client,
+    ):
+        outcome = await in_thread(client.get_rule_stats)
+        assert outcome.code is OK and outcome.response.total_rules == 7
+        async with open_client(host.port) as plaintext:
+            assert (await in_thread(plaintext.get_rule_stats, 2.0)).code is UNAVAILABLE
+        await wait_until(lambda: host.in_flight == 0)
+        report = await host.drain(1.0)
+    assert report.connections_closed >= 1
+
+
+async def test_oversized_request_is_refused_with_resource_exhausted() -> None:
+    limit = 64 * 1024
+    async with (
+        open_host(max_message_bytes=limit) as (host, servicer),
+        open_client(host.port) as client,
+    ):
+        big = await in_thread(client.get_rule, "x" * (limit + 1))
+        assert big.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert big.details is not None and str(limit) in big.details
+        # Just under the limit: the message is the id plus 4 bytes of tag and length.
+        fits = await in_thread(client.get_rule, "y" * (limit - 8))
+        assert fits.code is OK and fits.response.tier == str(limit - 8)
+        assert (await in_thread(client.get_rule_stats)).code is OK
+        assert servicer.finished == ["y" * (limit - 8)]
+        await wait_until(lambda: host.in_flight == 0)
+
+
+async def test_handler_exception_answers_unknown_and_server_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with open_host() as (host, _), open_client(host.port) as client:
+        with caplog.at_level(logging.ERROR, logger="grpclib.server"):
+            boom = await in_thread(client.get_rule, "boom")
+        assert boom.code is grpc.StatusCode.UNKNOWN
+        assert any(
+            r.exc_info and "unexpected failure" in str(r.exc_info[1]) for r in caplog.records
+        )
+        assert (await in_thread(client.get_rule, "fine")).code is OK
+        await wait_until(lambda: host.in_flight == 0)
+        report = await host.drain(1.0)
+    assert report.in_flight_at_start == 0
+
+
+@pytest.mark.parametrize("version", [reflection_v1alpha, reflection_v1], ids=["v1alpha", "v1"])
+async def test_reflection_lists_and_describes_the_data_plane(version: object) -> None:
+    module = version
+    path = (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+        if module is reflection_v1alpha
+        else "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+    )
+    request_type = module.ServerReflectionRequest  # type: ignore[attr-defined]
+    response_type = module.ServerReflectionResponse  # type: ignore[attr-defined]
+    async with open_host() as (host, _), open_client(host.port) as client:
+        call = client.stream_stream(path, request_type.SerializeToString, response_type.FromString)
+
+        def ask(request: object) -> object:
+            (response,) = list(call(iter_once(request), timeout=5.0))
+            return response
+
+        listed = await trio.to_thread.run_sync(ask, request_type(list_services=""))
+        described = await trio.to_thread.run_sync(
+            ask, request_type(file_containing_symbol=DATA_PLANE)
+        )
+        # Reflection is exempt from the drain's counting.
+        assert host.in_flight == 0
+
+    names = [s.name for s in listed.list_services_response.service]  # type: ignore[attr-defined]
+    assert DATA_PLANE in names
+    files = described.file_descriptor_response.file_descriptor_proto  # type: ignore[attr-defined]
+    pool = descriptor_pool.DescriptorPool()
+    for raw in files:
+        pool.Add(descriptor_pb2.FileDescriptorProto.FromString(raw))
+    service = pool.FindServiceByName(DATA_PLANE)
+    assert {"GetRuleStats", "GetRule", "RefreshRules"} <= set(service.methods_by_name)
+    assert service.methods_by_name["GetRule"].input_type.full_name == (
+        "rule_installation.GetRuleRequest"
+    )
+
+
+async def test_reflection_can_be_switched_off() -> None:
+    path = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+    request_type = reflection_v1alpha.ServerReflectionRequest
+    response_type = reflection_v1alpha.ServerReflectionResponse
+    async with open_host(reflection=False) as (host, _), open_client(host.port) as client:
+        call = client.stream_stream(path, request_type.SerializeToString, response_type.FromString)
+
+        def ask() -> grpc.StatusCode:
+            try:
+                list(call(iter_once(request_type(list_services="")), timeout=5.0))
+            except grpc.RpcError as err:
+                return err.code()
+            return OK
+
+        assert await trio.to_thread.run_sync(ask) is grpc.StatusCode.UNIMPLEMENTED
+
+
+async def test_misuse_is_refused() -> None:
+    host = GrpcHost([ScriptedDataPlane()])
+    with pytest.raises(RuntimeError, match="not listening"):
+        host.port  # noqa: B018
+    with pytest.raises(RuntimeError, match=r"before GrpcHost\.serve"):
+        await host.drain(1.0)
+    with pytest.raises(RuntimeError, match=r"trio_asyncio\.open_loop"):
+        await host.serve()
+    with pytest.raises(RuntimeError, match="only once"):
+        await host.serve()
+    with pytest.raises(ValueError, match="at least one service"):
+        GrpcHost([])
+    with pytest.raises(ValueError, match="max_message_bytes"):
+        GrpcHost([ScriptedDataPlane()], max_message_bytes=4)
+    with pytest.raises(ValueError, match="completed"):
+        DrainReport(
+            in_flight_at_start=2,
+            completed=1,
+            cancelled=0,
+            rejected=0,
+            connections_closed=0,
+            duration_s=0.0,
+        )
+    with pytest.raises(ValueError, match="duration_s"):
+        DrainReport(
+            in_flight_at_start=0,
+            completed=0,
+            cancelled=0,
+            rejected=0,
+            connections_closed=0,
+            duration_s=-1.0,
+        )
+
+
+async def test_bind_failure_propagates_before_ready() -> None:
+    async with open_host() as (first, _):
+        second = GrpcHost([ScriptedDataPlane()], port=first.port)
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(OSError):
+                await nursery.start(second.serve)
+        assert second.report is None
+
+
+# ----------------------------------------------------------- grpclib canary ---
+
+
+async def test_grpclib_internals_the_drain_relies_on_are_still_there() -> None:
+    """Fails loudly when a grpclib upgrade moves what _drain.py touches."""
+    assert grpclib.__version__ == _drain.GRPCLIB_VERSION
+    # The class-level default the trailers check reads.
+    assert grpclib.server.Stream._send_trailing_metadata_done is False
+    assert inspect.iscoroutinefunction(grpclib.protocol.Stream.recv_data)
+    # The connection proxy forwards exactly the protocol callbacks H2Protocol has.
+    for name in ("connection_made", "data_received", "pause_writing", "resume_writing"):
+        assert name in vars(grpclib.protocol.H2Protocol), name
+    assert "connection_lost" in vars(grpclib.protocol.H2Protocol)
+    assert "ssl" in inspect.signature(grpclib.server.Server.start).parameters
+
+    async with trio_asyncio.open_loop():
+        server = grpclib.server.Server([ScriptedDataPlane()])
+        _drain.check_internals(server)
+        assert callable(server._protocol_factory)
+        assert server._server is None
+        await trio_asyncio.aio_as_trio(server.start)("127.0.0.1", 0)
+        try:
+            assert isinstance(server._server, asyncio.Server)
+            assert _drain.listening_port(server) == server._server.sockets[0].getsockname()[1]
+        finally:
+            server.close()
+            await trio_asyncio.aio_as_trio(server.wait_closed)()
+
+
+def test_check_internals_fails_loudly_on_a_different_shape() -> None:
+    class NotAGrpclibServer:
+        _server = object()
+
+    with pytest.raises(RuntimeError, match=r"_protocol_factory is missing.*_server is missing"):
+        _drain.check_internals(NotAGrpclibServer())
