@@ -48,7 +48,9 @@ async def main(interval: float, cycles: int) -> None:
         print(f"warm storage at {path}: {len(bridge.table)} rules")
 
         # A custom configuration: the testing preset with a shorter interval, no jitter.
-        config = SchedulerConfig(refresh_interval=interval, jitter=0.0, backoff_initial=interval / 2)
+        config = SchedulerConfig(
+            refresh_interval=interval, jitter=0.0, backoff_initial=interval / 2
+        )
         async with trio_asyncio.open_loop(), open_refresh_service(bridge) as refresher:
             await refresher.refresh(trigger=RefreshTrigger.STARTUP)
             scheduler = RefreshScheduler(refresher, config)
@@ -85,8 +87,12 @@ async def main(interval: float, cycles: int) -> None:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--interval", type=float, default=1.0, help="refresh interval in seconds")
-    parser.add_argument("--cycles", type=int, default=3, help="how many external changes to wait for")
+    parser.add_argument(
+        "--cycles", type=int, default=3, help="how many external changes to wait for"
+    )
     args = parser.parse_args()
     trio.run(main, args.interval, args.cycles)

@@ -137,7 +137,9 @@ async def test_rule_stats_one_row_per_family_and_layer(store_path: Path) -> None
             make_rule("g2", family_id="fs", layer="L1"),
         ],
     )
-    v2 = (await bridge.install_rules("a", [make_rule("g3", family_id="fs", layer="L1")])).bridge_version
+    v2 = (
+        await bridge.install_rules("a", [make_rule("g3", family_id="fs", layer="L1")])
+    ).bridge_version
     stats = bridge.rule_stats()
     rows = {(t.family_id, t.layer_id): t for t in stats.tables}
     assert sorted(rows) == [("fs", "L1"), ("net", "L1"), ("net", "L2")]

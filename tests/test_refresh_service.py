@@ -147,7 +147,7 @@ async def test_failed_refresh_keeps_serving_the_last_good_rules(
     broken = bytearray(good)
     broken[len(broken) // 2] ^= 0x10
     snap.write_bytes(bytes(broken))
-    with pytest.raises(RefreshError, match="corrupt warm storage .*checksum mismatch"):
+    with pytest.raises(RefreshError, match=r"corrupt warm storage .*checksum mismatch"):
         await service.refresh()
     assert bridge.cache.snapshot() == before
     assert bridge.table is table
@@ -188,12 +188,11 @@ async def test_closing_the_service_mid_load_never_swaps(bridge: Bridge, store_pa
         except RefreshError as exc:
             got.append(exc)
 
-    async with trio.open_nursery() as outer:
-        async with open_refresh_service(bridge) as svc:
-            release = hold_loads(svc)
-            outer.start_soon(call, svc)
-            await trio.testing.wait_all_tasks_blocked(0.05)
-            threading.Timer(0.05, release.set).start()
+    async with trio.open_nursery() as outer, open_refresh_service(bridge) as svc:
+        release = hold_loads(svc)
+        outer.start_soon(call, svc)
+        await trio.testing.wait_all_tasks_blocked(0.05)
+        threading.Timer(0.05, release.set).start()
             # Leave the block while the load is in its thread: the service is cancelled.
     assert got and "shutting down" in str(got[0])
     assert bridge.cache.snapshot() == before

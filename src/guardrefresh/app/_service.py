@@ -49,9 +49,12 @@ async def serve_service(
     except StorageError as exc:
         raise StartupError(f"cannot open warm storage: {exc}") from None
     try:
-        async with trio_asyncio.open_loop(), open_refresh_service(
-            bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
-        ) as refresher:
+        async with (
+            trio_asyncio.open_loop(),
+            open_refresh_service(
+                bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
+            ) as refresher,
+        ):
             await _supervise(config, bridge, refresher, task_status)
     finally:
         bridge.close()
@@ -70,7 +73,10 @@ async def _supervise(
             raise StartupError(f"warm-up refresh failed: {exc}") from None
         logger.info(
             "Warm-up refresh: %d rules hot of %d in warm storage, in %dms (bridge version %d)",
-            stats.rules_refreshed, len(bridge.table), round(stats.duration_ms), stats.bridge_version,
+            stats.rules_refreshed,
+            len(bridge.table),
+            round(stats.duration_ms),
+            stats.bridge_version,
         )
     scheduler = RefreshScheduler(refresher, config.scheduler)
     dataplane = DataPlaneService(bridge, refresher, scheduler)
@@ -101,7 +107,9 @@ async def _supervise(
                     continue
                 logger.info(
                     "Received %s: draining (grace %ss, %d RPCs in flight)",
-                    name, config.server.shutdown_grace, host.in_flight,
+                    name,
+                    config.server.shutdown_grace,
+                    host.in_flight,
                 )
                 nursery.start_soon(_shutdown, nursery, host, scheduler, refresher, config)
 
@@ -117,8 +125,12 @@ async def _shutdown(
     logger.info(
         "Drained: %d in flight at start, %d completed, %d cancelled, %d rejected, "
         "%d connections closed in %.2fs",
-        report.in_flight_at_start, report.completed, report.cancelled, report.rejected,
-        report.connections_closed, report.duration_s,
+        report.in_flight_at_start,
+        report.completed,
+        report.cancelled,
+        report.rejected,
+        report.connections_closed,
+        report.duration_s,
     )
     scheduler.stop()
     logger.info("Scheduler stopped")

@@ -98,9 +98,14 @@ class Bridge:
         store = WarmStore(path)
         table = await trio.to_thread.run_sync(lambda: store.open(make_dirs=make_dirs))
         logger.info(
-            "Opened warm storage %s: %d rules, bridge version %d", path, len(table), table.bridge_version
+            "Opened warm storage %s: %d rules, bridge version %d",
+            path,
+            len(table),
+            table.bridge_version,
         )
-        return cls(store, table, hot_capacity=hot_capacity, max_rules_per_install=max_rules_per_install)
+        return cls(
+            store, table, hot_capacity=hot_capacity, max_rules_per_install=max_rules_per_install
+        )
 
     def close(self) -> None:
         self.store.close()
@@ -144,14 +149,19 @@ class Bridge:
         for rule in rules:
             rule.validate()
             if rule.rule_id in seen:
-                raise RuleValidationError(rule.rule_id, "rule_id", "appears more than once in the request")
+                raise RuleValidationError(
+                    rule.rule_id, "rule_id", "appears more than once in the request"
+                )
             seen.add(rule.rule_id)
             if rule.agent_id and rule.agent_id != agent_id:
                 raise RuleValidationError(
-                    rule.rule_id, "agent_id",
+                    rule.rule_id,
+                    "agent_id",
                     f"rule is scoped to agent {rule.agent_id!r} but the request is for {agent_id!r}",
                 )
-            stamped.append(attrs.evolve(rule, installed_by=agent_id, config_id=config_id, owner=owner))
+            stamped.append(
+                attrs.evolve(rule, installed_by=agent_id, config_id=config_id, owner=owner)
+            )
         async with self.write_lock:
             for rule in stamped:
                 existing = self.table.ref(rule.rule_id)

@@ -359,7 +359,7 @@ SETTINGS: tuple[Setting[Any], ...] = (
         kind=INTEGER,
         default=4 * 1024 * 1024,
         constraint=_at_least(1024),
-        help="Largest gRPC message received or sent, in bytes.",
+        help="Largest gRPC request message accepted, in bytes; a larger one is refused with RESOURCE_EXHAUSTED before it is buffered.",
     ),
     Setting(
         section="server",

@@ -66,14 +66,18 @@ class RuleAnchors:
         naming the slot and anchor on the first problem.
         """
         if len(slots) != SLOT_COUNT:
-            raise RuleValidationError(rule_id, "anchors", f"expected {SLOT_COUNT} slots, got {len(slots)}")
+            raise RuleValidationError(
+                rule_id, "anchors", f"expected {SLOT_COUNT} slots, got {len(slots)}"
+            )
         block = np.zeros(BLOCK_SHAPE, dtype=np.float32)
         found: list[int] = []
         for s, vectors in enumerate(slots):
             name = SLOTS[s]
             if len(vectors) > MAX_ANCHORS:
                 raise RuleValidationError(
-                    rule_id, f"anchors.{name}_anchors", f"at most {MAX_ANCHORS} anchors, got {len(vectors)}"
+                    rule_id,
+                    f"anchors.{name}_anchors",
+                    f"at most {MAX_ANCHORS} anchors, got {len(vectors)}",
                 )
             for i, vector in enumerate(vectors):
                 if len(vector) != ANCHOR_DIM:
@@ -87,7 +91,9 @@ class RuleAnchors:
                     row = np.asarray(vector, dtype=np.float32)
                 if not np.isfinite(row).all():
                     raise RuleValidationError(
-                        rule_id, f"anchors.{name}_anchors[{i}]", "values must be finite (no NaN or inf)"
+                        rule_id,
+                        f"anchors.{name}_anchors[{i}]",
+                        "values must be finite (no NaN or inf)",
                     )
                 block[s, i] = row
             found.append(len(vectors))

@@ -103,8 +103,12 @@ def _param_from_proto(rid: str, key: str, value: pb.ParamValue) -> ParamScalar:
     if which in ("string_value", "int_value", "float_value", "bool_value"):
         assert isinstance(inner, str | int | float | bool)
         return inner
-    raise RuleValidationError(rid, f"params[{key!r}]", "value is not set (one of string_value, "
-                              "int_value, float_value, bool_value, string_list is required)")
+    raise RuleValidationError(
+        rid,
+        f"params[{key!r}]",
+        "value is not set (one of string_value, "
+        "int_value, float_value, bool_value, string_list is required)",
+    )
 
 
 def _param_to_proto(value: ParamScalar) -> pb.ParamValue:

@@ -65,9 +65,7 @@ def _f32(value: float) -> float:
 def _frozen_params(value: Mapping[str, ParamScalar]) -> Mapping[str, ParamScalar]:
     if isinstance(value, MappingProxyType):
         return value
-    return MappingProxyType(
-        {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
-    )
+    return MappingProxyType({k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
 
 
 def _frozen_weights(value: Any) -> tuple[float, ...]:
@@ -94,7 +92,9 @@ class Rule:
     enabled: bool = True
     created_at_ms: int = 0
     params: Mapping[str, ParamScalar] = attrs.field(
-        factory=dict, converter=_frozen_params, eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b) and _same_types(a, b))
+        factory=dict,
+        converter=_frozen_params,
+        eq=attrs.cmp_using(eq=lambda a, b: dict(a) == dict(b) and _same_types(a, b)),
     )
     anchors: RuleAnchors = attrs.field(factory=RuleAnchors.empty)
     policy_type: PolicyType = PolicyType.FORBIDDEN
@@ -123,7 +123,9 @@ class Rule:
         if not isinstance(self.enabled, bool):
             raise RuleValidationError(rid, "enabled", "must be a bool")
         if not isinstance(self.policy_type, PolicyType):
-            raise RuleValidationError(rid, "policy_type", f"must be a PolicyType, got {self.policy_type!r}")
+            raise RuleValidationError(
+                rid, "policy_type", f"must be a PolicyType, got {self.policy_type!r}"
+            )
         if not math.isfinite(self.drift_threshold) or self.drift_threshold < 0:
             raise RuleValidationError(
                 rid, "drift_threshold", f"must be finite and >= 0, got {self.drift_threshold}"
@@ -141,11 +143,17 @@ class Rule:
             try:
                 json.loads(self.modification_spec, parse_constant=_reject_non_json_constant)
             except ValueError as exc:
-                raise RuleValidationError(rid, "modification_spec", f"must be JSON: {exc}") from None
-        extras = len(self.modification_spec.encode("utf-8", "surrogatepass")) + _params_size(self.params)
+                raise RuleValidationError(
+                    rid, "modification_spec", f"must be JSON: {exc}"
+                ) from None
+        extras = len(self.modification_spec.encode("utf-8", "surrogatepass")) + _params_size(
+            self.params
+        )
         if extras > MAX_EXTRAS_BYTES:
             raise RuleValidationError(
-                rid, "params", f"params and modification_spec exceed {MAX_EXTRAS_BYTES} bytes ({extras})"
+                rid,
+                "params",
+                f"params and modification_spec exceed {MAX_EXTRAS_BYTES} bytes ({extras})",
             )
         self.anchors.validate(rid)
 
@@ -170,7 +178,9 @@ def _check_text(rid: str, field: str, value: object, limit: int) -> None:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise RuleValidationError(rid, field, "must be valid Unicode (no lone surrogates)") from None
+        raise RuleValidationError(
+            rid, field, "must be valid Unicode (no lone surrogates)"
+        ) from None
 
 
 def _check_int(rid: str, field: str, value: object, bounds: tuple[int, int]) -> None:

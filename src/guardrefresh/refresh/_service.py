@@ -137,7 +137,9 @@ class RefreshService:
                 self._queued = None
             flight.done.set()
 
-    async def _refresh_once(self, families: frozenset[str], trigger: RefreshTrigger) -> RefreshStats:
+    async def _refresh_once(
+        self, families: frozenset[str], trigger: RefreshTrigger
+    ) -> RefreshStats:
         bridge = self._bridge
         started = time.perf_counter()
         async with bridge.write_lock:
@@ -175,8 +177,14 @@ class RefreshService:
         )
         logger.info(
             "Refreshed %d rules in %.1f ms (trigger %s, families %s, version %d, +%d -%d ~%d%s)",
-            stats.rules_refreshed, duration_ms, trigger, ",".join(stats.families) or "all",
-            stats.bridge_version, stats.added, stats.removed, stats.changed,
+            stats.rules_refreshed,
+            duration_ms,
+            trigger,
+            ",".join(stats.families) or "all",
+            stats.bridge_version,
+            stats.added,
+            stats.removed,
+            stats.changed,
             ", unchanged" if unchanged else "",
         )
         self._last_stats.value = stats
@@ -195,9 +203,7 @@ class RefreshService:
         table = self._bridge.store.load()
         capacity = self._bridge.cache.capacity
         in_scope: Collection[str] | None = families or None
-        old = {
-            key: ref for key, ref in before if in_scope is None or ref.family_id in in_scope
-        }
+        old = {key: ref for key, ref in before if in_scope is None or ref.family_id in in_scope}
         # Working set first (most recently used first), then fill to capacity.
         order = [key for key, _ref in reversed(before)] + preferred
         chosen: dict[str, RuleRef] = {}
@@ -221,7 +227,9 @@ class RefreshService:
                         break
         added = sum(1 for key in chosen if key not in old)
         removed = sum(1 for key in old if key not in chosen)
-        changed = sum(1 for key, ref in chosen.items() if key in old and old[key].digest != ref.digest)
+        changed = sum(
+            1 for key, ref in chosen.items() if key in old and old[key].digest != ref.digest
+        )
         identical = not (added or removed or changed)
         # Same content from the same files: keep the current refs. A new generation
         # (after compaction) is swapped anyway so old files can be released.
