@@ -69,7 +69,7 @@ def make_rule(rule_id: str = "r1", *, seed: int = 0, **fields: Any) -> Rule:
 # -- Hypothesis -------------------------------------------------------------------------
 
 # Names are validated Unicode without NUL; lone surrogates cannot cross the wire.
-_chars = st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00")
+_chars = st.characters(codec="utf-8", exclude_characters="\x00")
 _f32 = st.floats(width=32, allow_nan=False, allow_infinity=False)
 #: Valid rule ids (1-40 characters).
 rule_ids = st.text(_chars, min_size=1, max_size=40)

@@ -92,8 +92,9 @@ def store_files(path: Path) -> set[str]:
 @settings(max_examples=40, deadline=None)
 @given(
     batches=st.lists(
-        st.lists(rules(rule_id=st.sampled_from([f"id-{i}" for i in range(8)]) | rule_ids),
-                 max_size=4),
+        st.lists(
+            rules(rule_id=st.sampled_from([f"id-{i}" for i in range(8)]) | rule_ids), max_size=4
+        ),
         min_size=1,
         max_size=3,
     ),
@@ -108,7 +109,11 @@ def test_any_rules_round_trip_through_journal_and_snapshot(
         table = store.open()
         expected: dict[str, Rule] = {}
         for batch in batches:
-            deletes = data.draw(st.lists(st.sampled_from(sorted(expected)), max_size=2)) if expected else []
+            deletes = (
+                data.draw(st.lists(st.sampled_from(sorted(expected)), max_size=2))
+                if expected
+                else []
+            )
             table = store.append(table, batch, deletes)
             for rule_id in deletes:
                 expected.pop(rule_id, None)
@@ -154,7 +159,11 @@ def _assert_regression_fields(got: Rule | None, want: Rule) -> None:
     assert got.policy_type is want.policy_type
     assert got.drift_threshold == want.drift_threshold == float(np.float32(0.8125))
     assert got.modification_spec == want.modification_spec
-    assert got.slice_weights == want.slice_weights == tuple(float(np.float32(w)) for w in (0.4, 0.3, 0.2, 0.1))
+    assert (
+        got.slice_weights
+        == want.slice_weights
+        == tuple(float(np.float32(w)) for w in (0.4, 0.3, 0.2, 0.1))
+    )
     assert got == want
 
 
@@ -167,8 +176,16 @@ def test_reload_keeps_policy_drift_spec_and_weights(
     # modification_spec and slice_weights on reload, turning forbidden rules into allow rules.
     rule = _regression_rule(policy)
     # Neighbours with the other policies and default fields, so no column can borrow a value.
-    others = [make_rule(f"plain-{p.value}", policy_type=p, drift_threshold=0.0, modification_spec="",
-                        slice_weights=()) for p in PolicyType]
+    others = [
+        make_rule(
+            f"plain-{p.value}",
+            policy_type=p,
+            drift_threshold=0.0,
+            modification_spec="",
+            slice_weights=(),
+        )
+        for p in PolicyType
+    ]
     store = stores()
     if via == "imported-snapshot":
         store.write_snapshot_from([*others, rule])
@@ -185,12 +202,16 @@ def test_reload_keeps_policy_drift_spec_and_weights(
         assert got is not None and got.slice_weights == () and got.modification_spec == ""
 
 
-def test_forbidden_rules_stay_forbidden_across_many_reloads(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_forbidden_rules_stay_forbidden_across_many_reloads(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     rule = _regression_rule(PolicyType.FORBIDDEN)
     store = stores()
-    table = store.append(store.open(), [rule])
+    store.append(store.open(), [rule])
     for step in range(3):
-        table = store.append(reload(store_path), [make_rule(f"filler-{step}", policy_type=PolicyType.CONTEXT_ALLOW)])
+        store.append(
+            reload(store_path), [make_rule(f"filler-{step}", policy_type=PolicyType.CONTEXT_ALLOW)]
+        )
         store.compact()
         _assert_regression_fields(reload(store_path).rule(rule.rule_id), rule)
 
@@ -206,10 +227,14 @@ def test_anchors_stay_mapped_not_copied(store_path: Path, stores: Callable[[], W
     assert ref.rule.anchors == make_rule("b", seed=2).anchors
 
 
-def test_write_snapshot_from_keeps_the_last_of_duplicate_ids(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_write_snapshot_from_keeps_the_last_of_duplicate_ids(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     # Regression: duplicates used to commit a snapshot that could never be loaded again.
     store = stores()
-    table = store.write_snapshot_from([make_rule("x", priority=1), make_rule("y"), make_rule("x", priority=2)])
+    table = store.write_snapshot_from(
+        [make_rule("x", priority=1), make_rule("y"), make_rule("x", priority=2)]
+    )
     assert len(table) == 2
     again = reload(store_path)
     assert sorted(again.ids()) == ["x", "y"]
@@ -217,15 +242,19 @@ def test_write_snapshot_from_keeps_the_last_of_duplicate_ids(store_path: Path, s
     assert rule is not None and rule.priority == 2
 
 
-def test_write_snapshot_from_replaces_everything(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_write_snapshot_from_replaces_everything(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     store = stores()
     table = store.append(store.open(), [make_rule("old")])
     table = store.write_snapshot_from([make_rule("new", family_id="f9", layer="L9")])
     assert sorted(reload(store_path).ids()) == ["new"]
     assert table.bridge_version == 2 and table.generation == 2
     assert store_files(store_path) == {
-        "warm_storage.bin", "warm_storage.bin.lock",
-        "warm_storage.bin.00000002.snap", "warm_storage.bin.00000002.journal",
+        "warm_storage.bin",
+        "warm_storage.bin.lock",
+        "warm_storage.bin.00000002.snap",
+        "warm_storage.bin.00000002.journal",
     }
     assert [(s.family_id, s.layer_id, s.version) for s in table.table_stats()] == [("f9", "L9", 2)]
 
@@ -249,8 +278,12 @@ def test_store_files_are_0600_and_a_created_directory_0700(tmp_path: Path) -> No
         os.umask(old_umask)
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()}
-    assert set(modes) == {"warm_storage.bin", "warm_storage.bin.lock",
-                          "warm_storage.bin.00000002.snap", "warm_storage.bin.00000002.journal"}
+    assert set(modes) == {
+        "warm_storage.bin",
+        "warm_storage.bin.lock",
+        "warm_storage.bin.00000002.snap",
+        "warm_storage.bin.00000002.journal",
+    }
     assert set(modes.values()) == {0o600}
 
 
@@ -278,7 +311,9 @@ def test_atomic_write_failure_leaves_the_old_file(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == ["f"]  # no temp file left behind
 
 
-def _committed_state(store_path: Path, stores: Callable[[], WarmStore]) -> tuple[WarmStore, WarmTable]:
+def _committed_state(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> tuple[WarmStore, WarmTable]:
     store = stores()
     table = store.open()
     table = store.append(table, [make_rule("a", seed=1), make_rule("b", seed=2)])
@@ -302,7 +337,10 @@ def _uncommitted_segment(store_path: Path, elsewhere: Path) -> bytes:
 
 @pytest.mark.parametrize("tail", ["garbage", "partial-segment", "whole-segment", "zeros"])
 def test_unacknowledged_journal_tail_is_ignored_then_cut(
-    store_path: Path, tmp_path_factory: pytest.TempPathFactory, stores: Callable[[], WarmStore], tail: str
+    store_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    stores: Callable[[], WarmStore],
+    tail: str,
 ) -> None:
     writer, table = _committed_state(store_path, stores)
     writer.close()
@@ -335,7 +373,7 @@ def test_tail_left_by_a_failed_manifest_switch_is_ignored(
 ) -> None:
     store, table = _committed_state(store_path, stores)
     before = contents(table)
-    real = store_module.atomic_write
+    real = atomic_write
 
     def crash_on_manifest(path: Path, parts: Any) -> int:
         if path == store_path:
@@ -355,7 +393,9 @@ def test_tail_left_by_a_failed_manifest_switch_is_ignored(
     assert journal.stat().st_size == store.read_manifest().journal_size
 
 
-def test_leftover_manifest_temp_files_do_not_matter(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_leftover_manifest_temp_files_do_not_matter(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     store, table = _committed_state(store_path, stores)
     expected = contents(table)
     foreign = store_path.with_name(f".{store_path.name}.tmp-999999")
@@ -376,7 +416,11 @@ def test_leftover_manifest_temp_files_do_not_matter(store_path: Path, stores: Ca
 
 def test_missing_directory(tmp_path: Path) -> None:
     path = tmp_path / "nowhere" / "warm_storage.bin"
-    for action in (WarmStore(path).open, WarmStore(path).load, lambda: WarmStore(path).open(create=False)):
+    for action in (
+        WarmStore(path).open,
+        WarmStore(path).load,
+        lambda: WarmStore(path).open(create=False),
+    ):
         with pytest.raises(StoreDirectoryMissingError) as info:
             action()
         assert info.value.directory == path.parent
@@ -384,7 +428,9 @@ def test_missing_directory(tmp_path: Path) -> None:
     assert not path.parent.exists()
 
 
-def test_directory_removed_under_a_running_store(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_directory_removed_under_a_running_store(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     store = stores()
     store.append(store.open(), [make_rule()])
     store.close()
@@ -394,7 +440,7 @@ def test_directory_removed_under_a_running_store(store_path: Path, stores: Calla
 
 
 def test_missing_manifest_without_create(store_path: Path) -> None:
-    with pytest.raises(StorageError, match="warm_storage.bin"):
+    with pytest.raises(StorageError, match=r"warm_storage\.bin"):
         WarmStore(store_path).open(create=False)
     assert list(store_path.parent.iterdir()) == []
 
@@ -404,8 +450,11 @@ def test_file_owned_by_another_user_is_refused(
     store_path: Path, stores: Callable[[], WarmStore], monkeypatch: pytest.MonkeyPatch, which: str
 ) -> None:
     store, table = _committed_state(store_path, stores)
-    target = {"manifest": store_path, "snapshot": store.snapshot_path(table.generation),
-              "journal": store.journal_path(table.generation)}[which]
+    target = {
+        "manifest": store_path,
+        "snapshot": store.snapshot_path(table.generation),
+        "journal": store.journal_path(table.generation),
+    }[which]
     if os.geteuid() == 0:
         os.chown(target, 65534, 65534)
         other = 65534
@@ -420,14 +469,17 @@ def test_file_owned_by_another_user_is_refused(
     assert str(target) in str(info.value)
 
 
-@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666])
+@pytest.mark.parametrize("mode", [0o620, 0o602, 0o666], ids=["0620", "0602", "0666"])
 @pytest.mark.parametrize("which", ["manifest", "snapshot", "journal"])
 def test_group_or_world_writable_file_is_refused(
     store_path: Path, stores: Callable[[], WarmStore], which: str, mode: int
 ) -> None:
     store, table = _committed_state(store_path, stores)
-    target = {"manifest": store_path, "snapshot": store.snapshot_path(table.generation),
-              "journal": store.journal_path(table.generation)}[which]
+    target = {
+        "manifest": store_path,
+        "snapshot": store.snapshot_path(table.generation),
+        "journal": store.journal_path(table.generation),
+    }[which]
     target.chmod(mode)
     with pytest.raises(UnsafeStoreError) as info:
         reload(store_path)
@@ -439,7 +491,11 @@ def test_group_or_world_writable_file_is_refused(
 
 def test_group_readable_files_are_fine(store_path: Path, stores: Callable[[], WarmStore]) -> None:
     store, table = _committed_state(store_path, stores)
-    for p in (store_path, store.snapshot_path(table.generation), store.journal_path(table.generation)):
+    for p in (
+        store_path,
+        store.snapshot_path(table.generation),
+        store.journal_path(table.generation),
+    ):
         p.chmod(0o644)
     assert contents(reload(store_path)) == contents(table)
 
@@ -484,9 +540,19 @@ def test_permission_denied_is_a_store_permission_error(stores: Callable[[], Warm
             (readable_dir / "warm_storage.bin").chmod(0o000)
         try:
             probe = subprocess.run(
-                [sys.executable, "-c", _PERMISSION_PROBE, "drop" if as_root else "stay",
-                 str(readable_dir / "warm_storage.bin"), str(closed_dir / "warm_storage.bin")],
-                capture_output=True, text=True, timeout=60, check=True, cwd="/",
+                [
+                    sys.executable,
+                    "-c",
+                    _PERMISSION_PROBE,
+                    "drop" if as_root else "stay",
+                    str(readable_dir / "warm_storage.bin"),
+                    str(closed_dir / "warm_storage.bin"),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+                cwd="/",
             )
         finally:
             closed_dir.chmod(0o700)
@@ -516,13 +582,17 @@ def test_os_errors_map_to_storage_errors(
     tmp_path: Path, code: int, action: str, kind: type[StorageError], text: str
 ) -> None:
     # Synthetic errors: as root a real EACCES cannot be provoked in-process (see the probe above).
-    exc = translate_os_error(OSError(code, os.strerror(code)), tmp_path / "warm_storage.bin", action)
+    exc = translate_os_error(
+        OSError(code, os.strerror(code)), tmp_path / "warm_storage.bin", action
+    )
     assert type(exc) is kind
     assert text in str(exc)
 
 
 def test_missing_file_in_an_existing_directory_is_not_a_missing_directory(tmp_path: Path) -> None:
-    exc = translate_os_error(FileNotFoundError(errno.ENOENT, "No such file"), tmp_path / "x", "open")
+    exc = translate_os_error(
+        FileNotFoundError(errno.ENOENT, "No such file"), tmp_path / "x", "open"
+    )
     assert not isinstance(exc, StoreDirectoryMissingError)
     assert str(tmp_path / "x") in str(exc)
 
@@ -536,13 +606,21 @@ def _with_version(raw: bytes, version: int, size: int | None = None) -> bytes:
     return bytes(body) + struct.pack("<Q", xxhash.xxh3_64_intdigest(bytes(body)))
 
 
-@pytest.mark.parametrize(("version", "size"), [(2, None), (0, None), (65535, None), (2, 128), (2, 64)])
-def test_unsupported_version(store_path: Path, stores: Callable[[], WarmStore], version: int, size: int | None) -> None:
+@pytest.mark.parametrize(
+    ("version", "size"), [(2, None), (0, None), (65535, None), (2, 128), (2, 64)]
+)
+def test_unsupported_version(
+    store_path: Path, stores: Callable[[], WarmStore], version: int, size: int | None
+) -> None:
     store, _table = _committed_state(store_path, stores)
     store.close()
     store_path.write_bytes(_with_version(store_path.read_bytes(), version, size))
     before = files_state(store_path.parent)
-    for action in (WarmStore(store_path).load, WarmStore(store_path).open, WarmStore(store_path).read_manifest):
+    for action in (
+        WarmStore(store_path).load,
+        WarmStore(store_path).open,
+        WarmStore(store_path).read_manifest,
+    ):
         with pytest.raises(UnsupportedVersionError) as info:
             action()
         assert info.value.found == version
@@ -550,7 +628,9 @@ def test_unsupported_version(store_path: Path, stores: Callable[[], WarmStore], 
     assert files_state(store_path.parent) == before
 
 
-def test_a_failed_load_changes_nothing_on_disk(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_a_failed_load_changes_nothing_on_disk(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     store, table = _committed_state(store_path, stores)
     store.close()
     journal = store.journal_path(table.generation)
@@ -559,7 +639,11 @@ def test_a_failed_load_changes_nothing_on_disk(store_path: Path, stores: Callabl
     journal.write_bytes(bytes(raw))
     (store_path.parent / "warm_storage.bin.lock").unlink()  # open() must not even create the lock
     before = files_state(store_path.parent)
-    for action in (WarmStore(store_path).load, WarmStore(store_path).open, WarmStore(store_path).info):
+    for action in (
+        WarmStore(store_path).load,
+        WarmStore(store_path).open,
+        WarmStore(store_path).info,
+    ):
         with pytest.raises(CorruptStoreError) as info:
             action()
         assert info.value.section.startswith("journal")
@@ -589,10 +673,51 @@ def test_writes_to_a_corrupt_store_change_nothing(
     assert files_state(store_path.parent) == before
 
 
+def test_opening_an_existing_store_writes_nothing(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
+    store, _table = _committed_state(store_path, stores)
+    store.close()
+    before = files_state(store_path.parent)
+    for action in (stores().open, stores().load, stores().info, stores().read_manifest):
+        action()
+    assert files_state(store_path.parent) == before
+
+
+class _RacedReader(WarmStore):
+    """A reader that another process's compaction overtakes right after it read the manifest."""
+
+    raced = False
+
+    def read_manifest(self) -> Manifest:
+        manifest = super().read_manifest()
+        if not self.raced:
+            self.raced = True
+            other = WarmStore(self.path)
+            try:
+                other.compact()
+            finally:
+                other.close()
+        return manifest
+
+
+def test_a_load_overtaken_by_a_compaction_retries(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
+    _store, table = _committed_state(store_path, stores)
+    reader = _RacedReader(store_path)
+    loaded = reader.load()  # the files its first manifest named are gone by the time it maps them
+    assert reader.raced
+    assert loaded.generation == 2
+    assert contents(loaded) == contents(table)
+
+
 # -- incremental installs -------------------------------------------------------------------
 
 
-def test_appending_ten_rules_does_not_rewrite_the_snapshot(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_appending_ten_rules_does_not_rewrite_the_snapshot(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     n = 300
     store = stores()
     table = store.write_snapshot_from([make_rule(f"base-{i}", seed=i) for i in range(n)])
@@ -606,7 +731,9 @@ def test_appending_ten_rules_does_not_rewrite_the_snapshot(store_path: Path, sto
 
     snap_after = snap.stat()
     assert (snap_after.st_ino, snap_after.st_mtime_ns, snap_after.st_size) == (
-        snap_before.st_ino, snap_before.st_mtime_ns, snap_before.st_size,
+        snap_before.st_ino,
+        snap_before.st_mtime_ns,
+        snap_before.st_size,
     )
     grown = journal.stat().st_size - journal_before
     assert 10 * BLOCK < grown < 10 * BLOCK + 4096  # one segment: anchors plus small columns
@@ -618,7 +745,9 @@ def test_appending_ten_rules_does_not_rewrite_the_snapshot(store_path: Path, sto
     assert again.rule("base-0") == make_rule("base-0", seed=0)
 
 
-def test_empty_append_still_commits_a_version(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_empty_append_still_commits_a_version(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     store = stores()
     table = store.append(store.open(), [make_rule()])
     table = store.append(table, [])
@@ -631,17 +760,25 @@ def test_empty_append_still_commits_a_version(store_path: Path, stores: Callable
 
 def _varied_store(store: WarmStore) -> WarmTable:
     table = store.open()
-    table = store.append(table, [
-        make_rule("g1", family_id="f1", layer="L1", seed=1),
-        make_rule("g2", family_id="f1", layer="L1", seed=2),
-        make_rule("s1", family_id="f1", layer="L1", agent_id="agent-a", seed=3),
-        make_rule("s2", family_id="f1", layer="L2", agent_id="agent-b", seed=4),
-    ])  # version 1
-    table = store.append(table, [make_rule("g3", family_id="f2", layer="L1", installed_by="agent-a", seed=5)])
-    table = store.append(table, [
-        make_rule("g2", family_id="f1", layer="L1", priority=99, seed=6),  # replaces g2
-        make_rule("x1", family_id="f3", layer="L1", seed=7),
-    ])  # version 3
+    table = store.append(
+        table,
+        [
+            make_rule("g1", family_id="f1", layer="L1", seed=1),
+            make_rule("g2", family_id="f1", layer="L1", seed=2),
+            make_rule("s1", family_id="f1", layer="L1", agent_id="agent-a", seed=3),
+            make_rule("s2", family_id="f1", layer="L2", agent_id="agent-b", seed=4),
+        ],
+    )  # version 1
+    table = store.append(
+        table, [make_rule("g3", family_id="f2", layer="L1", installed_by="agent-a", seed=5)]
+    )
+    table = store.append(
+        table,
+        [
+            make_rule("g2", family_id="f1", layer="L1", priority=99, seed=6),  # replaces g2
+            make_rule("x1", family_id="f3", layer="L1", seed=7),
+        ],
+    )  # version 3
     table = store.append(table, [], ["x1"])  # version 4: f3 now empty
     return table
 
@@ -665,8 +802,10 @@ def test_compact_keeps_everything_and_removes_the_old_generation(
     assert compacted.table_versions == versions
     assert len(compacted.segments) == 1
     assert store_files(store_path) == {
-        "warm_storage.bin", "warm_storage.bin.lock",
-        "warm_storage.bin.00000002.snap", "warm_storage.bin.00000002.journal",
+        "warm_storage.bin",
+        "warm_storage.bin.lock",
+        "warm_storage.bin.00000002.snap",
+        "warm_storage.bin.00000002.journal",
     }
     assert store.journal_path(2).stat().st_size == JOURNAL_HEADER_SIZE
     m = store.read_manifest()
@@ -687,7 +826,7 @@ def test_crash_before_the_manifest_switch_leaves_the_old_state(
     table = _varied_store(store)
     before = contents(table)
     manifest_before = store_path.read_bytes()
-    real = store_module.atomic_write
+    real = atomic_write
     written: list[Path] = []
 
     def crash_on_manifest(path: Path, parts: Any) -> int:
@@ -712,8 +851,10 @@ def test_crash_before_the_manifest_switch_leaves_the_old_state(
     assert store.compact().generation == 2
     assert contents(reload(store_path)) == {**before, "later": make_rule("later")}
     assert store_files(store_path) == {
-        "warm_storage.bin", "warm_storage.bin.lock",
-        "warm_storage.bin.00000002.snap", "warm_storage.bin.00000002.journal",
+        "warm_storage.bin",
+        "warm_storage.bin.lock",
+        "warm_storage.bin.00000002.snap",
+        "warm_storage.bin.00000002.journal",
     }
 
 
@@ -732,12 +873,16 @@ def test_crash_after_the_manifest_switch_leaves_old_files_that_do_not_matter(
     assert reload(store_path).generation == 2
     store.compact()
     assert store_files(store_path) == {
-        "warm_storage.bin", "warm_storage.bin.lock",
-        "warm_storage.bin.00000003.snap", "warm_storage.bin.00000003.journal",
+        "warm_storage.bin",
+        "warm_storage.bin.lock",
+        "warm_storage.bin.00000003.snap",
+        "warm_storage.bin.00000003.journal",
     }
 
 
-def test_needs_compaction_after_a_large_journal(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_needs_compaction_after_a_large_journal(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     store = stores()
     table = store.append(store.open(), [make_rule(f"r{i}", seed=i) for i in range(10)])
     assert not store.needs_compaction()
@@ -756,7 +901,9 @@ def test_info(store_path: Path, stores: Callable[[], WarmStore]) -> None:
     info = store.info()
     assert info.journal_segments == 4
     assert info.manifest.generation == 1 and info.manifest.rule_count == 5
-    assert info.snapshot_path == store.snapshot_path(1) and info.journal_path == store.journal_path(1)
+    assert info.snapshot_path == store.snapshot_path(1) and info.journal_path == store.journal_path(
+        1
+    )
 
 
 # -- WarmTable ------------------------------------------------------------------------------
@@ -837,10 +984,14 @@ def test_iter_refs_and_family_names(store_path: Path, stores: Callable[[], WarmS
     assert ref.rule is ref.rule  # decoded once
     assert ref.digest == table.ref("g3").digest  # type: ignore[union-attr]
     compacted = reload(store_path)
-    assert {r.rule_id: r.digest for r in compacted.iter_refs()} == {r.rule_id: r.digest for r in table.iter_refs()}
+    assert {r.rule_id: r.digest for r in compacted.iter_refs()} == {
+        r.rule_id: r.digest for r in table.iter_refs()
+    }
 
 
-def test_digests_tell_changed_rules_apart(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_digests_tell_changed_rules_apart(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     store = stores()
     table = store.append(store.open(), [make_rule("a"), make_rule("b")])
     first = {r.rule_id: r.digest for r in table.iter_refs()}
@@ -870,8 +1021,11 @@ def test_with_segment_shares_and_never_changes_the_older_table(
     assert old.rule("g1") == make_rule("g1", family_id="f1", layer="L1", seed=1)
 
     # Applying a segment directly, twice, to the same base: each result independent.
-    seg_bytes = segment_bytes(SegmentColumns.from_rules([make_rule("g1", priority=1)], bridge_version=9,
-                                                        deleted_ids=["g2"]))
+    seg_bytes = segment_bytes(
+        SegmentColumns.from_rules(
+            [make_rule("g1", priority=1)], bridge_version=9, deleted_ids=["g2"]
+        )
+    )
     seg = decode_segment(memoryview(seg_bytes), 0, path=store_path, what="test")
     one, two = old.with_segment(seg), old.with_segment(seg)
     assert one.bridge_version == two.bridge_version == 9
@@ -884,7 +1038,9 @@ def test_with_segment_shares_and_never_changes_the_older_table(
 # -- two writers (two processes) ------------------------------------------------------------
 
 
-def test_a_writer_notices_another_writers_append(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_a_writer_notices_another_writers_append(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     a, b = stores(), stores()
     table_a = a.append(a.open(), [make_rule("from-a-1")])
     table_b = b.append(b.load(), [make_rule("from-b")])
@@ -899,7 +1055,9 @@ def test_a_writer_notices_another_writers_append(store_path: Path, stores: Calla
     assert sorted(table_b.ids()) == sorted(reload(store_path).ids()) == ["from-a-2", "from-b"]
 
 
-def test_a_writer_notices_another_writers_compaction(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_a_writer_notices_another_writers_compaction(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     a, b = stores(), stores()
     table_a = a.append(a.open(), [make_rule("a1")])
     table_a = a.append(table_a, [make_rule("a2")])  # A now holds generation 1's journal open
@@ -914,7 +1072,9 @@ def test_a_writer_notices_another_writers_compaction(store_path: Path, stores: C
     assert again.bridge_version == 4
 
 
-def test_interleaved_writers_lose_nothing(store_path: Path, stores: Callable[[], WarmStore]) -> None:
+def test_interleaved_writers_lose_nothing(
+    store_path: Path, stores: Callable[[], WarmStore]
+) -> None:
     writers = [stores() for _ in range(3)]
     tables = [w.open() for w in writers]
     for step in range(12):

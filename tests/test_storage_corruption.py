@@ -67,7 +67,9 @@ def _snapshot_store(directory: Path) -> tuple[Path, WarmTable]:
     store = WarmStore(path)
     try:
         table = store.write_snapshot_from([make_rule("a", seed=1, family_id="f1")])
-        table = store.append(table, [make_rule("b", seed=2, agent_id="agent-1", family_id="f2")], ["a"])
+        table = store.append(
+            table, [make_rule("b", seed=2, agent_id="agent-1", family_id="f2")], ["a"]
+        )
         table = store.append(table, [], ["no-such-rule"])  # a segment of deletions only
     finally:
         store.close()
@@ -84,7 +86,11 @@ def _build(name: str, directory: Path) -> Case:
             store.close()
     store = WarmStore(path)
     m = store.read_manifest()
-    files = {"manifest": path, "snapshot": store.snapshot_path(m.generation), "journal": store.journal_path(m.generation)}
+    files = {
+        "manifest": path,
+        "snapshot": store.snapshot_path(m.generation),
+        "journal": store.journal_path(m.generation),
+    }
     case = Case(
         name=name,
         path=path,
@@ -99,7 +105,9 @@ def _build(name: str, directory: Path) -> Case:
 
 
 @pytest.fixture(scope="module", params=["journal", "compacted"])
-def case(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Case]:
+def case(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Case]:
     built = _build(request.param, tmp_path_factory.mktemp(f"corrupt-{request.param}"))
     yield built
 
@@ -129,10 +137,16 @@ def _outcome(case: Case) -> BaseException | None:
     return None
 
 
-def _problem(exc: BaseException | None, *, damaged: Path | None, version_hit: bool = False) -> str | None:
+def _problem(
+    exc: BaseException | None, *, damaged: Path | None, version_hit: bool = False
+) -> str | None:
     """Why an outcome is wrong, or None when it is the expected, well-described refusal."""
     if version_hit:
-        return None if isinstance(exc, UnsupportedVersionError) else f"expected UnsupportedVersionError, got {exc!r}"
+        return (
+            None
+            if isinstance(exc, UnsupportedVersionError)
+            else f"expected UnsupportedVersionError, got {exc!r}"
+        )
     if not isinstance(exc, CorruptStoreError):
         return f"expected CorruptStoreError, got {exc!r}"
     if not exc.section or f": {exc.section} at offset {exc.offset}: " not in str(exc):
@@ -142,15 +156,18 @@ def _problem(exc: BaseException | None, *, damaged: Path | None, version_hit: bo
     return None
 
 
-def _check_all(case: Case, role: str, variants: Iterator[tuple[object, bytes, bool]], *,
-               name_file: bool = True) -> tuple[int, list[str]]:
+def _check_all(
+    case: Case, role: str, variants: Iterator[tuple[object, bytes, bool]], *, name_file: bool = True
+) -> tuple[int, list[str]]:
     """Write each variant of ``role``'s file, load, and collect every wrong outcome."""
     problems: list[str] = []
     count = 0
     for label, data, version_hit in variants:
         count += 1
         case.write(role, data)
-        problem = _problem(_outcome(case), damaged=case.files[role] if name_file else None, version_hit=version_hit)
+        problem = _problem(
+            _outcome(case), damaged=case.files[role] if name_file else None, version_hit=version_hit
+        )
         if problem:
             problems.append(f"{case.name} {role} {label}: {problem}")
     case.write(role, case.original[role])
@@ -189,7 +206,9 @@ def test_truncation_with_a_manifest_that_agrees(pristine: Case, role: str) -> No
         if role == "snapshot":
             forged = _forge_manifest(pristine, snapshot_size=n)
         else:
-            forged = _forge_manifest(pristine, journal_size=n, journal_checksum=xxhash.xxh3_64_intdigest(cut))
+            forged = _forge_manifest(
+                pristine, journal_size=n, journal_checksum=xxhash.xxh3_64_intdigest(cut)
+            )
         pristine.write("manifest", forged)
         pristine.write(role, cut)
         problem = _problem(_outcome(pristine), damaged=None)
@@ -236,7 +255,9 @@ def test_seeded_bit_flips(pristine: Case, role: str) -> None:
 # -- garbage files --------------------------------------------------------------------------
 
 
-def _garbage(rng: random.Random, *, size: int, magic: bytes, version_at: int | None) -> Iterator[bytes]:
+def _garbage(
+    rng: random.Random, *, size: int, magic: bytes, version_at: int | None
+) -> Iterator[bytes]:
     """Random files: arbitrary sizes, the expected size, and ones that start plausibly."""
     for i in range(GARBAGE_FILES):
         kind = i % 4
@@ -267,7 +288,10 @@ def test_garbage_data_files(pristine: Case, role: str) -> None:
     size = len(pristine.original[role])
     magic = SEGMENT_MAGIC if role == "snapshot" else JOURNAL_MAGIC
     rng = random.Random(f"{role}-{pristine.name}")
-    variants = ((f"garbage {i}", raw, False) for i, raw in enumerate(_garbage(rng, size=size, magic=magic, version_at=8)))
+    variants = (
+        (f"garbage {i}", raw, False)
+        for i, raw in enumerate(_garbage(rng, size=size, magic=magic, version_at=8))
+    )
     count, problems = _check_all(pristine, role, variants)
     assert count == GARBAGE_FILES
     assert problems == []
@@ -278,7 +302,9 @@ def test_garbage_is_always_a_storage_error(pristine: Case) -> None:
     rng = random.Random(7)
     for _ in range(50):
         for role in ROLES:
-            pristine.write(role, rng.randbytes(rng.randrange(0, 2 * len(pristine.original[role]) + 1)))
+            pristine.write(
+                role, rng.randbytes(rng.randrange(0, 2 * len(pristine.original[role]) + 1))
+            )
         assert isinstance(_outcome(pristine), StorageError)
 
 
@@ -301,7 +327,9 @@ def test_garbage_is_always_a_storage_error(pristine: Case) -> None:
         ("journal_checksum", lambda v: v ^ 1),
     ],
 )
-def test_manifest_that_disagrees_with_the_files(pristine: Case, field: str, change: Callable[[int], int]) -> None:
+def test_manifest_that_disagrees_with_the_files(
+    pristine: Case, field: str, change: Callable[[int], int]
+) -> None:
     m = pristine.manifest()
     pristine.write("manifest", attrs.evolve(m, **{field: change(getattr(m, field))}).encode())
     problem = _problem(_outcome(pristine), damaged=None)
@@ -319,7 +347,10 @@ def test_journal_of_another_generation_is_refused(pristine: Case) -> None:
     journal = bytearray(pristine.original["journal"])
     struct.pack_into("<Q", journal, 16, pristine.manifest().generation + 1)
     pristine.write("journal", bytes(journal))
-    pristine.write("manifest", _forge_manifest(pristine, journal_checksum=xxhash.xxh3_64_intdigest(bytes(journal))))
+    pristine.write(
+        "manifest",
+        _forge_manifest(pristine, journal_checksum=xxhash.xxh3_64_intdigest(bytes(journal))),
+    )
     exc = _outcome(pristine)
     assert isinstance(exc, CorruptStoreError)
     assert exc.section == "journal header" and "generation" in str(exc)
@@ -344,7 +375,9 @@ def test_failed_loads_leave_the_files_as_they_were(pristine: Case) -> None:
     before = {role: (p.read_bytes(), p.stat().st_mtime_ns) for role, p in pristine.files.items()}
     listing = sorted(p.name for p in pristine.path.parent.iterdir())
     assert isinstance(_outcome(pristine), CorruptStoreError)
-    assert {role: (p.read_bytes(), p.stat().st_mtime_ns) for role, p in pristine.files.items()} == before
+    assert {
+        role: (p.read_bytes(), p.stat().st_mtime_ns) for role, p in pristine.files.items()
+    } == before
     assert sorted(p.name for p in pristine.path.parent.iterdir()) == listing
 
 
