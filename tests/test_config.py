@@ -16,7 +16,10 @@ from hypothesis import strategies as st
 from guardrefresh.config import (
     SETTINGS,
     ConfigError,
+    HealthConfig,
     LoggingConfig,
+    MetricsConfig,
+    SecurityConfig,
     ServerConfig,
     ServiceConfig,
     Setting,
@@ -50,6 +53,16 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "scheduler.backoff_initial": (1.5, 45.0),
     "scheduler.max_interval": (90_000.0, 21_600.0),
     "logging.level": ("DEBUG", "ERROR"),
+    "logging.format": ("json", "text"),
+    "metrics.host": ("localhost", "::1"),
+    "metrics.port": (0, 9999),
+    "health.max_staleness": (600.0, 1.5),
+    "health.fail_when_stale": (True, False),
+    "security.tls_cert": (pathlib.Path("cert.pem"), pathlib.Path("/etc/g r/cert.pem")),
+    "security.tls_key": (pathlib.Path("key.pem"), pathlib.Path("/etc/g r/key.pem")),
+    "security.tls_client_ca": (pathlib.Path("ca.pem"), pathlib.Path("/etc/ca.pem")),
+    "security.admin_token_file": (pathlib.Path("token"), pathlib.Path("/run/token")),
+    "security.auth_reads": (True, False),
 }
 
 SECTION_CLASSES = {
@@ -57,6 +70,9 @@ SECTION_CLASSES = {
     "storage": StorageConfig,
     "scheduler": SchedulerConfig,
     "logging": LoggingConfig,
+    "metrics": MetricsConfig,
+    "health": HealthConfig,
+    "security": SecurityConfig,
 }
 
 
@@ -66,12 +82,16 @@ def value_of(config: ServiceConfig, name: str) -> Any:
 
 
 def as_text(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
 
 
 def as_toml(value: Any) -> str:
+    if value is None:
+        return '""'
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str | pathlib.Path):
@@ -291,7 +311,9 @@ def test_flag_beats_env_beats_toml_beats_default(name: str, tmp_path: pathlib.Pa
     argv, environ = sources(setting, tmp_path, flag=second, env=first, toml=first)
     resolved = resolve_config(parse_args(argv), environ)
     assert value_of(resolved.config, name) == second
-    assert resolved.origins[name] == setting.flag
+    # A switch whose sample is False was given as its --no- form.
+    expected = setting.negative_flag if second is False else setting.flag
+    assert resolved.origins[name] == expected
 
 
 def test_origins_name_each_source(tmp_path: pathlib.Path) -> None:
@@ -635,7 +657,7 @@ def test_render_round_trips_defaults(tmp_path: pathlib.Path) -> None:
     text = render_config(ServiceConfig())
     assert read_back(text, tmp_path) == ServiceConfig()
     document = tomllib.loads(text)
-    assert set(document) == {"server", "storage", "scheduler", "logging"}
+    assert set(document) == {"server", "storage", "scheduler", "logging", "metrics", "health", "security"}
     assert {(section, key) for section in document for key in document[section]} == {
         (s.section, s.key) for s in SETTINGS
     }
@@ -679,3 +701,26 @@ def test_render_round_trips_any_path_and_number(path: str, interval: float) -> N
     assert text.isascii()  # whatever encoding stdout has
     with tempfile.TemporaryDirectory() as directory:
         assert read_back(text, pathlib.Path(directory)) == config
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [
+        ({"tls_cert": pathlib.Path("c.pem")}, "tls_cert and tls_key go together"),
+        ({"tls_key": pathlib.Path("k.pem")}, "tls_cert and tls_key go together"),
+        ({"tls_client_ca": pathlib.Path("ca.pem")}, "needs tls_cert and tls_key"),
+        ({"auth_reads": True}, "auth_reads needs admin_token_file"),
+    ],
+)
+def test_security_combinations_are_checked_before_start(fields: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        SecurityConfig(**fields).check()
+    SecurityConfig().check()
+    SecurityConfig(
+        tls_cert=pathlib.Path("c"), tls_key=pathlib.Path("k"), tls_client_ca=pathlib.Path("ca")
+    ).check()
+
+
+def test_staleness_limit_defaults_to_twice_the_interval() -> None:
+    assert HealthConfig().staleness_limit(21600) == 43200
+    assert HealthConfig(max_staleness=90.0).staleness_limit(21600) == 90.0

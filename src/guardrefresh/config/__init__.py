@@ -17,7 +17,15 @@ from ._load import (
     version_text,
 )
 from ._render import render_config
-from ._service import LoggingConfig, ServerConfig, ServiceConfig, StorageConfig
+from ._service import (
+    HealthConfig,
+    LoggingConfig,
+    MetricsConfig,
+    SecurityConfig,
+    ServerConfig,
+    ServiceConfig,
+    StorageConfig,
+)
 from ._settings import CONFIG_ENV, DEFAULT_ORIGIN, ENV_PREFIX, SETTINGS, Setting
 
 __all__ = [
@@ -27,8 +35,11 @@ __all__ = [
     "SETTINGS",
     "CliOptions",
     "ConfigError",
+    "HealthConfig",
     "LoggingConfig",
+    "MetricsConfig",
     "ResolvedConfig",
+    "SecurityConfig",
     "ServerConfig",
     "ServiceConfig",
     "Setting",

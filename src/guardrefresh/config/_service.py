@@ -13,7 +13,10 @@ from ._errors import ConfigError
 from ._settings import SECTIONS, SETTINGS, SETTINGS_BY_NAME
 
 __all__ = [
+    "HealthConfig",
     "LoggingConfig",
+    "MetricsConfig",
+    "SecurityConfig",
     "ServerConfig",
     "ServiceConfig",
     "StorageConfig",
@@ -45,6 +48,9 @@ def _default(name: str) -> Any:
 _SERVER = _validator("server")
 _STORAGE = _validator("storage")
 _LOGGING = _validator("logging")
+_METRICS = _validator("metrics")
+_HEALTH = _validator("health")
+_SECURITY = _validator("security")
 
 
 @attrs.frozen(kw_only=True)
@@ -80,6 +86,66 @@ class LoggingConfig:
 
     #: An upper-case level name: DEBUG, INFO, WARNING or ERROR.
     level: str = attrs.field(default=_default("logging.level"), validator=_LOGGING)
+    #: "text" or "json".
+    format: str = attrs.field(default=_default("logging.format"), validator=_LOGGING)
+
+
+@attrs.frozen(kw_only=True)
+class MetricsConfig:
+    """The Prometheus endpoint (``/metrics``); port 0 turns it off."""
+
+    host: str = attrs.field(default=_default("metrics.host"), validator=_METRICS)
+    port: int = attrs.field(default=_default("metrics.port"), validator=_METRICS)
+
+    @property
+    def enabled(self) -> bool:
+        return self.port != 0
+
+
+@attrs.frozen(kw_only=True)
+class HealthConfig:
+    """When rules count as stale, and whether staleness fails the health check."""
+
+    max_staleness: float = attrs.field(default=_default("health.max_staleness"), validator=_HEALTH)
+    fail_when_stale: bool = attrs.field(
+        default=_default("health.fail_when_stale"), validator=_HEALTH
+    )
+
+    def staleness_limit(self, refresh_interval: float) -> float:
+        """Seconds after the last success when rules are stale (0 means 2x the interval)."""
+        return self.max_staleness or 2 * refresh_interval
+
+
+@attrs.frozen(kw_only=True)
+class SecurityConfig:
+    """TLS for gRPC and the admin token for mutating RPCs."""
+
+    tls_cert: pathlib.Path | None = attrs.field(
+        default=_default("security.tls_cert"), validator=_SECURITY
+    )
+    tls_key: pathlib.Path | None = attrs.field(
+        default=_default("security.tls_key"), validator=_SECURITY
+    )
+    tls_client_ca: pathlib.Path | None = attrs.field(
+        default=_default("security.tls_client_ca"), validator=_SECURITY
+    )
+    admin_token_file: pathlib.Path | None = attrs.field(
+        default=_default("security.admin_token_file"), validator=_SECURITY
+    )
+    auth_reads: bool = attrs.field(default=_default("security.auth_reads"), validator=_SECURITY)
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for combinations that cannot work.
+
+        Kept out of construction so each setting can be given on its own source;
+        the service calls it before it starts.
+        """
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("security: tls_cert and tls_key go together; set both or neither")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("security: tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.auth_reads and self.admin_token_file is None:
+            raise ConfigError("security: auth_reads needs admin_token_file")
 
 
 @attrs.frozen(kw_only=True)
@@ -104,6 +170,15 @@ class ServiceConfig:
     logging: LoggingConfig = attrs.field(
         factory=LoggingConfig, validator=attrs.validators.instance_of(LoggingConfig)
     )
+    metrics: MetricsConfig = attrs.field(
+        factory=MetricsConfig, validator=attrs.validators.instance_of(MetricsConfig)
+    )
+    health: HealthConfig = attrs.field(
+        factory=HealthConfig, validator=attrs.validators.instance_of(HealthConfig)
+    )
+    security: SecurityConfig = attrs.field(
+        factory=SecurityConfig, validator=attrs.validators.instance_of(SecurityConfig)
+    )
 
 
 #: The class of each section; its keyword arguments are the section's setting keys.
@@ -112,6 +187,9 @@ SECTION_CLASSES: Mapping[str, Callable[..., object]] = {
     "storage": StorageConfig,
     "scheduler": SchedulerConfig,
     "logging": LoggingConfig,
+    "metrics": MetricsConfig,
+    "health": HealthConfig,
+    "security": SecurityConfig,
 }
 assert tuple(SECTION_CLASSES) == SECTIONS
 

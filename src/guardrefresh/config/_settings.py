@@ -226,15 +226,36 @@ PATH: Kind[pathlib.Path] = Kind(
 )
 
 
-def _choice(*choices: str) -> Kind[str]:
+def _parse_optional_path(text: str) -> pathlib.Path | None:
+    # An empty value means "not set", so an environment or TOML value can unset a file.
+    return pathlib.Path(text) if text else None
+
+
+def _optional_path_toml(value: pathlib.Path | None) -> str:
+    return toml_string("" if value is None else str(value))
+
+
+OPTIONAL_PATH: Kind[pathlib.Path | None] = Kind(
+    description='a file path ("" = not set)',
+    metavar="PATH",
+    accepts=lambda v: v is None or isinstance(v, pathlib.Path),
+    from_text=_parse_optional_path,
+    from_toml=_text_only(_parse_optional_path),
+    to_toml=_optional_path_toml,
+    to_text=lambda v: "" if v is None else str(v),
+)
+
+
+def _choice(*choices: str, metavar: str = "LEVEL", upper: bool = True) -> Kind[str]:
     def parse(text: str) -> str:
-        if text.upper() not in choices:
+        value = text.upper() if upper else text.lower()
+        if value not in choices:
             raise ValueError("not one of the choices")
-        return text.upper()
+        return value
 
     return Kind(
         description=f"one of {', '.join(choices)} (any case)",
-        metavar="LEVEL",
+        metavar=metavar,
         accepts=lambda v: v in choices,
         from_text=parse,
         from_toml=_text_only(parse),
@@ -243,6 +264,7 @@ def _choice(*choices: str) -> Kind[str]:
 
 
 LOG_LEVEL = _choice("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMAT = _choice("text", "json", metavar="FORMAT", upper=False)
 
 
 @attrs.frozen
@@ -465,6 +487,106 @@ SETTINGS: tuple[Setting[Any], ...] = (
         kind=LOG_LEVEL,
         default="INFO",
         help="Least severe level written to the log on stderr.",
+    ),
+    Setting(
+        section="logging",
+        key="format",
+        flag="--log-format",
+        env="GUARDREFRESH_LOG_FORMAT",
+        kind=LOG_FORMAT,
+        default="text",
+        help="text: one human-readable line per event; json: one JSON object per line "
+        "(timestamp, level, logger, message and structured fields).",
+    ),
+    # [metrics]
+    Setting(
+        section="metrics",
+        key="host",
+        flag="--metrics-host",
+        env="GUARDREFRESH_METRICS_HOST",
+        kind=HOST,
+        default="127.0.0.1",
+        constraint=_NON_EMPTY_NO_SPACE,
+        help="Address the Prometheus /metrics endpoint listens on (loopback by default).",
+    ),
+    Setting(
+        section="metrics",
+        key="port",
+        flag="--metrics-port",
+        env="GUARDREFRESH_METRICS_PORT",
+        kind=INTEGER,
+        default=9464,
+        constraint=_between(0, 65535),
+        help="TCP port of the Prometheus /metrics endpoint; 0 turns it off.",
+    ),
+    # [health]
+    Setting(
+        section="health",
+        key="max_staleness",
+        flag="--max-staleness",
+        env="GUARDREFRESH_MAX_STALENESS",
+        kind=SECONDS,
+        default=0.0,
+        constraint=_at_least(0),
+        help="Seconds after the last successful refresh when the rules count as stale "
+        "(status and metrics say so); 0 = twice the refresh interval.",
+    ),
+    Setting(
+        section="health",
+        key="fail_when_stale",
+        flag="--fail-when-stale",
+        env="GUARDREFRESH_FAIL_WHEN_STALE",
+        kind=BOOLEAN,
+        default=False,
+        help="Report NOT_SERVING on the health check while the rules are stale "
+        "(default: degraded but up).",
+    ),
+    # [security]
+    Setting(
+        section="security",
+        key="tls_cert",
+        flag="--tls-cert",
+        env="GUARDREFRESH_TLS_CERT",
+        kind=OPTIONAL_PATH,
+        default=None,
+        help="PEM certificate chain: serve gRPC over TLS (needs --tls-key).",
+    ),
+    Setting(
+        section="security",
+        key="tls_key",
+        flag="--tls-key",
+        env="GUARDREFRESH_TLS_KEY",
+        kind=OPTIONAL_PATH,
+        default=None,
+        help="PEM private key of --tls-cert.",
+    ),
+    Setting(
+        section="security",
+        key="tls_client_ca",
+        flag="--tls-client-ca",
+        env="GUARDREFRESH_TLS_CLIENT_CA",
+        kind=OPTIONAL_PATH,
+        default=None,
+        help="PEM CA bundle: require client certificates signed by it (mutual TLS).",
+    ),
+    Setting(
+        section="security",
+        key="admin_token_file",
+        flag="--admin-token-file",
+        env="GUARDREFRESH_ADMIN_TOKEN_FILE",
+        kind=OPTIONAL_PATH,
+        default=None,
+        help="File holding the admin token: InstallRules, RemovePolicy, RemoveAgentRules "
+        "and RefreshRules then require 'authorization: Bearer <token>' metadata.",
+    ),
+    Setting(
+        section="security",
+        key="auth_reads",
+        flag="--auth-reads",
+        env="GUARDREFRESH_AUTH_READS",
+        kind=BOOLEAN,
+        default=False,
+        help="With --admin-token-file, require the token on read-only RPCs too.",
     ),
 )
 
