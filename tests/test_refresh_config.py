@@ -37,7 +37,7 @@ def test_config_is_frozen() -> None:
 
 def test_config_is_keyword_only() -> None:
     with pytest.raises(TypeError):
-        SchedulerConfig(60.0)  # type: ignore[misc]
+        SchedulerConfig(60.0)  # type: ignore[call-arg]
 
 
 @pytest.mark.parametrize(

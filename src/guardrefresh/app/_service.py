@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import signal
 import sys
+import time
 from pathlib import Path
 
 import trio
 import trio_asyncio
 
 from ..bridge import Bridge
-from ..config import ServiceConfig
+from ..config import ConfigError, ServiceConfig
 from ..refresh import RefreshError, RefreshScheduler, RefreshTrigger
 from ..refresh._service import RefreshService, open_refresh_service
 from ..server import GrpcHost
-from ..server._dataplane import DataPlaneService
+from ..server._dataplane import DataPlaneService, is_stale
 from ..storage import StorageError
 
 logger = logging.getLogger(__name__)
@@ -39,6 +41,7 @@ async def serve_service(
     refresh is done, the scheduler runs and the port listens (health is
     SERVING from then on). Raises :class:`StartupError` when it cannot start.
     """
+    config.security.check()
     try:
         bridge = await Bridge.open(
             Path(config.storage.warm_storage),
@@ -79,7 +82,8 @@ async def _supervise(
             stats.bridge_version,
         )
     scheduler = RefreshScheduler(refresher, config.scheduler)
-    dataplane = DataPlaneService(bridge, refresher, scheduler)
+    staleness_limit = config.health.staleness_limit(config.scheduler.refresh_interval)
+    dataplane = DataPlaneService(bridge, refresher, scheduler, staleness_limit_s=staleness_limit)
     host = GrpcHost(
         [dataplane],
         host=config.server.host,
@@ -97,6 +101,9 @@ async def _supervise(
             host.set_serving(True)
             logger.info("Listening on %s:%d", config.server.host, port)
             nursery.start_soon(_compact_in_background, bridge)
+            nursery.start_soon(
+                _watch_staleness, host, refresher, staleness_limit, config.health.fail_when_stale
+            )
             task_status.started(port)
 
             async for signum in signals:
@@ -139,6 +146,41 @@ async def _shutdown(
     logger.info("Shutdown complete")
 
 
+async def _watch_staleness(
+    host: GrpcHost, refresher: RefreshService, limit_s: float, fail_when_stale: bool
+) -> None:
+    """Log when rules go stale or fresh again; with ``fail_when_stale`` flip health too.
+
+    Sleeps until the moment the last success would turn stale, or until the next
+    success, whichever comes first: no polling.
+    """
+    was_stale = False
+    while True:
+        last = refresher.last_stats.value
+        now_ms = int(time.time() * 1000)
+        last_ms = last.timestamp_ms if last is not None else 0
+        stale = is_stale(last_ms, now_ms, limit_s)
+        if stale != was_stale:
+            age = "never refreshed" if not last_ms else f"{(now_ms - last_ms) / 1000:.0f}s ago"
+            if stale:
+                logger.warning(
+                    "Rules are stale: last successful refresh %s (limit %ss)%s",
+                    age,
+                    limit_s,
+                    "; health NOT_SERVING" if fail_when_stale else "",
+                )
+            else:
+                logger.info(
+                    "Rules are fresh again%s", "; health SERVING" if fail_when_stale else ""
+                )
+            was_stale = stale
+        if fail_when_stale:
+            host.set_serving(not stale)
+        wait = math.inf if stale else limit_s - (now_ms - last_ms) / 1000 + 0.001
+        with trio.move_on_after(wait):
+            await refresher.last_stats.wait_transition()
+
+
 async def _compact_in_background(bridge: Bridge) -> None:
     """Fold the journal into a new snapshot when it has grown (checked after writes)."""
     while True:
@@ -164,6 +206,9 @@ def run_service(config: ServiceConfig) -> int:
     """
     try:
         trio.run(serve_service, config)
+    except ConfigError as exc:
+        sys.stderr.write(f"guardrefresh: error: {exc}\n")
+        return 2
     except StartupError as exc:
         sys.stderr.write(f"guardrefresh: error: {exc}\n")
         return 1

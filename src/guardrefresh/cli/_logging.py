@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import sys
-from typing import TextIO
+from typing import Any, TextIO
 
-__all__ = ["LOG_FORMAT", "configure_logging"]
+__all__ = ["LOG_FORMAT", "JsonFormatter", "configure_logging"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -15,23 +17,57 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 _CHATTY_LIBRARIES = ("h2", "hpack")
 
 
+# Attributes every LogRecord has; anything else came in through ``extra=`` and is a
+# structured field of the event.
+_STANDARD_ATTRIBUTES = frozenset(
+    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))
+) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: timestamp, level, logger, message, structured fields.
+
+    Structured fields are whatever the call passed as ``extra=`` (for example
+    ``rules``, ``duration_ms``, ``trigger``); values JSON cannot carry become strings.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        event: dict[str, Any] = {
+            "timestamp": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD_ATTRIBUTES and not key.startswith("_"):
+                event[key] = value
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return json.dumps(event, default=str, ensure_ascii=False)
+
+
 class _ServiceLogHandler(logging.StreamHandler[TextIO]):
     """Marks the handler this module installed, so a second call replaces it."""
 
 
-def configure_logging(level: str, *, stream: TextIO | None = None) -> logging.Handler:
+def configure_logging(
+    level: str, *, stream: TextIO | None = None, fmt: str = "text"
+) -> logging.Handler:
     """Send log records of *level* and above to *stream* (default: ``sys.stderr``).
 
     Like :func:`logging.basicConfig`, but calling it again replaces the handler it
     installed before instead of doing nothing, and handlers that others installed on
-    the root logger (pytest's, for instance) are left alone. Returns the handler.
+    the root logger (pytest's, for instance) are left alone. ``fmt`` is ``"text"``
+    or ``"json"`` (see :class:`JsonFormatter`). Returns the handler.
     """
     root = logging.getLogger()
     for old in [h for h in root.handlers if isinstance(h, _ServiceLogHandler)]:
         root.removeHandler(old)
         old.close()
     handler = _ServiceLogHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(level)
     for name in _CHATTY_LIBRARIES:

@@ -78,7 +78,7 @@ def _serve(args: Sequence[str], environ: Mapping[str, str]) -> int:
         sys.stdout.write(render_config(resolved.config, origins=resolved.origins))
         return 0
 
-    configure_logging(resolved.config.logging.level)
+    configure_logging(resolved.config.logging.level, fmt=resolved.config.logging.format)
     _log_start(resolved)
     # Imported here, not at the top: it pulls in grpclib and trio-asyncio, which
     # --help, --version and --print-config have no use for.

@@ -237,7 +237,7 @@ class RefreshScheduler:
 
     def _adopt_existing_stats(self) -> None:
         stats = self._refresher.last_stats.value
-        if stats is None or self._last_refresh_ms.value:
+        if stats is None or stats.timestamp_ms <= self._last_refresh_ms.value:
             return
         # Not witnessed by the scheduler, so the refresher's own timestamp is the truth.
         self._last_refresh_ms.value = stats.timestamp_ms

@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import attrs
 import trio
@@ -31,6 +32,18 @@ class _Prepared:
     removed: int
     changed: int
     swap: bool
+
+
+class RefreshObserver(Protocol):
+    """Told about every refresh outcome (metrics use this)."""
+
+    def observe_load(self) -> None: ...
+
+    def observe_refresh(self, stats: RefreshStats) -> None: ...
+
+    def observe_refresh_failure(
+        self, trigger: str, error: BaseException, duration_s: float
+    ) -> None: ...
 
 
 class _Flight:
@@ -87,6 +100,10 @@ class RefreshService:
         self.loads = 0
         #: Test and benchmark hook: runs in the worker thread right before a load.
         self.before_load: Callable[[], None] | None = None
+        #: Failures in a row, of any trigger (0 after a success), and the last one's text.
+        self.consecutive_failures = 0
+        self.last_error = ""
+        self.observers: list[RefreshObserver] = []
 
     @property
     def last_stats(self) -> trio_util.AsyncValue[RefreshStats | None]:
@@ -120,6 +137,7 @@ class RefreshService:
             self._queued = None
             self._running = flight
             flight.started = True
+            started = time.perf_counter()
             try:
                 flight.stats = await self._refresh_once(flight.families, trigger)
             except RefreshError as exc:
@@ -130,6 +148,22 @@ class RefreshService:
             except Exception as exc:  # never leave joiners hanging on a bug
                 logger.exception("Refresh failed unexpectedly")
                 flight.error = RefreshError(f"unexpected error: {exc!r}")
+                flight.error.__cause__ = exc
+            if flight.error is not None:
+                self.consecutive_failures += 1
+                self.last_error = str(flight.error)
+                # The scheduler logs its own documented line for periodic failures.
+                logger.log(
+                    logging.DEBUG if trigger is RefreshTrigger.PERIODIC else logging.WARNING,
+                    "Refresh failed (trigger %s): %s",
+                    trigger,
+                    flight.error,
+                    extra={"trigger": str(trigger), "error": str(flight.error)},
+                )
+                for observer in self.observers:
+                    observer.observe_refresh_failure(
+                        str(trigger), flight.error, time.perf_counter() - started
+                    )
         finally:
             if self._running is flight:
                 self._running = None
@@ -148,6 +182,8 @@ class RefreshService:
             if not before and self._working_set_path is not None:
                 preferred = await trio.to_thread.run_sync(_read_working_set, self._working_set_path)
             self.loads += 1
+            for observer in self.observers:
+                observer.observe_load()
             try:
                 prepared = await trio.to_thread.run_sync(
                     self._prepare, families, before, preferred, bridge.table.generation
@@ -186,7 +222,22 @@ class RefreshService:
             stats.removed,
             stats.changed,
             ", unchanged" if unchanged else "",
+            extra={
+                "rules": stats.rules_refreshed,
+                "duration_ms": round(duration_ms, 3),
+                "trigger": str(trigger),
+                "families": list(stats.families),
+                "bridge_version": stats.bridge_version,
+                "added": stats.added,
+                "removed": stats.removed,
+                "changed": stats.changed,
+                "unchanged": unchanged,
+            },
         )
+        self.consecutive_failures = 0
+        self.last_error = ""
+        for observer in self.observers:
+            observer.observe_refresh(stats)
         self._last_stats.value = stats
         return stats
 

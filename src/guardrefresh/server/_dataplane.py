@@ -63,6 +63,11 @@ def _mapped(
     return wrapper
 
 
+def is_stale(last_success_ms: int, now_ms: int, limit_s: float) -> bool:
+    """Never refreshed, or the last success is older than the limit."""
+    return last_success_ms == 0 or now_ms - last_success_ms > limit_s * 1000
+
+
 def stats_message(stats: RefreshStats | None) -> pb.RefreshStatsMessage | None:
     if stats is None:
         return None
@@ -89,13 +94,13 @@ class DataPlaneService(pb.DataPlaneBase):
         refresher: RefreshService,
         scheduler: RefreshScheduler,
         *,
-        max_staleness_s: float | None = None,
+        staleness_limit_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._bridge = bridge
         self._refresher = refresher
         self._scheduler = scheduler
-        self._max_staleness_s = max_staleness_s
+        self._staleness_limit_s = staleness_limit_s
         self._wall_clock = wall_clock
 
     # -- writes (cross into Trio) ---------------------------------------------
@@ -210,8 +215,8 @@ class DataPlaneService(pb.DataPlaneBase):
         now_ms = int(self._wall_clock() * 1000)
         last_ms = last.timestamp_ms if last is not None else 0
         age_ms = now_ms - last_ms if last_ms else 0
-        max_staleness = self._max_staleness_s or 2 * status.current_interval_s
-        stale = last_ms == 0 or age_ms > max_staleness * 1000
+        max_staleness = self._staleness_limit_s or 2 * status.current_interval_s
+        stale = is_stale(last_ms, now_ms, max_staleness)
         return pb.GetRefreshStatusResponse(
             scheduler_enabled=status.enabled,
             scheduler_running=status.running,
@@ -219,8 +224,8 @@ class DataPlaneService(pb.DataPlaneBase):
             last_success_age_ms=age_ms,
             next_refresh_ms=status.next_refresh_ms,
             last_stats=stats_message(last),
-            consecutive_failures=status.consecutive_failures,
-            last_error=status.last_error,
+            consecutive_failures=self._refresher.consecutive_failures,
+            last_error=self._refresher.last_error,
             current_interval_s=status.current_interval_s,
             backoff_s=status.backoff_s,
             bridge_version=self._bridge.bridge_version,

@@ -308,7 +308,7 @@ class Segment:
 
     __slots__ = (
         "agent_codes", "agent_names", "anchors", "bridge_version", "created_at_ms", "deleted_ids",
-        "extras", "extras_offsets", "family_codes", "family_names", "fixed", "header_checksum",
+        "digests", "extras", "extras_offsets", "family_codes", "family_names", "fixed", "header_checksum",
         "ids", "installer_codes", "installer_names", "layer_codes", "layer_names", "n", "size", "table_versions",
     )
 
@@ -327,6 +327,8 @@ class Segment:
     installer_names: list[str]
     installer_codes: npt.NDArray[np.uint32]
     fixed: npt.NDArray[Any]
+    #: The ``digest`` column of ``fixed`` (a view), looked up once per segment.
+    digests: npt.NDArray[np.uint64]
     extras_offsets: npt.NDArray[np.uint64]
     extras: memoryview
     anchors: npt.NDArray[np.float32]
@@ -337,7 +339,7 @@ class Segment:
         return self.family_names[self.family_codes[row]]
 
     def digest(self, row: int) -> int:
-        return int(self.fixed["digest"][row])
+        return int(self.digests.item(row))
 
     def rule(self, row: int) -> Rule:
         """Materialise one rule. Its anchor block stays a view of the buffer."""
@@ -435,6 +437,7 @@ def decode_segment(buf: memoryview, start: int, *, path: Path, what: str) -> Seg
         seg.layer_codes = np.frombuffer(raw[Section.LAYER_CODES], dtype="<u4")
         seg.agent_codes = np.frombuffer(raw[Section.AGENT_CODES], dtype="<u4")
         seg.fixed = np.frombuffer(raw[Section.FIXED], dtype=FIXED_DTYPE)
+        seg.digests = seg.fixed["digest"]
         seg.extras_offsets = np.frombuffer(raw[Section.EXTRAS_OFFSETS], dtype="<u8")
         seg.extras = raw[Section.EXTRAS]
         seg.anchors = np.frombuffer(raw[Section.ANCHORS], dtype="<f4").reshape((n, *BLOCK_SHAPE))
