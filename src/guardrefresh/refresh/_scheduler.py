@@ -212,6 +212,11 @@ class RefreshScheduler:
                     "Scheduled refresh completed: %d rules refreshed in %dms",
                     stats.rules_refreshed,
                     round(stats.duration_ms),
+                    extra={
+                        "rules": stats.rules_refreshed,
+                        "duration_ms": round(stats.duration_ms, 3),
+                        "trigger": str(stats.trigger),
+                    },
                 )
                 self._record_success(stats)
 
@@ -255,7 +260,11 @@ class RefreshScheduler:
         self._consecutive_failures += 1
         if isinstance(exc, RefreshError):
             self._last_error = str(exc) or "RefreshError"
-            logger.warning("Scheduled refresh failed: %s", self._last_error)
+            logger.warning(
+                "Scheduled refresh failed: %s",
+                self._last_error,
+                extra={"trigger": "periodic", "error": self._last_error},
+            )
         else:
             # Not a reported refresh failure: a bug somewhere, so keep the traceback.
             self._last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,38 @@
+"""The shipped configuration examples are valid and complete."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from guardrefresh.config import SETTINGS, ServiceConfig, load_config
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_example_toml_sets_every_setting_to_its_default() -> None:
+    path = EXAMPLES / "guardrefresh.toml"
+    document = tomllib.loads(path.read_text())
+    assert {(section, key) for section in document for key in document[section]} == {
+        (s.section, s.key) for s in SETTINGS
+    }
+    config, _ = load_config(["--config", str(path)], {})
+    assert config == ServiceConfig()
+
+
+def test_systemd_unit_gives_the_drain_time_to_finish() -> None:
+    unit = (EXAMPLES / "guardrefresh.service").read_text()
+    stop = next(int(line.split("=")[1]) for line in unit.splitlines() if line.startswith("TimeoutStopSec="))
+    assert stop > ServiceConfig().server.shutdown_grace
+    assert "ExecStart=" in unit and "--config" in unit and "RestartPreventExitStatus=2" in unit
+
+
+def test_kubernetes_manifest_probes_the_health_service() -> None:
+    manifest = (EXAMPLES / "kubernetes.yaml").read_text()
+    grace = next(
+        int(line.split(":")[1]) for line in manifest.splitlines() if "terminationGracePeriodSeconds" in line
+    )
+    assert grace > ServiceConfig().server.shutdown_grace
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert f"{probe}:\n            grpc: {{port: 50051}}" in manifest
+    assert 'prometheus.io/port: "9464"' in manifest
