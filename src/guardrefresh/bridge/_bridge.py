@@ -144,24 +144,10 @@ class Bridge:
             raise TooManyRulesError(
                 f"{len(rules)} rules in one request; the limit is {self.max_rules_per_install}"
             )
-        stamped: list[Rule] = []
-        seen: set[str] = set()
-        for rule in rules:
-            rule.validate()
-            if rule.rule_id in seen:
-                raise RuleValidationError(
-                    rule.rule_id, "rule_id", "appears more than once in the request"
-                )
-            seen.add(rule.rule_id)
-            if rule.agent_id and rule.agent_id != agent_id:
-                raise RuleValidationError(
-                    rule.rule_id,
-                    "agent_id",
-                    f"rule is scoped to agent {rule.agent_id!r} but the request is for {agent_id!r}",
-                )
-            stamped.append(
-                attrs.evolve(rule, installed_by=agent_id, config_id=config_id, owner=owner)
-            )
+        # Validation walks every anchor: keep it off the event loop.
+        stamped = await trio.to_thread.run_sync(
+            _stamped_batch, rules, agent_id, config_id, owner, abandon_on_cancel=True
+        )
         async with self.write_lock:
             for rule in stamped:
                 existing = self.table.ref(rule.rule_id)
@@ -172,6 +158,18 @@ class Bridge:
             if stamped:
                 await self._commit(stamped, ())
         by_layer = Counter(rule.layer for rule in stamped)
+        logger.info(
+            "Installed %d rules for agent %r (config %r): bridge version %d",
+            len(stamped),
+            agent_id,
+            config_id,
+            self.table.bridge_version,
+            extra={
+                "rules": len(stamped),
+                "agent_id": agent_id,
+                "bridge_version": self.table.bridge_version,
+            },
+        )
         return InstallResult(len(stamped), dict(by_layer), self.table.bridge_version)
 
     async def remove_policy(self, agent_id: str, policy_id: str) -> int:
@@ -181,6 +179,13 @@ class Bridge:
             if ref is None or not self._belongs(ref, agent_id):
                 raise RuleNotFoundError(f"agent {agent_id!r} has no rule {policy_id!r}")
             await self._commit((), (policy_id,))
+        logger.info(
+            "Removed rule %r of agent %r: bridge version %d",
+            policy_id,
+            agent_id,
+            self.bridge_version,
+            extra={"rules": 1, "agent_id": agent_id, "bridge_version": self.bridge_version},
+        )
         return 1
 
     async def remove_agent_rules(self, agent_id: str) -> int:
@@ -189,6 +194,13 @@ class Bridge:
             ids = self.table.ids_of_agent(agent_id)
             if ids:
                 await self._commit((), ids)
+        logger.info(
+            "Removed %d rules of agent %r: bridge version %d",
+            len(ids),
+            agent_id,
+            self.bridge_version,
+            extra={"rules": len(ids), "agent_id": agent_id, "bridge_version": self.bridge_version},
+        )
         return len(ids)
 
     @staticmethod
@@ -232,3 +244,24 @@ class Bridge:
                 table = await trio.to_thread.run_sync(self.store.compact)
                 self.adopt(table)
         return True
+
+
+def _stamped_batch(rules: Sequence[Rule], agent_id: str, config_id: str, owner: str) -> list[Rule]:
+    """Validate a batch for ``agent_id`` and stamp its provenance (worker thread)."""
+    stamped: list[Rule] = []
+    seen: set[str] = set()
+    for rule in rules:
+        rule.validate()
+        if rule.rule_id in seen:
+            raise RuleValidationError(
+                rule.rule_id, "rule_id", "appears more than once in the request"
+            )
+        seen.add(rule.rule_id)
+        if rule.agent_id and rule.agent_id != agent_id:
+            raise RuleValidationError(
+                rule.rule_id,
+                "agent_id",
+                f"rule is scoped to agent {rule.agent_id!r} but the request is for {agent_id!r}",
+            )
+        stamped.append(attrs.evolve(rule, installed_by=agent_id, config_id=config_id, owner=owner))
+    return stamped

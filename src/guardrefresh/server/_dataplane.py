@@ -17,11 +17,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import grpclib.const
+import grpclib.server
+import trio
 import trio_asyncio
 from grpclib import GRPCError, Status
 
 from ..bridge import Bridge, RuleConflictError, RuleNotFoundError, TooManyRulesError
-from ..model import RuleValidationError, rule_from_proto, rule_to_proto
+from ..model import Rule, RuleValidationError, rule_from_proto, rule_to_proto
 from ..proto import rule_installation as pb
 from ..refresh import RefreshError, RefreshScheduler, RefreshStats, RefreshTrigger
 from ..refresh._service import RefreshService
@@ -61,6 +64,44 @@ def _mapped(
             ) from None
 
     return wrapper
+
+
+INSTALL_RULES = "/rule_installation.DataPlane/InstallRules"
+
+
+class RawRequest:
+    """A request grpclib hands over undecoded (its codec calls ``FromString``).
+
+    A large InstallRules takes seconds of pure-Python parsing; doing that on the
+    event loop would stall every other call, health probes and signal handling.
+    """
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    @classmethod
+    def FromString(cls, data: bytes) -> RawRequest:  # the codec's protocol
+        return cls(data)
+
+    def SerializeToString(self) -> bytes:
+        return self.data
+
+
+def parse_install_request(data: bytes) -> tuple[pb.InstallRulesRequest, list[Rule]]:
+    """Decode and validate an InstallRules request (runs in a worker thread)."""
+    try:
+        message = pb.InstallRulesRequest.parse(data)
+    except Exception as exc:  # betterproto2 raises assorted errors on malformed bytes
+        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed InstallRulesRequest: {exc}") from None
+    rules = [
+        rule_from_proto(
+            r, installed_by=message.agent_id, config_id=message.config_id, owner=message.owner
+        )
+        for r in message.rules
+    ]
+    return message, rules
 
 
 def is_stale(last_success_ms: int, now_ms: int, limit_s: float) -> bool:
@@ -103,19 +144,42 @@ class DataPlaneService(pb.DataPlaneBase):
         self._staleness_limit_s = staleness_limit_s
         self._wall_clock = wall_clock
 
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping: dict[str, grpclib.const.Handler] = super().__mapping__()
+        mapping[INSTALL_RULES] = grpclib.const.Handler(
+            self._rpc_install_rules,
+            grpclib.const.Cardinality.UNARY_UNARY,
+            RawRequest,
+            pb.InstallRulesResponse,
+        )
+        return mapping
+
+    async def _rpc_install_rules(
+        self, stream: grpclib.server.Stream[RawRequest, pb.InstallRulesResponse]
+    ) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.install_rules_bytes(request.data)
+        await stream.send_message(response)
+
     # -- writes (cross into Trio) ---------------------------------------------
-    @_mapped
     async def install_rules(self, message: pb.InstallRulesRequest) -> pb.InstallRulesResponse:
+        return await self.install_rules_bytes(bytes(message))
+
+    @_mapped
+    async def install_rules_bytes(self, data: bytes) -> pb.InstallRulesResponse:
+        return await trio_asyncio.trio_as_aio(self._install)(data)
+
+    async def _install(self, data: bytes) -> pb.InstallRulesResponse:
+        # Decode, convert and validate everything off the event loop, before
+        # anything is stored.
+        # Pure work: when the caller is cancelled (drain, deadline) it is simply abandoned.
+        message, rules = await trio.to_thread.run_sync(
+            parse_install_request, data, abandon_on_cancel=True
+        )
         if not message.agent_id:
             raise GRPCError(Status.INVALID_ARGUMENT, "agent_id is required")
-        # Convert and validate everything before anything is stored.
-        rules = [
-            rule_from_proto(
-                r, installed_by=message.agent_id, config_id=message.config_id, owner=message.owner
-            )
-            for r in message.rules
-        ]
-        result = await trio_asyncio.trio_as_aio(self._bridge.install_rules)(
+        result = await self._bridge.install_rules(
             message.agent_id, rules, config_id=message.config_id, owner=message.owner
         )
         return pb.InstallRulesResponse(
