@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import gc
 import logging
 import math
 import signal
@@ -81,6 +82,7 @@ async def _supervise(
             round(stats.duration_ms),
             stats.bridge_version,
         )
+    _tune_garbage_collector()
     scheduler = RefreshScheduler(refresher, config.scheduler)
     staleness_limit = config.health.staleness_limit(config.scheduler.refresh_interval)
     dataplane = DataPlaneService(bridge, refresher, scheduler, staleness_limit_s=staleness_limit)
@@ -119,6 +121,20 @@ async def _supervise(
                     host.in_flight,
                 )
                 nursery.start_soon(_shutdown, nursery, host, scheduler, refresher, config)
+
+
+def _tune_garbage_collector() -> None:
+    """Keep the cyclic GC off the refresh path.
+
+    A refresh allocates tens of thousands of small tracked objects (rule refs,
+    index entries), and the default thresholds trigger collections that rescan
+    everything long-lived each time: measured, about half of a 10k-rule refresh's
+    CPU. The warm-up has just built the long-lived part (the index, hot refs):
+    freeze it out of the collector's view, and collect young objects less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 async def _shutdown(

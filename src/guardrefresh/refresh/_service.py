@@ -186,7 +186,7 @@ class RefreshService:
                 observer.observe_load()
             try:
                 prepared = await trio.to_thread.run_sync(
-                    self._prepare, families, before, preferred, bridge.table.generation
+                    self._prepare, families, before, preferred, bridge.table
                 )
             except StorageError as exc:
                 raise RefreshError(str(exc)) from exc
@@ -246,13 +246,23 @@ class RefreshService:
         families: frozenset[str],
         before: list[tuple[str, RuleRef]],
         preferred: list[str],
-        generation: int,
+        current: WarmTable,
     ) -> _Prepared:
         """Worker thread: load and verify, then pick what will be hot and diff it."""
         if self.before_load is not None:
             self.before_load()
         table = self._bridge.store.load()
         capacity = self._bridge.cache.capacity
+        generation = current.generation
+        if (
+            not families
+            and (table.generation, table.bridge_version) == (generation, current.bridge_version)
+            and len(before) in (capacity, len(table))
+        ):
+            # The manifest pins the content: the same generation and version hold the
+            # same rules, every hot one is still there and nothing more would fit.
+            # Skip the per-rule diff; keep the current table and its refs.
+            return _Prepared(current, before, 0, 0, 0, swap=False)
         in_scope: Collection[str] | None = families or None
         old = {key: ref for key, ref in before if in_scope is None or ref.family_id in in_scope}
         # Working set first (most recently used first), then fill to capacity.

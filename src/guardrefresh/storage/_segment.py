@@ -308,8 +308,8 @@ class Segment:
 
     __slots__ = (
         "agent_codes", "agent_names", "anchors", "bridge_version", "created_at_ms", "deleted_ids",
-        "digests", "extras", "extras_offsets", "family_codes", "family_names", "fixed", "header_checksum",
-        "ids", "installer_codes", "installer_names", "layer_codes", "layer_names", "n", "size", "table_versions",
+        "digests", "extras", "extras_offsets", "family_codes", "family_names", "fixed",
+        "header_checksum", "ids", "installer_codes", "installer_names", "layer_codes", "layer_names", "n", "size", "table_versions",
     )
 
     n: int

@@ -358,10 +358,20 @@ class WarmStore:
             return table
 
     def _journal_for(self, m: Manifest) -> int:
-        """The open journal of ``m``'s generation, with its hash state in sync with ``m``."""
-        if self._journal_fd is None or self._journal_gen != m.generation or self._manifest != m:
+        """The open journal of ``m``'s generation, with its hash state in sync with ``m``.
+
+        Reopened when the file at the journal's path is no longer the one held open
+        (deleted, replaced, restored from a copy): appending to the old inode would
+        commit a manifest describing bytes the file on disk does not hold.
+        """
+        path = self.journal_path(m.generation)
+        if (
+            self._journal_fd is None
+            or self._journal_gen != m.generation
+            or self._manifest != m
+            or not _same_file(self._journal_fd, path)
+        ):
             self.close()
-            path = self.journal_path(m.generation)
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
             except OSError as exc:
@@ -505,6 +515,16 @@ def _columns_of(table: WarmTable) -> SegmentColumns:
         extras=extras, anchors=anchors, bridge_version=table.bridge_version,
         table_versions=dict(table.table_versions),
     )
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 def _now_ms() -> int:

@@ -1,0 +1,142 @@
+"""The benchmark entry point runs end to end (``--tiny``) and writes a complete document.
+
+Timing is never asserted here: only that every benchmark ran, produced numbers,
+and recorded its target and verdict in the agreed shape.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+EXPECTED = {
+    "storage": [
+        "write_50",
+        "write_200",
+        "load_verify_50",
+        "load_verify_200",
+        "install_10_into_200",
+        "store_append_10_into_200",
+        "hot_cache_heap_bytes_per_rule",
+        "hot_cache_heap_bytes_per_materialised_rule",
+    ],
+    "refresh": [
+        "full_refresh_50",
+        "full_refresh_200",
+        "unchanged_refresh_50",
+        "unchanged_refresh_200",
+        "canary_lag_during_full_refresh_200",
+        "canary_lag_idle",
+    ],
+    "grpc": [
+        "GetRuleStats_server_cpu_us_per_request_service",
+        "GetRuleStats_server_cpu_us_per_request_plain_asyncio",
+        "GetRule_server_cpu_us_per_request_service",
+        "GetRule_server_cpu_us_per_request_plain_asyncio",
+        "GetRuleStats_cpu_ratio",
+        "GetRuleStats_rps_ratio",
+        "GetRule_cpu_ratio",
+        "GetRule_rps_ratio",
+        "RefreshRules_round_trip_200",
+        "idle_cpu_percent",
+    ],
+}
+
+#: Benchmarks that carry a target in a full run; --tiny records it with met = None.
+WITH_TARGETS = {
+    # Load and full-refresh targets are stated for 10k and 100k rules only.
+    "storage": {"install_10_into_200", "hot_cache_heap_bytes_per_rule"},
+    "refresh": {"canary_lag_during_full_refresh_200"},
+    "grpc": {
+        "GetRuleStats_cpu_ratio",
+        "GetRuleStats_rps_ratio",
+        "GetRule_cpu_ratio",
+        "GetRule_rps_ratio",
+        "RefreshRules_round_trip_200",
+        "idle_cpu_percent",
+    },
+}
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _run_tiny(out: Path) -> dict[str, Any]:
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--tiny", "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    assert f"results: {out}" in completed.stdout
+    document: dict[str, Any] = json.loads(out.read_text())
+    return document
+
+
+def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
+    document = _run_tiny(tmp_path / "results" / "tiny.json")
+
+    meta = document["meta"]
+    assert meta["plan"]["tiny"] is True
+    assert meta["plan"]["sizes"] == [50, 200]
+    machine = meta["machine"]
+    assert machine["cpu_count"] >= 1
+    assert machine["python"].startswith("3.")
+    assert machine["versions"]["numpy"] not in ("", "absent")
+    assert _number(meta["total_seconds"])
+
+    for group, names in EXPECTED.items():
+        section = document[group]
+        assert sorted(section) == sorted(names), group
+        for name in names:
+            result = section[name]
+            where = f"{group}.{name}"
+            assert isinstance(result["parameters"], dict) and result["parameters"], where
+            assert isinstance(result["unit"], str) and result["unit"], where
+            samples = result["samples"]
+            assert samples["n"] >= 1, where
+            for stat in ("min", "median", "mean", "p90", "p99", "max"):
+                assert _number(samples[stat]), (where, stat)
+            assert samples["min"] <= samples["median"] <= samples["max"], where
+            assert samples["median"] <= samples["p99"] <= samples["max"], where
+            assert result["median"] == samples["median"], where
+            assert result["p99"] == samples["p99"], where
+            # Tiny sizes are not the sizes the targets are stated for.
+            assert result["met"] is None, where
+            if name in WITH_TARGETS[group]:
+                assert result["targets"], where
+                for target in result["targets"]:
+                    assert target["op"] in ("<=", ">="), where
+                    assert _number(target["value"]), where
+
+    # What the numbers measure, checked where a wrong setup would show.
+    storage = document["storage"]
+    assert storage["install_10_into_200"]["samples"]["n"] == meta["plan"]["install_batches"]
+    assert storage["hot_cache_heap_bytes_per_rule"]["parameters"]["cached_rules"] == 200
+    assert (
+        storage["hot_cache_heap_bytes_per_materialised_rule"]["median"]
+        > storage["hot_cache_heap_bytes_per_rule"]["median"]
+        > 0
+    )
+    grpc = document["grpc"]
+    assert grpc["RefreshRules_round_trip_200"]["samples"]["n"] == meta["plan"]["refresh_rpc_calls"]
+    for stack in ("service", "plain_asyncio"):
+        result = grpc[f"GetRule_server_cpu_us_per_request_{stack}"]
+        assert result["median"] > 0
+        assert all(rps > 0 for rps in result["requests_per_s"])
+    assert grpc["idle_cpu_percent"]["median"] >= 0
+
+    # Every benchmark with a target shows up in the summary, with its verdict.
+    summarized = {row["benchmark"] for row in document["summary"]}
+    for group, with_target in WITH_TARGETS.items():
+        assert {f"{group}.{name}" for name in with_target} <= summarized
