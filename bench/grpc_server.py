@@ -178,6 +178,8 @@ def real_service(path: Path, log_dir: Path) -> Iterator[_Server]:
         "guardrefresh",
         "--port",
         "0",
+        "--metrics-port",
+        "0",
         "--host",
         "127.0.0.1",
         "--warm-storage",

@@ -21,10 +21,13 @@ import pytest
 import trio
 import trio_asyncio
 from google.protobuf import descriptor_pb2, descriptor_pool
+from grpclib.const import Status
 from grpclib.reflection.v1 import reflection_pb2 as reflection_v1
 from grpclib.reflection.v1alpha import reflection_pb2 as reflection_v1alpha
 from helpers_grpc import (
     DATA_PLANE,
+    GET_RULE,
+    GET_RULE_STATS,
     NOT_SERVING,
     SERVING,
     Client,
@@ -37,6 +40,7 @@ from helpers_grpc import (
     wait_until,
 )
 
+from guardrefresh.proto import rule_installation as pb
 from guardrefresh.server import SHUTDOWN_MESSAGE, DrainReport, GrpcHost, _drain
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
@@ -402,6 +406,84 @@ async def test_bind_failure_propagates_before_ready() -> None:
             with pytest.raises(OSError):
                 await nursery.start(second.serve)
         assert second.report is None
+
+
+# ------------------------------------------------------------ on_call_done ---
+
+
+async def test_on_call_done_reports_each_finished_call_once_with_its_final_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    done: list[tuple[str, Status, float]] = []
+    results = Results()
+    health_check = "/grpc.health.v1.Health/Check"
+    async with (
+        open_host(on_call_done=lambda *call: done.append(call)) as (host, _),
+        open_client(host.port) as client,
+    ):
+        assert (await in_thread(client.get_rule_stats)).code is OK
+        assert (await in_thread(client.get_rule, "sleep:0.2")).code is OK
+        assert (await in_thread(client.check, "")).code is OK  # exempt, still reported
+        with caplog.at_level(logging.CRITICAL, logger="grpclib.server"):
+            assert (await in_thread(client.get_rule, "boom")).code is grpc.StatusCode.UNKNOWN
+
+        # The client gives up on a running call: the stream is reset, no trailers go out.
+        get_rule = client.channel.unary_unary(
+            GET_RULE, request_serializer=bytes, response_deserializer=pb.GetRuleResponse.parse
+        )
+        future = await trio.to_thread.run_sync(
+            lambda: get_rule.future(pb.GetRuleRequest(rule_id="sleep:30"), timeout=20.0)
+        )
+        await wait_until(lambda: host.in_flight == 1)
+        await trio.sleep(0.2)
+        await trio.to_thread.run_sync(future.cancel)
+        await wait_until(lambda: len(done) == 5 and host.in_flight == 0)
+
+        # A drain: the running call is cancelled with UNAVAILABLE, a new one is rejected.
+        async with trio.open_nursery() as nursery:
+            results.start(nursery, "long", client.get_rule, "sleep:30", 20.0)
+            await wait_until(lambda: host.in_flight == 1)
+            nursery.start_soon(host.drain, 0.5)
+            await wait_until(lambda: host.draining)
+            assert (await in_thread(client.get_rule_stats)).code is UNAVAILABLE
+    assert results.outcomes["long"].code is UNAVAILABLE
+
+    assert [(method, status) for method, status, _ in done] == [
+        (GET_RULE_STATS, Status.OK),
+        (GET_RULE, Status.OK),
+        (health_check, Status.OK),
+        (GET_RULE, Status.UNKNOWN),
+        (GET_RULE, Status.CANCELLED),
+        (GET_RULE_STATS, Status.UNAVAILABLE),  # rejected at once, while the long one runs
+        (GET_RULE, Status.UNAVAILABLE),
+    ]
+    seconds = [elapsed for _, _, elapsed in done]
+    assert all(0 <= s < 5.0 for s in seconds)
+    assert seconds[1] >= 0.19  # the sleep:0.2 call
+    assert seconds[4] >= 0.19  # cancelled 0.2 s after it was seen in flight
+    assert seconds[6] >= 0.45  # ended by the 0.5 s grace
+    assert seconds[5] < seconds[6]
+
+
+async def test_on_call_done_that_raises_is_logged_and_the_call_still_answers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(method: str, status: Status, seconds: float) -> None:
+        raise RuntimeError("metrics are broken")
+
+    async with (
+        open_host(on_call_done=broken) as (host, _),
+        open_client(host.port) as client,
+    ):
+        with caplog.at_level(logging.ERROR, logger="guardrefresh.server._host"):
+            assert (await in_thread(client.get_rule_stats)).code is OK
+            assert (await in_thread(client.get_rule_stats)).code is OK
+            await wait_until(lambda: host.in_flight == 0)
+            await wait_until(lambda: len(caplog.records) == 2)
+    assert all(
+        r.exc_info and "metrics are broken" in str(r.exc_info[1]) and GET_RULE_STATS in r.message
+        for r in caplog.records
+    )
 
 
 # ----------------------------------------------------------- grpclib canary ---

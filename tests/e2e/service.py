@@ -208,7 +208,10 @@ async def open_service(
     service is killed (SIGKILL) and reaped, and its pipe closed, whatever happened.
     """
     warm = warm_storage if warm_storage is not None else workdir / "data" / "warm_storage.bin"
-    command = service_command("--port", "0", "--warm-storage", str(warm), *args)
+    # Metrics off: tests run side by side and must not share the default port 9464.
+    command = service_command(
+        "--port", "0", "--metrics-port", "0", "--warm-storage", str(warm), *args
+    )
     process = await trio.lowlevel.open_process(
         command,
         cwd=workdir,

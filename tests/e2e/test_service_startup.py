@@ -110,7 +110,15 @@ async def test_corrupt_warm_storage_exits_1_with_one_line(
     assert callable(damage)
     await trio.to_thread.run_sync(damage, warm)
     result = await run_cli(
-        tmp_path, "--port", "0", "--warm-storage", str(warm), "--log-level", "WARNING"
+        tmp_path,
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--warm-storage",
+        str(warm),
+        "--log-level",
+        "WARNING",
     )
     assert result.returncode == 1
     line = _one_line(result)

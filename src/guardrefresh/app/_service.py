@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import errno
+import functools
 import gc
 import logging
 import math
 import signal
+import ssl
 import sys
 import time
 from pathlib import Path
@@ -16,10 +18,13 @@ import trio_asyncio
 
 from ..bridge import Bridge
 from ..config import ConfigError, ServiceConfig
-from ..refresh import RefreshError, RefreshScheduler, RefreshTrigger
+from ..metrics import ServiceMetrics, refresh_error_reason, serve_metrics
+from ..refresh import RefreshError, RefreshScheduler, RefreshStats, RefreshTrigger
 from ..refresh._service import RefreshService, open_refresh_service
 from ..server import GrpcHost
+from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
+from ..server._tls import TlsConfigError, server_ssl_context
 from ..storage import StorageError
 
 logger = logging.getLogger(__name__)
@@ -64,12 +69,49 @@ async def serve_service(
         bridge.close()
 
 
+class _RefreshMetrics:
+    """Feeds refresh outcomes (one per load, whoever asked) into the metrics."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    def observe_load(self) -> None:
+        self._metrics.observe_load()
+
+    def observe_refresh(self, stats: RefreshStats) -> None:
+        self._metrics.observe_refresh(stats)
+
+    def observe_refresh_failure(
+        self, trigger: str, error: BaseException, duration_s: float
+    ) -> None:
+        self._metrics.observe_refresh_failure(trigger, refresh_error_reason(error), duration_s)
+
+
+def _security(config: ServiceConfig) -> tuple[ssl.SSLContext | None, AdminAuth | None]:
+    security = config.security
+    try:
+        context = None
+        if security.tls_cert is not None and security.tls_key is not None:
+            context = server_ssl_context(
+                security.tls_cert, security.tls_key, security.tls_client_ca
+            )
+        auth = None
+        if security.admin_token_file is not None:
+            auth = AdminAuth.from_file(security.admin_token_file, protect_reads=security.auth_reads)
+    except (TlsConfigError, TokenFileError) as exc:
+        raise StartupError(str(exc)) from None
+    return context, auth
+
+
 async def _supervise(
     config: ServiceConfig,
     bridge: Bridge,
     refresher: RefreshService,
     task_status: trio.TaskStatus[int],
 ) -> None:
+    ssl_context, auth = _security(config)
+    metrics = ServiceMetrics()
+    refresher.observers.append(_RefreshMetrics(metrics))
     if config.scheduler.refresh_on_start:
         try:
             stats = await refresher.refresh(trigger=RefreshTrigger.STARTUP)
@@ -86,11 +128,23 @@ async def _supervise(
     scheduler = RefreshScheduler(refresher, config.scheduler)
     staleness_limit = config.health.staleness_limit(config.scheduler.refresh_interval)
     dataplane = DataPlaneService(bridge, refresher, scheduler, staleness_limit_s=staleness_limit)
+    metrics.add_grpc_services([dataplane])
+    metrics.bind(
+        hot_cache_stats=bridge.cache.stats,
+        warm_rules=lambda: len(bridge.table),
+        warm_bytes=lambda: sum(seg.size for seg in bridge.table.segments),
+        bridge_version=lambda: bridge.bridge_version,
+        scheduler_status=scheduler.status,
+        staleness_limit_s=staleness_limit,
+    )
     host = GrpcHost(
         [dataplane],
         host=config.server.host,
         port=config.server.port,
         max_message_bytes=config.server.max_message_bytes,
+        ssl=ssl_context,
+        on_call_done=metrics.observe_rpc,
+        authorize=auth.check if auth is not None else None,
     )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
@@ -100,8 +154,33 @@ async def _supervise(
                 port = await nursery.start(host.serve)
             except OSError as exc:
                 raise StartupError(_bind_error(config, exc)) from None
+            if config.metrics.enabled:
+                try:
+                    metrics_port = await nursery.start(
+                        functools.partial(
+                            serve_metrics,
+                            metrics.registry,
+                            host=config.metrics.host,
+                            port=config.metrics.port,
+                        )
+                    )
+                except OSError as exc:
+                    raise StartupError(
+                        f"cannot serve metrics on {config.metrics.host}:{config.metrics.port}: "
+                        f"{exc.strerror or exc}"
+                    ) from None
+                logger.info("Metrics on http://%s:%d/metrics", config.metrics.host, metrics_port)
             host.set_serving(True)
-            logger.info("Listening on %s:%d", config.server.host, port)
+            logger.info(
+                "Listening on %s:%d%s%s",
+                config.server.host,
+                port,
+                " (TLS"
+                + (", client certificates required)" if config.security.tls_client_ca else ")")
+                if ssl_context
+                else "",
+                " (admin token required for changes)" if auth else "",
+            )
             nursery.start_soon(_compact_in_background, bridge)
             nursery.start_soon(
                 _watch_staleness, host, refresher, staleness_limit, config.health.fail_when_stale

@@ -27,7 +27,9 @@ from ..config import (
     resolve_config,
     version_text,
 )
+from ._client import CLIENT_COMMANDS
 from ._logging import configure_logging
+from ._warm import WARM_COMMANDS
 
 __all__ = ["Command", "main"]
 
@@ -36,9 +38,9 @@ logger = logging.getLogger(__name__)
 #: A subcommand: called with the arguments after its name, returns the exit code.
 Command = Callable[[Sequence[str]], int]
 
-#: Subcommands by name (none yet; ``status``, ``refresh``, ``install`` ... will talk
-#: to a running service).
-_COMMANDS: Mapping[str, Command] = types.MappingProxyType({})
+#: Subcommands by name: ``status``, ``refresh``, ``install``, ``get``, ``remove-policy``
+#: and ``remove-agent`` talk to a running service; ``warm ...`` works on the files.
+_COMMANDS: Mapping[str, Command] = types.MappingProxyType({**CLIENT_COMMANDS, **WARM_COMMANDS})
 
 _EXIT_BAD_CONFIG = 2
 

@@ -12,6 +12,7 @@ from ._anchors import (
 )
 from ._convert import rule_from_proto, rule_to_proto
 from ._errors import RuleValidationError
+from ._json import rules_from_json, rules_to_json
 from ._rule import (
     MAX_RULE_ID_CHARS,
     POLICY_BY_CODE,
@@ -39,4 +40,6 @@ __all__ = [
     "Slot",
     "rule_from_proto",
     "rule_to_proto",
+    "rules_from_json",
+    "rules_to_json",
 ]

@@ -142,8 +142,9 @@ class RefreshService:
                 flight.stats = await self._refresh_once(flight.families, trigger)
             except RefreshError as exc:
                 flight.error = exc
-            except trio.Cancelled:
+            except trio.Cancelled as exc:
                 flight.error = RefreshError("refresh cancelled: the service is shutting down")
+                flight.error.__cause__ = exc
                 raise
             except Exception as exc:  # never leave joiners hanging on a bug
                 logger.exception("Refresh failed unexpectedly")

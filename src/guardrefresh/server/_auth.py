@@ -46,7 +46,9 @@ class AdminAuth:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise TokenFileError(f"cannot read admin token file {str(path)!r}: {exc.strerror}") from None
+            raise TokenFileError(
+                f"cannot read admin token file {str(path)!r}: {exc.strerror}"
+            ) from None
         try:
             st = os.fstat(fd)
             if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
@@ -62,7 +64,9 @@ class AdminAuth:
         except UnicodeDecodeError:
             raise TokenFileError(f"admin token file {str(path)!r} is not ASCII text") from None
         if not token or any(ch.isspace() for ch in token):
-            raise TokenFileError(f"admin token file {str(path)!r} must hold one token without spaces")
+            raise TokenFileError(
+                f"admin token file {str(path)!r} must hold one token without spaces"
+            )
         return cls(token, protect_reads=protect_reads)
 
     def requires_token(self, method: str) -> bool:

@@ -55,7 +55,12 @@ def _mapped(
             raise GRPCError(Status.NOT_FOUND, str(exc)) from None
         except RuleConflictError as exc:
             raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
-        except (StorageError, RefreshError) as exc:
+        except StorageError as exc:
+            # Otherwise an operator would see a failing write only at the client;
+            # refresh failures are logged by the refresh service itself.
+            logger.warning("%s failed, answered UNAVAILABLE: %s", handler.__name__, exc)
+            raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
+        except RefreshError as exc:
             raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
         except Exception:
             logger.exception("Unhandled error in %s", handler.__name__)

@@ -27,7 +27,7 @@ import asyncio
 import functools
 import logging
 import ssl as _ssl
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NoReturn
 
 import attrs
@@ -104,6 +104,18 @@ class DrainReport:
                 f"completed ({self.completed}) + cancelled ({self.cancelled}) != "
                 f"in_flight_at_start ({self.in_flight_at_start})"
             )
+
+
+@attrs.define(eq=False)
+class _Outcome:
+    """What ``on_call_done`` is told about one RPC; its status is the trailers sent."""
+
+    method: str
+    started: float
+    #: The status grpclib was about to send (SendTrailingMetadata fires before the write).
+    status: Status | None = None
+    #: Set once the handler runs; tells whether the trailers really went out.
+    stream: grpclib.server.Stream[Any, Any] | None = None
 
 
 @attrs.define(eq=False)
@@ -225,6 +237,15 @@ class GrpcHost:
     Responses are not limited. ``exempt_methods`` (full paths) are neither counted
     in flight nor rejected while draining.
 
+    ``on_call_done(method, status, seconds)``, if given, is called once per RPC
+    to a served method (health, reflection, rejected and cancelled ones included)
+    when the call's task has ended: the full method path, the status its trailers
+    carried (``Status.CANCELLED`` when none went out: the client reset the stream
+    or the connection went), and the seconds since its headers arrived (Trio
+    clock). It runs as an asyncio callback: keep it cheap; what it raises is
+    logged and dropped. Calls to unknown methods (UNIMPLEMENTED, answered by
+    grpclib before any listener) are not reported.
+
     A host serves once: :meth:`serve` runs it, :meth:`drain` ends it.
     """
 
@@ -238,6 +259,8 @@ class GrpcHost:
         ssl: _ssl.SSLContext | None = None,
         reflection: bool = True,
         exempt_methods: Collection[str] = DEFAULT_EXEMPT_METHODS,
+        on_call_done: Callable[[str, Status, float], None] | None = None,
+        authorize: Callable[[str, Mapping[str, Any]], None] | None = None,
     ) -> None:
         if not services:
             raise ValueError("GrpcHost needs at least one service")
@@ -257,6 +280,11 @@ class GrpcHost:
         self._ssl = ssl
         self._reflection = reflection
         self._exempt = frozenset(exempt_methods)
+        self._on_call_done = on_call_done
+        # Called with (method, request metadata) before any handler runs; raises
+        # GRPCError (e.g. UNAUTHENTICATED) to refuse the call.
+        self._authorize = authorize
+        self._outcomes: dict[asyncio.Task[Any], _Outcome] = {}
 
         self._status = ServiceStatus()
         self._status.set(False)
@@ -413,14 +441,22 @@ class GrpcHost:
         _drain.check_internals(server)
         _drain.wrap_protocol_factory(server, functools.partial(_TrackedConnection, host=self))
         grpclib.events.listen(server, grpclib.events.RecvRequest, self._on_recv_request)
+        if self._on_call_done is not None:
+            grpclib.events.listen(
+                server, grpclib.events.SendTrailingMetadata, self._on_send_trailing_metadata
+            )
         return server
 
     async def _on_recv_request(self, event: grpclib.events.RecvRequest) -> None:
         # asyncio side, in the request's task, before the handler runs.
         method: str = event.method_name
         exempt = method in self._exempt
+        if self._on_call_done is not None:
+            self._track_outcome(method)
         if self._draining and not exempt:
             self._reject(method)
+        if self._authorize is not None:
+            self._authorize(method, event.metadata)
         event.method_func = self._wrap_handler(event.method_func, method, exempt)
 
     def _wrap_handler(
@@ -436,6 +472,9 @@ class GrpcHost:
             task = asyncio.current_task()
             assert task is not None
             call = _Call(task=task, stream=stream, method=method, exempt=exempt)
+            outcome = self._outcomes.get(task)
+            if outcome is not None:
+                outcome.stream = stream
             self._calls.add(call)
             task.add_done_callback(functools.partial(self._call_done, call))
             _drain.limit_request_size(stream, self._max_message_bytes)
@@ -449,6 +488,35 @@ class GrpcHost:
                 raise GRPCError(Status.UNAVAILABLE, SHUTDOWN_MESSAGE) from None
 
         return handle
+
+    def _track_outcome(self, method: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        outcome = _Outcome(method=method, started=trio.current_time())
+        self._outcomes[task] = outcome
+        task.add_done_callback(functools.partial(self._report_outcome, outcome))
+
+    async def _on_send_trailing_metadata(self, event: grpclib.events.SendTrailingMetadata) -> None:
+        # grpclib sends a call's trailers from the call's own task.
+        task = asyncio.current_task()
+        outcome = self._outcomes.get(task) if task is not None else None
+        if outcome is not None and outcome.status is None:
+            outcome.status = event.status
+
+    def _report_outcome(self, outcome: _Outcome, task: asyncio.Task[Any]) -> None:
+        self._outcomes.pop(task, None)
+        assert self._on_call_done is not None
+        status = outcome.status
+        if outcome.stream is not None and not _drain.trailers_sent(outcome.stream):
+            # grpclib tried (UNKNOWN, after the reset) but the client had gone:
+            # from its side the call was cancelled.
+            status = None
+        if status is None:
+            status = Status.CANCELLED
+        try:
+            self._on_call_done(outcome.method, status, trio.current_time() - outcome.started)
+        except Exception:
+            logger.exception("on_call_done(%r, %s) failed", outcome.method, status.name)
 
     def _reject(self, method: str) -> NoReturn:
         self._rejected += 1

@@ -20,7 +20,9 @@ def server_ssl_context(cert: Path, key: Path, client_ca: Path | None = None) -> 
     try:
         context.load_cert_chain(certfile=cert, keyfile=key)
     except (OSError, ssl.SSLError) as exc:
-        raise TlsConfigError(f"cannot load TLS certificate {str(cert)!r} / key {str(key)!r}: {exc}") from None
+        raise TlsConfigError(
+            f"cannot load TLS certificate {str(cert)!r} / key {str(key)!r}: {exc}"
+        ) from None
     if client_ca is not None:
         try:
             context.load_verify_locations(cafile=client_ca)

@@ -1,0 +1,33 @@
+"""Prometheus metrics of the service: :class:`ServiceMetrics` and :func:`serve_metrics`.
+
+The names, types and labels are documented in ``docs/metrics.md``.
+"""
+
+from ._http import METRICS_PATH, serve_metrics
+from ._metrics import (
+    GRPC_TYPES,
+    REFRESH_DURATION_BUCKETS,
+    REFRESH_ERROR_REASONS,
+    RPC_DURATION_BUCKETS,
+    CacheStatsLike,
+    RefreshStatsLike,
+    SchedulerStatusLike,
+    ServiceMetrics,
+    grpc_code_name,
+    refresh_error_reason,
+)
+
+__all__ = [
+    "GRPC_TYPES",
+    "METRICS_PATH",
+    "REFRESH_DURATION_BUCKETS",
+    "REFRESH_ERROR_REASONS",
+    "RPC_DURATION_BUCKETS",
+    "CacheStatsLike",
+    "RefreshStatsLike",
+    "SchedulerStatusLike",
+    "ServiceMetrics",
+    "grpc_code_name",
+    "refresh_error_reason",
+    "serve_metrics",
+]

@@ -1,0 +1,462 @@
+"""The rules JSON file: what operators write, ``install`` sends and ``warm export`` writes.
+
+The format is documented in ``docs/rules-json.md``. In short::
+
+    {"agent_id": "...", "config_id": "...", "owner": "...",
+     "rules": [{"rule_id": "...", "policy_type": "forbidden", ...,
+                "anchors": {"action": [[32 numbers], ...], "resource": [...], ...}}]}
+
+The top-level ``agent_id``, ``config_id`` and ``owner`` say who installs the rules
+(``Rule.installed_by``, ``.config_id``, ``.owner``); a rule may override them with its
+own ``installed_by``, ``config_id`` and ``owner`` keys, which is how an export of a
+store holding several agents' rules stays exact.
+
+Reading validates everything and names the rule and the JSON field at fault. Writing
+round-trips exactly: every float32 (anchors, ``drift_threshold``, ``slice_weights``)
+is written with the fewest digits that read back as the same float32, params keep
+their JSON type (``1`` stays an int, ``1.0`` a float), and a ``modification_spec``
+is written as an object only when reading the object back reproduces its text.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._anchors import ANCHOR_DIM, SLOTS, RuleAnchors
+from ._errors import RuleValidationError
+from ._rule import ParamScalar, PolicyType, Rule
+
+__all__ = ["iter_rules_json", "rule_json_text", "rules_from_json", "rules_to_json"]
+
+_DOCUMENT_KEYS = ("agent_id", "config_id", "owner", "rules")
+_RULE_KEYS = (
+    "rule_id",
+    "family_id",
+    "layer",
+    "agent_id",
+    "priority",
+    "enabled",
+    "created_at_ms",
+    "policy_type",
+    "drift_threshold",
+    "modification_spec",
+    "slice_weights",
+    "params",
+    "anchors",
+    "installed_by",
+    "config_id",
+    "owner",
+)
+#: Who installed a rule: the document's key, the rule's own key and the Rule attribute.
+_INSTALL_FIELDS = (("agent_id", "installed_by"), ("config_id", "config_id"), ("owner", "owner"))
+#: 10**k is exact in a double up to here, so ``D / 10**k`` is correctly rounded.
+_EXACT_POW10 = 22
+#: Rules whose floats are shortened in one numpy pass when writing a document.
+_BATCH = 256
+_INDENT = "  "
+
+
+# ------------------------------------------------------------------------- reading ---
+
+
+class _DuplicateKeyError(ValueError):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json.loads keeps the last of two equal keys; in a rules file that hides a typo.
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _DuplicateKeyError(f"duplicate key {key!r} in an object")
+        obj[key] = value
+    return obj
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def rules_from_json(document: str | bytes) -> list[Rule]:
+    """Parse and validate a rules JSON document; returns its rules in file order.
+
+    Each rule's ``installed_by``, ``config_id`` and ``owner`` come from its own keys
+    or else from the document's ``agent_id``, ``config_id`` and ``owner``. Raises
+    :class:`RuleValidationError` (a :class:`ValueError`) naming the rule and the
+    JSON field when a rule is at fault, and a plain :class:`ValueError` when the
+    document itself is (not JSON, unknown key, a rule that is not an object ...).
+    """
+    try:
+        doc = json.loads(document, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+    except _DuplicateKeyError as exc:
+        raise ValueError(f"{exc}") from None
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"the top level must be an object, got {_kind(doc)}")
+    _check_keys(doc, _DOCUMENT_KEYS, "the top level")
+    if "rules" not in doc:
+        raise ValueError('the top level has no "rules" list')
+    defaults = {key: _top_level_text(doc, key) for key in ("agent_id", "config_id", "owner")}
+    items = doc["rules"]
+    if not isinstance(items, list):
+        raise ValueError(f'"rules" must be a list, got {_kind(items)}')
+    rules: list[Rule] = []
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        rule = _rule_from_object(item, index, defaults)
+        first = seen.setdefault(rule.rule_id, index)
+        if first != index:
+            raise RuleValidationError(
+                rule.rule_id, "rule_id", f"appears twice (rules[{first}] and rules[{index}])"
+            )
+        rules.append(rule)
+    return rules
+
+
+def _kind(value: object) -> str:
+    """The JSON name of a parsed value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"
+
+
+def _check_keys(obj: dict[str, Any], known: Sequence[str], where: str, rid: str = "") -> None:
+    for key in obj:
+        if key not in known:
+            problem = f"unknown key (known keys: {', '.join(known)})"
+            if rid:
+                raise RuleValidationError(rid, key, problem)
+            raise ValueError(f"{where}: {key!r}: {problem}")
+
+
+def _top_level_text(doc: dict[str, Any], key: str) -> str:
+    value = doc.get(key, "")
+    if not isinstance(value, str):
+        raise ValueError(f"top-level {key!r} must be a string, got {_kind(value)}")
+    return value
+
+
+class _RuleReader:
+    """Typed access to one rule object; every problem names the rule and the field."""
+
+    def __init__(self, obj: dict[str, Any], rid: str) -> None:
+        self.obj = obj
+        self.rid = rid
+
+    def fail(self, field: str, problem: str) -> RuleValidationError:
+        return RuleValidationError(self.rid, field, problem)
+
+    def text(self, key: str, default: str = "") -> str:
+        value = self.obj.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(key, f"must be a string, got {_kind(value)}")
+        return value
+
+    def integer(self, key: str, default: int) -> int:
+        value = self.obj.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(key, f"must be an integer, got {_kind(value)}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self.obj.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {_kind(value)}")
+        return value
+
+    def number(self, field: str, value: object) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(field, f"must be a number, got {_kind(value)}")
+        try:
+            return float(value)
+        except OverflowError:
+            raise self.fail(field, f"number out of range: {value}") from None
+
+    def numbers(self, field: str, value: object) -> list[float]:
+        if not isinstance(value, list):
+            raise self.fail(field, f"must be a list of numbers, got {_kind(value)}")
+        # type() rather than isinstance(): bool is an int subclass and is not a number here.
+        if all(type(v) is float for v in value):
+            return value
+        return [self.number(f"{field}[{i}]", v) for i, v in enumerate(value)]
+
+
+def _rule_from_object(obj: object, index: int, defaults: dict[str, str]) -> Rule:
+    where = f"rules[{index}]"
+    if not isinstance(obj, dict):
+        raise ValueError(f"{where} must be an object, got {_kind(obj)}")
+    rid = obj.get("rule_id")
+    if not isinstance(rid, str) or not rid:
+        got = "is missing" if rid is None else f"must be a non-empty string, got {rid!r}"
+        raise ValueError(f"{where}: rule_id {got}")
+    _check_keys(obj, _RULE_KEYS, where, rid)
+    r = _RuleReader(obj, rid)
+    if "policy_type" not in obj:
+        allowed = ", ".join(p.value for p in PolicyType)
+        raise r.fail("policy_type", f"is required (one of {allowed})")
+    rule = Rule(
+        rule_id=rid,
+        family_id=r.text("family_id"),
+        layer=r.text("layer"),
+        agent_id=r.text("agent_id"),
+        priority=r.integer("priority", 0),
+        enabled=r.boolean("enabled", True),
+        created_at_ms=r.integer("created_at_ms", 0),
+        params=_params(r),
+        anchors=_anchors(r),
+        policy_type=PolicyType.parse(r.text("policy_type"), rule_id=rid),
+        drift_threshold=r.number("drift_threshold", obj.get("drift_threshold", 0.0)),
+        modification_spec=_modification_spec(r),
+        slice_weights=r.numbers("slice_weights", obj.get("slice_weights", [])),
+        installed_by=r.text("installed_by", defaults["agent_id"]),
+        config_id=r.text("config_id", defaults["config_id"]),
+        owner=r.text("owner", defaults["owner"]),
+    )
+    rule.validate()
+    return rule
+
+
+def _params(r: _RuleReader) -> dict[str, ParamScalar]:
+    raw = r.obj.get("params", {})
+    if not isinstance(raw, dict):
+        raise r.fail("params", f"must be an object, got {_kind(raw)}")
+    params: dict[str, ParamScalar] = {}
+    for key, value in raw.items():
+        if isinstance(value, str | bool | int | float):
+            params[key] = value
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            params[key] = tuple(value)
+        else:
+            raise r.fail(
+                f"params[{key!r}]",
+                "must be a string, an integer, a number, true/false or a list of strings, "
+                f"got {_kind(value) if not isinstance(value, list) else 'a list with non-strings'}",
+            )
+    return params
+
+
+def _anchors(r: _RuleReader) -> RuleAnchors:
+    raw = r.obj.get("anchors", {})
+    if not isinstance(raw, dict):
+        raise r.fail("anchors", f"must be an object, got {_kind(raw)}")
+    for key in raw:
+        if key not in SLOTS:
+            raise r.fail(f"anchors.{key}", f"unknown slot (slots: {', '.join(SLOTS)})")
+    slots: list[list[list[float]]] = []
+    for name in SLOTS:
+        vectors = raw.get(name, [])
+        if not isinstance(vectors, list):
+            raise r.fail(f"anchors.{name}", f"must be a list of vectors, got {_kind(vectors)}")
+        slots.append([r.numbers(f"anchors.{name}[{i}]", v) for i, v in enumerate(vectors)])
+    try:
+        return RuleAnchors.from_slots(slots, rule_id=r.rid)
+    except RuleValidationError as exc:
+        # The model names wire fields ("anchors.action_anchors[0]"); name the JSON ones.
+        field = re.sub(r"^anchors\.(\w+)_anchors", r"anchors.\1", exc.field)
+        raise r.fail(field, exc.problem) from None
+
+
+def _modification_spec(r: _RuleReader) -> str:
+    value = r.obj.get("modification_spec", "")
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return _compact_json(value)
+    raise r.fail("modification_spec", f"must be an object or a string, got {_kind(value)}")
+
+
+def _compact_json(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+# ------------------------------------------------------------------------- writing ---
+
+
+def rules_to_json(rules: Iterable[Rule]) -> str:
+    """The rules JSON document of ``rules``: reading it back gives equal rules.
+
+    The top-level ``agent_id``, ``config_id`` and ``owner`` are the values most
+    rules share; a rule that differs carries its own ``installed_by``,
+    ``config_id`` or ``owner`` key.
+    """
+    return "".join(iter_rules_json(list(rules)))
+
+
+def iter_rules_json(rules: Sequence[Rule]) -> Iterator[str]:
+    """:func:`rules_to_json` in pieces (about one per rule), for writing large stores."""
+    common = {
+        doc_key: _most_common(getattr(rule, attr) for rule in rules)
+        for doc_key, attr in _INSTALL_FIELDS
+    }
+    head = "".join(f"{_INDENT}{_dump(key)}: {_dump(common[key])},\n" for key in common)
+    if not rules:
+        yield "{\n" + head + f'{_INDENT}"rules": []\n' + "}\n"
+        return
+    yield "{\n" + head + f'{_INDENT}"rules": [\n'
+    last = len(rules) - 1
+    for start in range(0, len(rules), _BATCH):
+        batch = rules[start : start + _BATCH]
+        for i, (rule, floats) in enumerate(zip(batch, _floats_of(batch), strict=True)):
+            text = _rule_text(rule, floats, level=2, common=common)
+            yield f"{_INDENT * 2}{text}{',' if start + i < last else ''}\n"
+    yield f"{_INDENT}]\n}}\n"
+
+
+def _most_common(values: Iterable[str]) -> str:
+    counts = Counter(values)
+    return counts.most_common(1)[0][0] if counts else ""
+
+
+def rule_json_text(rule: Rule, *, level: int = 0, common: dict[str, str] | None = None) -> str:
+    """One rule as a JSON object (the format of an entry of ``"rules"``).
+
+    ``level`` is the indentation of the object's own line: the text starts with
+    ``{`` and its later lines are indented for that level. ``installed_by``,
+    ``config_id`` and ``owner`` are written when they differ from ``common``
+    (the document's top-level values; default: all empty).
+    """
+    return _rule_text(rule, _floats_of([rule])[0], level=level, common=common)
+
+
+#: A rule's float32 values as doubles that print short: drift, weights, anchors by slot.
+_Floats = tuple[float, list[float], list[list[list[float]]]]
+
+
+def _floats_of(rules: Sequence[Rule]) -> list[_Floats]:
+    """The float32 fields of ``rules``, shortened in one pass (numpy calls cost per call)."""
+    parts: list[npt.NDArray[np.float32]] = []
+    for rule in rules:
+        parts.append(np.asarray([rule.drift_threshold, *rule.slice_weights], dtype=np.float32))
+        parts.extend(rule.anchors.slot(s).reshape(-1) for s in range(len(SLOTS)))
+    flat: list[float] = _shortest_f32(np.concatenate(parts)) if parts else []
+    out: list[_Floats] = []
+    pos = 0
+    for rule in rules:
+        weights = flat[pos + 1 : pos + 1 + len(rule.slice_weights)]
+        drift, pos = flat[pos], pos + 1 + len(weights)
+        slots = []
+        for count in rule.anchors.counts:
+            slots.append(
+                [flat[pos + i * ANCHOR_DIM : pos + (i + 1) * ANCHOR_DIM] for i in range(count)]
+            )
+            pos += count * ANCHOR_DIM
+        out.append((drift, weights, slots))
+    return out
+
+
+def _rule_text(rule: Rule, floats: _Floats, *, level: int, common: dict[str, str] | None) -> str:
+    common = common or {"agent_id": "", "config_id": "", "owner": ""}
+    drift, weights, slots = floats
+    pad = _INDENT * (level + 1)
+    fields: list[tuple[str, str]] = [
+        ("rule_id", _dump(rule.rule_id)),
+        ("family_id", _dump(rule.family_id)),
+        ("layer", _dump(rule.layer)),
+        ("agent_id", _dump(rule.agent_id)),
+        ("priority", _dump(rule.priority)),
+        ("enabled", _dump(rule.enabled)),
+        ("created_at_ms", _dump(rule.created_at_ms)),
+        ("policy_type", _dump(rule.policy_type.value)),
+        ("drift_threshold", _dump(drift)),
+        ("modification_spec", _spec_text(rule.modification_spec)),
+        ("slice_weights", _dump(weights)),
+        ("params", _dump({k: _param_json(v) for k, v in rule.params.items()})),
+        ("anchors", _anchors_text(slots, level + 1)),
+    ]
+    for doc_key, attr in _INSTALL_FIELDS:
+        value = getattr(rule, attr)
+        if value != common[doc_key]:
+            fields.append((attr, _dump(value)))
+    body = ",\n".join(f"{pad}{_dump(key)}: {text}" for key, text in fields)
+    return "{\n" + body + "\n" + _INDENT * level + "}"
+
+
+def _dump(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+
+
+def _param_json(value: ParamScalar) -> object:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _spec_text(spec: str) -> str:
+    """An object when that reads back as exactly ``spec``; the string otherwise."""
+    if spec.startswith("{"):
+        try:
+            obj = json.loads(spec)
+            if isinstance(obj, dict) and _compact_json(obj) == spec:
+                return _dump(obj)
+        except ValueError:  # not JSON, or holds numbers JSON cannot write back (1e400)
+            pass
+    return _dump(spec)
+
+
+def _anchors_text(slots: list[list[list[float]]], level: int) -> str:
+    pad = _INDENT * (level + 1)
+    parts = []
+    for name, vectors in zip(SLOTS, slots, strict=True):
+        if not vectors:
+            parts.append(f"{pad}{_dump(name)}: []")
+            continue
+        # float.__repr__ is what json.dumps writes for a float, with less overhead per call.
+        rows = ",\n".join(
+            f"{pad}{_INDENT}[{', '.join(map(float.__repr__, row))}]" for row in vectors
+        )
+        parts.append(f"{pad}{_dump(name)}: [\n{rows}\n{pad}]")
+    return "{\n" + ",\n".join(parts) + "\n" + _INDENT * level + "}"
+
+
+def _shortest_f32(values: npt.NDArray[np.float32]) -> Any:
+    """Doubles whose ``repr`` has the fewest digits that read back as ``values``.
+
+    For every float32 ``x`` this finds the shortest decimal ``D * 10**-k`` whose
+    nearest double, converted to float32, is ``x`` again (that is exactly what a
+    reader does: JSON text -> double -> float32). Where ``10**k`` is not exact in a
+    double (extreme exponents) it falls back to the double equal to ``x``, whose
+    ``repr`` round-trips too, only with more digits. Returns nested lists.
+    """
+    x = np.ascontiguousarray(values, dtype=np.float32)
+    flat_x = x.reshape(-1)
+    out = flat_x.astype(np.float64)  # the fallback: the double equal to x
+    resolved = (out == 0) | ~np.isfinite(out)
+    todo = np.flatnonzero(~resolved)
+    exponent = np.floor(np.log10(np.abs(out[todo])))
+    for digits in range(1, 10):
+        k = digits - 1 - exponent
+        exact = np.abs(k) <= _EXACT_POW10
+        todo, k, exponent = todo[exact], k[exact], exponent[exact]
+        if not len(todo):
+            break
+        d = out[todo]
+        scale = 10.0 ** np.abs(k)
+        up = k >= 0
+        # One correctly rounded operation on exact operands: the double nearest D*10**-k.
+        mantissa = np.rint(np.where(up, d * scale, d / scale))
+        candidate = np.where(up, mantissa / scale, mantissa * scale)
+        with np.errstate(over="ignore", invalid="ignore"):
+            hit = candidate.astype(np.float32).view(np.uint32) == flat_x[todo].view(np.uint32)
+        out[todo[hit]] = candidate[hit]
+        resolved[todo[hit]] = True
+        todo, exponent = todo[~hit], exponent[~hit]
+    # Extreme exponents (rare): numpy's shortest float32 digits, one value at a time.
+    for i in np.flatnonzero(~resolved).tolist():
+        shortest = float(np.format_float_scientific(flat_x[i], unique=True))
+        if np.float32(shortest).view(np.uint32) == flat_x[i].view(np.uint32):
+            out[i] = shortest
+    return out.reshape(x.shape).tolist()
