@@ -1085,3 +1085,44 @@ def test_interleaved_writers_lose_nothing(
     final = reload(store_path)
     assert len(final) == 12 and final.bridge_version == 12
     assert final.rule("w2-5") == make_rule("w2-5", seed=5)
+
+
+# -- a lost manifest, a missing store, forged content -------------------------------
+
+
+def test_a_lost_manifest_is_never_replaced_by_an_empty_store(store_path: Path) -> None:
+    store = WarmStore(store_path)
+    table = store.open()
+    store.append(table, [make_rule("keep")])
+    store.close()
+    store_path.unlink()
+    with pytest.raises(CorruptStoreError, match=r"manifest .*missing, but data files exist"):
+        WarmStore(store_path).open()
+    assert not store_path.exists()  # nothing was created over the data
+
+
+def test_loading_where_there_is_no_store_says_so(store_path: Path) -> None:
+    from guardrefresh.storage import StoreNotFoundError
+
+    with pytest.raises(StoreNotFoundError, match="no warm storage at"):
+        WarmStore(store_path).load()
+
+
+def test_forged_fixed_fields_are_refused_at_load(tmp_path: Path) -> None:
+    columns = SegmentColumns.from_rules([make_rule("r1")], bridge_version=1)
+    columns.fixed["policy"][0] = 99  # checksums will be computed over the forged value
+    raw = segment_bytes(columns)
+    with pytest.raises(CorruptStoreError, match="values out of range"):
+        decode_segment(memoryview(raw), 0, path=tmp_path / "x", what="snapshot")
+
+
+def test_needs_compaction_is_known_after_a_plain_load(store_path: Path) -> None:
+    store = WarmStore(store_path)
+    table = store.open()
+    big = [make_rule(f"r{i}", seed=i) for i in range(600)]  # ~5 MiB of anchors
+    store.append(table, big)
+    assert store.needs_compaction()
+    store.close()
+    fresh = WarmStore(store_path)
+    fresh.load()
+    assert fresh.needs_compaction()

@@ -13,6 +13,10 @@ class StoreDirectoryMissingError(StorageError):
         self.directory = directory
 
 
+class StoreNotFoundError(StorageError):
+    """There is no store at that path (the directory exists, the manifest does not)."""
+
+
 class StorePermissionError(StorageError):
     def __init__(self, path: Path, action: str, detail: str = "") -> None:
         msg = f"permission denied: cannot {action} {str(path)!r}"
@@ -28,7 +32,9 @@ class CorruptStoreError(StorageError):
     """A store file failed verification; ``section`` and ``offset`` say where."""
 
     def __init__(self, path: Path, section: str, offset: int, problem: str) -> None:
-        super().__init__(f"corrupt warm storage {str(path)!r}: {section} at offset {offset}: {problem}")
+        super().__init__(
+            f"corrupt warm storage {str(path)!r}: {section} at offset {offset}: {problem}"
+        )
         self.path = path
         self.section = section
         self.offset = offset

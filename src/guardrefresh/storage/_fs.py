@@ -84,7 +84,9 @@ def translate_os_error(exc: OSError, path: Path, action: str) -> StorageError:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreWriteError(f"cannot {action} {str(path)!r}: no space left on device")
     if exc.errno == errno.EFBIG:
-        return StoreWriteError(f"cannot {action} {str(path)!r}: file too large (size limit reached)")
+        return StoreWriteError(
+            f"cannot {action} {str(path)!r}: file too large (size limit reached)"
+        )
     return StoreWriteError(f"cannot {action} {str(path)!r}: {exc.strerror or exc}")
 
 

@@ -32,6 +32,7 @@ import xxhash
 
 from ..model import (
     BLOCK_SHAPE,
+    MAX_ANCHORS,
     POLICY_BY_CODE,
     POLICY_CODES,
     ParamScalar,
@@ -138,7 +139,11 @@ def encode_extras(rule: Rule) -> bytes:
         doc["c"] = rule.config_id
     if rule.owner:
         doc["o"] = rule.owner
-    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8") if doc else b""
+    return (
+        json.dumps(doc, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+        if doc
+        else b""
+    )
 
 
 def _fixed_row(rule: Rule) -> tuple[Any, ...]:
@@ -161,7 +166,9 @@ def _fixed_row(rule: Rule) -> tuple[Any, ...]:
 
 def rule_digest(rule: Rule, fixed: np.void, extras: bytes) -> int:
     h = xxhash.xxh3_64()
-    h.update(_join_text((rule.rule_id, rule.family_id, rule.layer, rule.agent_id, rule.installed_by)))
+    h.update(
+        _join_text((rule.rule_id, rule.family_id, rule.layer, rule.agent_id, rule.installed_by))
+    )
     h.update(b"\x01")
     h.update(fixed.tobytes()[8:])  # everything but the digest itself
     h.update(extras)
@@ -172,8 +179,19 @@ def rule_digest(rule: Rule, fixed: np.void, extras: bytes) -> int:
 class SegmentColumns:
     """Columns ready to be written as one segment."""
 
-    __slots__ = ("agents", "anchors", "bridge_version", "deleted_ids", "extras", "families",
-                 "fixed", "ids", "installers", "layers", "table_versions")
+    __slots__ = (
+        "agents",
+        "anchors",
+        "bridge_version",
+        "deleted_ids",
+        "extras",
+        "families",
+        "fixed",
+        "ids",
+        "installers",
+        "layers",
+        "table_versions",
+    )
 
     def __init__(
         self,
@@ -289,8 +307,19 @@ def encode_segment(columns: SegmentColumns) -> tuple[bytes, list[memoryview | by
     counts_field = len(columns.deleted_ids)
     head = bytearray(header_len)
     _HEADER.pack_into(
-        head, 0, SEGMENT_MAGIC, FORMAT_VERSION, 0, header_len, columns.bridge_version, n,
-        len(sections), counts_field, body_len, int(time.time() * 1000), 0,
+        head,
+        0,
+        SEGMENT_MAGIC,
+        FORMAT_VERSION,
+        0,
+        header_len,
+        columns.bridge_version,
+        n,
+        len(sections),
+        counts_field,
+        body_len,
+        int(time.time() * 1000),
+        0,
     )
     head[_HEADER.size : _HEADER.size + _ENTRY.size * len(entries)] = b"".join(entries)
     checksum = xxhash.xxh3_64_intdigest(bytes(head))
@@ -307,9 +336,27 @@ class Segment:
     """A decoded, verified segment. Columns are zero-copy views of the buffer."""
 
     __slots__ = (
-        "agent_codes", "agent_names", "anchors", "bridge_version", "created_at_ms", "deleted_ids",
-        "digests", "extras", "extras_offsets", "family_codes", "family_names", "fixed",
-        "header_checksum", "ids", "installer_codes", "installer_names", "layer_codes", "layer_names", "n", "size", "table_versions",
+        "agent_codes",
+        "agent_names",
+        "anchors",
+        "bridge_version",
+        "created_at_ms",
+        "deleted_ids",
+        "digests",
+        "extras",
+        "extras_offsets",
+        "family_codes",
+        "family_names",
+        "fixed",
+        "header_checksum",
+        "ids",
+        "installer_codes",
+        "installer_names",
+        "layer_codes",
+        "layer_names",
+        "n",
+        "size",
+        "table_versions",
     )
 
     n: int
@@ -384,9 +431,22 @@ def decode_segment(buf: memoryview, start: int, *, path: Path, what: str) -> Seg
         return CorruptStoreError(path, f"{what} {section}", offset, problem)
 
     if end_of_buf - start < _HEADER.size:
-        raise corrupt("header", start, f"truncated: {end_of_buf - start} of {_HEADER.size} header bytes")
-    (magic, version, _flags, header_len, bridge_version, n, section_count, deleted_count,
-     body_len, created_at_ms, checksum) = _HEADER.unpack_from(buf, start)
+        raise corrupt(
+            "header", start, f"truncated: {end_of_buf - start} of {_HEADER.size} header bytes"
+        )
+    (
+        magic,
+        version,
+        _flags,
+        header_len,
+        bridge_version,
+        n,
+        section_count,
+        deleted_count,
+        body_len,
+        created_at_ms,
+        checksum,
+    ) = _HEADER.unpack_from(buf, start)
     if magic != SEGMENT_MAGIC:
         raise corrupt("header", start, "bad magic (not a guardrefresh segment)")
     if version != FORMAT_VERSION:
@@ -403,12 +463,16 @@ def decode_segment(buf: memoryview, start: int, *, path: Path, what: str) -> Seg
         raise corrupt("header", start, "header checksum mismatch")
     size = header_len + body_len
     if end_of_buf - start < size:
-        raise corrupt("body", start + header_len, f"truncated: {end_of_buf - start} of {size} bytes present")
+        raise corrupt(
+            "body", start + header_len, f"truncated: {end_of_buf - start} of {size} bytes present"
+        )
 
     raw: dict[int, memoryview] = {}
     expected_offset = header_len
     for i in range(section_count):
-        kind, _r, offset, length, sum_ = _ENTRY.unpack_from(buf, start + _HEADER.size + i * _ENTRY.size)
+        kind, _r, offset, length, sum_ = _ENTRY.unpack_from(
+            buf, start + _HEADER.size + i * _ENTRY.size
+        )
         name = Section.NAMES.get(kind, f"section kind {kind}")
         if offset != expected_offset or offset + _pad(length) > size:
             raise corrupt(name, start + offset, "section table out of order")
@@ -441,7 +505,9 @@ def decode_segment(buf: memoryview, start: int, *, path: Path, what: str) -> Seg
         seg.extras_offsets = np.frombuffer(raw[Section.EXTRAS_OFFSETS], dtype="<u8")
         seg.extras = raw[Section.EXTRAS]
         seg.anchors = np.frombuffer(raw[Section.ANCHORS], dtype="<f4").reshape((n, *BLOCK_SHAPE))
-        seg.deleted_ids = _split_text(raw[Section.DELETED_IDS], deleted_count) if deleted_count else []
+        seg.deleted_ids = (
+            _split_text(raw[Section.DELETED_IDS], deleted_count) if deleted_count else []
+        )
         seg.table_versions = {}
         if Section.TABLE_VERSIONS in raw:
             for fam, lay, ver in json.loads(bytes(raw[Section.TABLE_VERSIONS])):
@@ -450,19 +516,40 @@ def decode_segment(buf: memoryview, start: int, *, path: Path, what: str) -> Seg
         # Checksums matched yet the content is inconsistent: a writer bug or a
         # deliberate forgery. Still a corrupt file, never a crash.
         raise corrupt("content", start, f"inconsistent columns: {exc!r}") from None
-    for label, count in (("ids", len(seg.ids)), ("family codes", len(seg.family_codes)),
-                         ("layer codes", len(seg.layer_codes)), ("agent codes", len(seg.agent_codes)),
-                         ("installer codes", len(seg.installer_codes)),
-                         ("fixed fields", len(seg.fixed)), ("extras offsets", len(seg.extras_offsets) - 1)):
+    for label, count in (
+        ("ids", len(seg.ids)),
+        ("family codes", len(seg.family_codes)),
+        ("layer codes", len(seg.layer_codes)),
+        ("agent codes", len(seg.agent_codes)),
+        ("installer codes", len(seg.installer_codes)),
+        ("fixed fields", len(seg.fixed)),
+        ("extras offsets", len(seg.extras_offsets) - 1),
+    ):
         if count != n:
             raise corrupt(label, start, f"expected {n} entries, found {count}")
+    if n:
+        # Checksums prove the bytes are what a writer wrote; these prove the writer
+        # wrote something this build understands (a forged or buggy file otherwise
+        # fails later, one rule at a time).
+        fixed = seg.fixed
+        if (
+            not np.isin(fixed["policy"], list(POLICY_BY_CODE)).all()
+            or int(fixed["counts"].max()) > MAX_ANCHORS
+            or int(fixed["enabled"].max()) > 1
+            or int(fixed["has_weights"].max()) > 1
+        ):
+            raise corrupt(
+                "fixed fields", start, "values out of range (policy, anchor counts or flags)"
+            )
     if len(seg.deleted_ids) != deleted_count:
         raise corrupt("deleted ids", start, "count mismatch")
-    if n and (int(seg.family_codes.max()) >= len(seg.family_names)
-              or int(seg.layer_codes.max()) >= len(seg.layer_names)
-              or int(seg.agent_codes.max()) >= len(seg.agent_names)
-              or int(seg.installer_codes.max()) >= len(seg.installer_names)
-              or int(seg.extras_offsets[-1]) != len(seg.extras)):
+    if n and (
+        int(seg.family_codes.max()) >= len(seg.family_names)
+        or int(seg.layer_codes.max()) >= len(seg.layer_names)
+        or int(seg.agent_codes.max()) >= len(seg.agent_names)
+        or int(seg.installer_codes.max()) >= len(seg.installer_names)
+        or int(seg.extras_offsets[-1]) != len(seg.extras)
+    ):
         raise corrupt("content", start, "column references out of range")
     return seg
 

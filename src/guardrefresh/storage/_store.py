@@ -48,9 +48,18 @@ from ._errors import (
     CorruptStoreError,
     StorageError,
     StoreDirectoryMissingError,
+    StoreNotFoundError,
     UnsupportedVersionError,
 )
-from ._fs import DIR_MODE, FILE_MODE, atomic_write, check_safe, fsync_dir, translate_os_error, write_all
+from ._fs import (
+    DIR_MODE,
+    FILE_MODE,
+    atomic_write,
+    check_safe,
+    fsync_dir,
+    translate_os_error,
+    write_all,
+)
 from ._segment import FORMAT_VERSION, SegmentColumns, decode_segment, encode_segment, segment_bytes
 from ._table import WarmTable
 
@@ -79,9 +88,19 @@ class Manifest:
 
     def encode(self) -> bytes:
         body = _MANIFEST.pack(
-            MANIFEST_MAGIC, FORMAT_VERSION, 0, 0, self.generation, self.bridge_version,
-            self.rule_count, self.snapshot_size, self.snapshot_header_checksum,
-            self.journal_size, self.journal_checksum, self.updated_at_ms, 0,
+            MANIFEST_MAGIC,
+            FORMAT_VERSION,
+            0,
+            0,
+            self.generation,
+            self.bridge_version,
+            self.rule_count,
+            self.snapshot_size,
+            self.snapshot_header_checksum,
+            self.journal_size,
+            self.journal_checksum,
+            self.updated_at_ms,
+            0,
         )
         return body[:-8] + struct.pack("<Q", xxhash.xxh3_64_intdigest(body[:-8]))
 
@@ -94,19 +113,44 @@ class Manifest:
                 raise UnsupportedVersionError(path, version, FORMAT_VERSION)
         if len(raw) != _MANIFEST.size:
             raise CorruptStoreError(
-                path, "manifest", min(len(raw), _MANIFEST.size),
+                path,
+                "manifest",
+                min(len(raw), _MANIFEST.size),
                 f"expected {_MANIFEST.size} bytes, found {len(raw)}",
             )
-        (magic, version, _f, _r, generation, bridge_version, rule_count, snap_size, snap_sum,
-         journal_size, journal_sum, updated, checksum) = _MANIFEST.unpack(raw)
+        (
+            magic,
+            version,
+            _f,
+            _r,
+            generation,
+            bridge_version,
+            rule_count,
+            snap_size,
+            snap_sum,
+            journal_size,
+            journal_sum,
+            updated,
+            checksum,
+        ) = _MANIFEST.unpack(raw)
         if magic != MANIFEST_MAGIC:
-            raise CorruptStoreError(path, "manifest", 0, "bad magic (not a guardrefresh warm store)")
+            raise CorruptStoreError(
+                path, "manifest", 0, "bad magic (not a guardrefresh warm store)"
+            )
         if version != FORMAT_VERSION:
             raise UnsupportedVersionError(path, version, FORMAT_VERSION)
         if xxhash.xxh3_64_intdigest(raw[:-8]) != checksum:
             raise CorruptStoreError(path, "manifest", 0, "checksum mismatch")
-        return cls(generation, bridge_version, rule_count, snap_size, snap_sum, journal_size,
-                   journal_sum, updated)
+        return cls(
+            generation,
+            bridge_version,
+            rule_count,
+            snap_size,
+            snap_sum,
+            journal_size,
+            journal_sum,
+            updated,
+        )
 
 
 @attrs.frozen
@@ -139,6 +183,7 @@ class WarmStore:
         self._journal_fd: int | None = None
         self._journal_gen = 0
         self._journal_hash = xxhash.xxh3_64()
+        self._seen: Manifest | None = None  # the newest manifest loaded or committed here
 
     # -- paths -------------------------------------------------------------
     def snapshot_path(self, generation: int) -> Path:
@@ -168,10 +213,23 @@ class WarmStore:
             except OSError as exc:
                 raise translate_os_error(exc, self.directory, "create directory") from exc
         if not os.access(self.directory, os.R_OK | os.X_OK):
-            raise translate_os_error(PermissionError(13, "Permission denied"), self.directory, "read directory")
+            raise translate_os_error(
+                PermissionError(13, "Permission denied"), self.directory, "read directory"
+            )
         if create and not self.path.exists():
             with self._locked():
                 if not self.path.exists():
+                    orphans = self._data_files()
+                    if orphans:
+                        # Never paper over a lost manifest with an empty store: the
+                        # rules are still in these files.
+                        raise CorruptStoreError(
+                            self.path,
+                            "manifest",
+                            0,
+                            f"missing, but data files exist ({', '.join(p.name for p in orphans)}); "
+                            "restore the manifest from a backup or rebuild with 'guardrefresh warm import'",
+                        )
                     self._create_empty()
         return self.load()
 
@@ -183,10 +241,18 @@ class WarmStore:
         atomic_write(self.snapshot_path(generation), [snap])
         journal_head = self._journal_header(generation)
         atomic_write(self.journal_path(generation), [journal_head])
-        seg = decode_segment(memoryview(snap), 0, path=self.snapshot_path(generation), what="snapshot")
+        seg = decode_segment(
+            memoryview(snap), 0, path=self.snapshot_path(generation), what="snapshot"
+        )
         manifest = Manifest(
-            generation, 0, 0, len(snap), seg.header_checksum, len(journal_head),
-            xxhash.xxh3_64_intdigest(journal_head), _now_ms(),
+            generation,
+            0,
+            0,
+            len(snap),
+            seg.header_checksum,
+            len(journal_head),
+            xxhash.xxh3_64_intdigest(journal_head),
+            _now_ms(),
         )
         atomic_write(self.path, [manifest.encode()])
         logger.info("Created empty warm storage at %s", self.path)
@@ -208,15 +274,28 @@ class WarmStore:
                 table, manifest = self._load_once()
             except _Vanished:
                 continue
+            self._seen = manifest
             return table
-        raise StorageError(f"warm storage {str(self.path)!r} kept changing while loading; try again")
+        raise StorageError(
+            f"warm storage {str(self.path)!r} kept changing while loading; try again"
+        )
 
     def read_manifest(self) -> Manifest:
         return Manifest.decode(self._read_checked(self.path, "open"), self.path)
 
+    def _data_files(self) -> list[Path]:
+        pattern = re.compile(re.escape(self.path.name) + r"\.\d{8}\.(snap|journal)$")
+        return sorted(p for p in self.directory.iterdir() if pattern.match(p.name))
+
     def _read_checked(self, path: Path, action: str) -> bytes:
         try:
             fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if path == self.path and self.directory.is_dir():
+                raise StoreNotFoundError(
+                    f"no warm storage at {str(path)!r} (no manifest)"
+                ) from None
+            raise translate_os_error(FileNotFoundError(2, "No such file"), path, action) from None
         except OSError as exc:
             raise translate_os_error(exc, path, action) from exc
         try:
@@ -257,7 +336,10 @@ class WarmStore:
         snap, snap_size = self._map(snap_path, m.snapshot_size, m)
         if snap_size != m.snapshot_size:
             raise CorruptStoreError(
-                snap_path, "file", m.snapshot_size, f"size {snap_size} differs from the manifest's {m.snapshot_size}"
+                snap_path,
+                "file",
+                m.snapshot_size,
+                f"size {snap_size} differs from the manifest's {m.snapshot_size}",
             )
         base = decode_segment(snap, 0, path=snap_path, what="snapshot")
         if base.size != m.snapshot_size or base.header_checksum != m.snapshot_header_checksum:
@@ -269,7 +351,9 @@ class WarmStore:
             raise CorruptStoreError(snap_path, "ids", 0, str(exc)) from None
         if len(table) != m.rule_count or table.bridge_version != m.bridge_version:
             raise CorruptStoreError(
-                self.path, "manifest", 0,
+                self.path,
+                "manifest",
+                0,
                 f"records {m.rule_count} rules at version {m.bridge_version}, files hold "
                 f"{len(table)} at version {table.bridge_version}",
             )
@@ -296,7 +380,9 @@ class WarmStore:
                 path, "journal header", 8, f"format version {version}, expected {FORMAT_VERSION}"
             )
         if generation != m.generation:
-            raise CorruptStoreError(path, "journal header", 0, "generation does not match the manifest")
+            raise CorruptStoreError(
+                path, "journal header", 0, "generation does not match the manifest"
+            )
         segments = []
         offset = JOURNAL_HEADER_SIZE
         while offset < len(view):
@@ -318,7 +404,9 @@ class WarmStore:
         finally:
             os.close(fd)  # closing releases the flock
 
-    def append(self, base: WarmTable, upserts: Sequence[Rule], deletes: Sequence[str] = ()) -> WarmTable:
+    def append(
+        self, base: WarmTable, upserts: Sequence[Rule], deletes: Sequence[str] = ()
+    ) -> WarmTable:
         """Durably apply upserts and deletions; return the table that results.
 
         ``base`` is the caller's current table. If another process committed
@@ -331,10 +419,14 @@ class WarmStore:
             if base.generation != m.generation or base.bridge_version != m.bridge_version:
                 base, m = self._load_once()
             version = m.bridge_version + 1
-            columns = SegmentColumns.from_rules(upserts, bridge_version=version, deleted_ids=deletes)
+            columns = SegmentColumns.from_rules(
+                upserts, bridge_version=version, deleted_ids=deletes
+            )
             head, body = encode_segment(columns)
             record = head + b"".join(body)
-            seg = decode_segment(memoryview(record), 0, path=self.journal_path(m.generation), what="new segment")
+            seg = decode_segment(
+                memoryview(record), 0, path=self.journal_path(m.generation), what="new segment"
+            )
             table = base.with_segment(seg)
             fd = self._journal_for(m)
             path = self.journal_path(m.generation)
@@ -348,13 +440,16 @@ class WarmStore:
             hasher = self._journal_hash.copy()
             hasher.update(record)
             new = attrs.evolve(
-                m, bridge_version=version, rule_count=len(table),
-                journal_size=m.journal_size + len(record), journal_checksum=hasher.intdigest(),
+                m,
+                bridge_version=version,
+                rule_count=len(table),
+                journal_size=m.journal_size + len(record),
+                journal_checksum=hasher.intdigest(),
                 updated_at_ms=_now_ms(),
             )
             atomic_write(self.path, [new.encode()])
             self._journal_hash = hasher
-            self._manifest = new
+            self._manifest = self._seen = new
             return table
 
     def _journal_for(self, m: Manifest) -> int:
@@ -394,7 +489,7 @@ class WarmStore:
         return self._journal_fd
 
     def needs_compaction(self) -> bool:
-        m = self._manifest
+        m = self._seen
         if m is None:
             return False
         journal = m.journal_size - JOURNAL_HEADER_SIZE
@@ -417,14 +512,23 @@ class WarmStore:
             atomic_write(self.journal_path(generation), [journal_head])
             header_checksum = struct.unpack_from("<Q", head, 56)[0]
             new = Manifest(
-                generation, table.bridge_version, len(table), size, header_checksum,
-                len(journal_head), xxhash.xxh3_64_intdigest(journal_head), _now_ms(),
+                generation,
+                table.bridge_version,
+                len(table),
+                size,
+                header_checksum,
+                len(journal_head),
+                xxhash.xxh3_64_intdigest(journal_head),
+                _now_ms(),
             )
             atomic_write(self.path, [new.encode()])
             self.close()
             self._remove_stale(keep=generation)
             logger.info(
-                "Compacted warm storage: generation %d, %d rules, %d bytes", generation, len(table), size
+                "Compacted warm storage: generation %d, %d rules, %d bytes",
+                generation,
+                len(table),
+                size,
             )
         return self.load()
 
@@ -440,8 +544,12 @@ class WarmStore:
     def info(self) -> StoreInfo:
         m = self.read_manifest()
         table = self.load()
-        return StoreInfo(m, self.snapshot_path(m.generation), self.journal_path(m.generation),
-                         len(table.segments) - 1)
+        return StoreInfo(
+            m,
+            self.snapshot_path(m.generation),
+            self.journal_path(m.generation),
+            len(table.segments) - 1,
+        )
 
     def close(self) -> None:
         if self._journal_fd is not None:
@@ -466,9 +574,14 @@ class WarmStore:
             journal_head = self._journal_header(generation)
             atomic_write(self.journal_path(generation), [journal_head])
             new = Manifest(
-                generation, version, len(rules), size,
-                struct.unpack_from("<Q", head, 56)[0], len(journal_head),
-                xxhash.xxh3_64_intdigest(journal_head), _now_ms(),
+                generation,
+                version,
+                len(rules),
+                size,
+                struct.unpack_from("<Q", head, 56)[0],
+                len(journal_head),
+                xxhash.xxh3_64_intdigest(journal_head),
+                _now_ms(),
             )
             atomic_write(self.path, [new.encode()])
             self.close()
@@ -510,9 +623,15 @@ def _columns_of(table: WarmTable) -> SegmentColumns:
     from ._segment import FIXED_DTYPE
 
     return SegmentColumns(
-        ids=ids, families=families, layers=layers, agents=agents, installers=installers,
+        ids=ids,
+        families=families,
+        layers=layers,
+        agents=agents,
+        installers=installers,
         fixed=np.concatenate(fixed) if fixed else np.zeros(0, dtype=FIXED_DTYPE),
-        extras=extras, anchors=anchors, bridge_version=table.bridge_version,
+        extras=extras,
+        anchors=anchors,
+        bridge_version=table.bridge_version,
         table_versions=dict(table.table_versions),
     )
 

@@ -112,8 +112,12 @@ class WarmTable:
         if len(locs) != n:
             raise ValueError("duplicate rule ids in snapshot")
         table = cls(
-            [base], locs, [np.ones(base.n, dtype=np.bool_)], dict(base.table_versions),
-            bridge_version=base.bridge_version, generation=generation,
+            [base],
+            locs,
+            [np.ones(base.n, dtype=np.bool_)],
+            dict(base.table_versions),
+            bridge_version=base.bridge_version,
+            generation=generation,
         )
         for seg in journal:
             table._apply(seg)
@@ -122,8 +126,12 @@ class WarmTable:
     def with_segment(self, seg: Segment) -> WarmTable:
         """A new table with ``seg`` (upserts and deletions) applied."""
         table = WarmTable(
-            self.segments, dict(self._locs), list(self._live), dict(self.table_versions),
-            bridge_version=self.bridge_version, generation=self.generation,
+            self.segments,
+            dict(self._locs),
+            list(self._live),
+            dict(self.table_versions),
+            bridge_version=self.bridge_version,
+            generation=self.generation,
         )
         table._apply(seg)
         return table
