@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import trio
 
 from guardrefresh.proto import rule_installation as pb
 
@@ -280,4 +279,3 @@ async def test_default_bind_is_loopback(tmp_path: Path) -> None:
     async with open_service(tmp_path) as service:
         assert service.host == "127.0.0.1"
         assert await service.stop() == 0
-    await trio.sleep(0)

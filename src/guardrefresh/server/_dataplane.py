@@ -131,7 +131,7 @@ def stats_message(stats: RefreshStats | None) -> pb.RefreshStatsMessage | None:
     )
 
 
-class DataPlaneService(pb.DataPlaneBase):
+class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated code is not type-checked
     """Serves the bridge, the refresh service and the scheduler over gRPC."""
 
     def __init__(

@@ -249,7 +249,8 @@ class SegmentColumns:
 
 
 def _bytes_view(array: npt.NDArray[np.float32]) -> memoryview:
-    return memoryview(np.ascontiguousarray(array, dtype="<f4").reshape(-1)).cast("B")
+    flat = np.ascontiguousarray(array, dtype="<f4").reshape(-1)
+    return memoryview(flat.data).cast("B")
 
 
 def encode_segment(columns: SegmentColumns) -> tuple[bytes, list[memoryview | bytes]]:
@@ -284,7 +285,7 @@ def encode_segment(columns: SegmentColumns) -> tuple[bytes, list[memoryview | by
     if columns.deleted_ids:
         sections.append((Section.DELETED_IDS, [_join_text(columns.deleted_ids)]))
     if columns.table_versions is not None:
-        doc = sorted([f, l, v] for (f, l), v in columns.table_versions.items())
+        doc = sorted([fam, lay, v] for (fam, lay), v in columns.table_versions.items())
         sections.append((Section.TABLE_VERSIONS, [json.dumps(doc, ensure_ascii=False).encode()]))
 
     header_len = _pad(_HEADER.size + _ENTRY.size * len(sections))
@@ -383,7 +384,7 @@ class Segment:
     table_versions: dict[tuple[str, str], int]
 
     def family_of(self, row: int) -> str:
-        return self.family_names[self.family_codes[row]]
+        return self.family_names[int(self.family_codes[row])]
 
     def digest(self, row: int) -> int:
         return int(self.digests.item(row))

@@ -60,7 +60,14 @@ from ._fs import (
     translate_os_error,
     write_all,
 )
-from ._segment import FORMAT_VERSION, SegmentColumns, decode_segment, encode_segment, segment_bytes
+from ._segment import (
+    FORMAT_VERSION,
+    Segment,
+    SegmentColumns,
+    decode_segment,
+    encode_segment,
+    segment_bytes,
+)
 from ._table import WarmTable
 
 logger = logging.getLogger(__name__)
@@ -359,7 +366,7 @@ class WarmStore:
             )
         return table, m
 
-    def _journal_segments(self, m: Manifest) -> Iterator[object]:
+    def _journal_segments(self, m: Manifest) -> Iterator[Segment]:
         path = self.journal_path(m.generation)
         view, _size = self._map(path, m.journal_size, m)
         if xxhash.xxh3_64_intdigest(view) != m.journal_checksum:
@@ -368,7 +375,7 @@ class WarmStore:
             raise CorruptStoreError(path, "journal", 0, "checksum of committed bytes mismatch")
         return iter(self._scan_journal(view, path, m))
 
-    def _scan_journal(self, view: memoryview, path: Path, m: Manifest) -> list:  # type: ignore[type-arg]
+    def _scan_journal(self, view: memoryview, path: Path, m: Manifest) -> list[Segment]:
         if len(view) < JOURNAL_HEADER_SIZE:
             raise CorruptStoreError(path, "journal header", 0, f"truncated: {len(view)} bytes")
         magic, version, _f, _r, generation = _JOURNAL_HEADER.unpack_from(view, 0)
@@ -383,7 +390,7 @@ class WarmStore:
             raise CorruptStoreError(
                 path, "journal header", 0, "generation does not match the manifest"
             )
-        segments = []
+        segments: list[Segment] = []
         offset = JOURNAL_HEADER_SIZE
         while offset < len(view):
             seg = decode_segment(view, offset, path=path, what=f"journal segment {len(segments)}")

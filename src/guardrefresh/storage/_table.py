@@ -40,7 +40,7 @@ class RuleRef:
 
     @property
     def family_id(self) -> str:
-        return self.segment.family_names[self.segment.family_codes[self.row]]
+        return self.segment.family_names[int(self.segment.family_codes[self.row])]
 
     @property
     def digest(self) -> int:
