@@ -103,7 +103,7 @@ def test_print_config(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFix
         (["--bogus"], {}, "unrecognized arguments: --bogus (see guardrefresh --help)"),
         (["--port"], {}, "argument --port: expected one argument"),
         (["--config"], {}, "argument --config: expected one argument"),
-        (["status"], {}, "unrecognized arguments: status"),
+        (["serve-now"], {}, "unrecognized arguments: serve-now"),
     ],
 )
 def test_errors_exit_2_with_one_line(
