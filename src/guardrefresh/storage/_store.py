@@ -125,39 +125,16 @@ class Manifest:
                 min(len(raw), _MANIFEST.size),
                 f"expected {_MANIFEST.size} bytes, found {len(raw)}",
             )
-        (
-            magic,
-            version,
-            _f,
-            _r,
-            generation,
-            bridge_version,
-            rule_count,
-            snap_size,
-            snap_sum,
-            journal_size,
-            journal_sum,
-            updated,
-            checksum,
-        ) = _MANIFEST.unpack(raw)
+        fields = _MANIFEST.unpack(raw)
+        magic, version, checksum = fields[0], fields[1], fields[-1]
         if magic != MANIFEST_MAGIC:
-            raise CorruptStoreError(
-                path, "manifest", 0, "bad magic (not a guardrefresh warm store)"
-            )
+            raise CorruptStoreError(path, "manifest", 0, "bad magic (not a guardrefresh warm store)")
         if version != FORMAT_VERSION:
             raise UnsupportedVersionError(path, version, FORMAT_VERSION)
         if xxhash.xxh3_64_intdigest(raw[:-8]) != checksum:
             raise CorruptStoreError(path, "manifest", 0, "checksum mismatch")
-        return cls(
-            generation,
-            bridge_version,
-            rule_count,
-            snap_size,
-            snap_sum,
-            journal_size,
-            journal_sum,
-            updated,
-        )
+        # magic, version, flags, reserved | the fields of this class | checksum
+        return cls(*fields[4:-1])
 
 
 @attrs.frozen
