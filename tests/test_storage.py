@@ -1126,3 +1126,16 @@ def test_needs_compaction_is_known_after_a_plain_load(store_path: Path) -> None:
     fresh = WarmStore(store_path)
     fresh.load()
     assert fresh.needs_compaction()
+
+
+def test_rebuilding_over_a_lost_manifest_never_goes_back_in_version(store_path: Path) -> None:
+    store = WarmStore(store_path)
+    table = store.open()
+    for i in range(3):
+        table = store.append(table, [make_rule(f"r{i}", seed=i)])
+    store.close()
+    assert table.bridge_version == 3
+    store_path.write_bytes(b"garbage")  # the manifest is lost
+    rebuilt = WarmStore(store_path).write_snapshot_from([make_rule("new")])
+    assert rebuilt.bridge_version == 4 and rebuilt.generation == 2
+    assert sorted(WarmStore(store_path).load().ids()) == ["new"]

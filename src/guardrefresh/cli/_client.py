@@ -1,7 +1,7 @@
 """Subcommands that talk to a running guardrefresh: status, refresh, install, get, removals.
 
 Each one makes a single unary call with the project's generated grpclib client
-(``DataPlaneStub``) inside ``asyncio.run``: the command is a short-lived process, so it
+(``DataPlaneStub``) on a fresh asyncio loop: the command is a short-lived process, so it
 needs no Trio. The channel is closed before the command returns.
 
 Output goes to stdout; a failure prints exactly one ``guardrefresh: error: ...`` line to
@@ -39,10 +39,22 @@ from ..proto import rule_installation as pb
 __all__ = [
     "CLIENT_COMMANDS",
     "DEFAULT_TARGET",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_USAGE",
     "TARGET_ENV",
     "CommandError",
     "CommandParser",
+    "Connection",
+    "call",
+    "connection_from",
+    "human_duration",
+    "message_to_dict",
+    "parse_target",
+    "read_rules_file",
     "run_command",
+    "status_lines",
+    "utc_text",
 ]
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -95,11 +107,19 @@ def run_command(
     except KeyboardInterrupt:
         _print_error("interrupted")
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``guardrefresh warm export ... | head``): stop quietly,
+        # and keep Python's final flush of stdout from failing (and printing) again.
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return EXIT_FAILED
 
 
 def _print_error(message: str) -> None:
     # One line, whatever the server put in its message.
-    line = " ".join(message.split("\n"))
+    line = " ".join(message.splitlines())
     print(f"guardrefresh: error: {line}", file=sys.stderr)
 
 
@@ -113,9 +133,11 @@ class Connection:
     host: str
     port: int
     timeout: float
-    token: str | None = None
+    token: str | None = attrs.field(default=None, repr=False)  # a secret
     tls: ssl.SSLContext | None = None
     server_name: str | None = None
+    #: A client certificate is offered (mutual TLS).
+    client_cert: bool = False
 
     @property
     def target(self) -> str:
@@ -204,6 +226,7 @@ def connection_from(options: argparse.Namespace, environ: Mapping[str, str]) -> 
         token=None if options.token_file is None else _read_token(options.token_file),
         tls=_ssl_context(options),
         server_name=options.tls_server_name,
+        client_cert=options.tls_cert is not None,
     )
 
 
@@ -285,7 +308,10 @@ def call(connection: Connection, method: str, request: Any) -> Any:
 
     target = connection.target
     try:
-        return asyncio.run(one_call())
+        # A plain asyncio loop, whatever the policy says (trio-asyncio replaces it when
+        # imported, as it is in a process that also hosts the service).
+        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+            return runner.run(one_call())
     except GRPCError as exc:
         text = exc.status.name + (f": {exc.message}" if exc.message else "")
         raise CommandError(text) from None
@@ -302,7 +328,14 @@ def call(connection: Connection, method: str, request: Any) -> Any:
     except OSError as exc:
         raise CommandError(f"cannot connect to {target}: {_reason(exc)}") from None
     except (StreamTerminatedError, ProtocolError) as exc:
-        raise CommandError(f"gRPC connection to {target} failed: {exc}") from None
+        # The usual causes when the server hangs up without a gRPC status.
+        if connection.tls is None:
+            hint = " (not a gRPC server, or one that needs TLS: see --tls-ca)"
+        elif not connection.client_cert:
+            hint = " (a server that requires a client certificate drops others: see --tls-cert)"
+        else:
+            hint = ""
+        raise CommandError(f"gRPC connection to {target} failed: {exc}{hint}") from None
 
 
 async def _close(channel: Any) -> None:
@@ -607,7 +640,10 @@ def _get(options: argparse.Namespace, connection: Connection) -> int:
     response = call(connection, "get_rule", pb.GetRuleRequest(rule_id=options.rule_id))
     if not response.found or response.rule is None:
         raise CommandError(f"NOT_FOUND: no rule {options.rule_id!r}")
-    rule = rule_from_proto(response.rule)
+    try:
+        rule = rule_from_proto(response.rule)
+    except ValueError as exc:
+        raise CommandError(f"the service answered with an invalid rule: {exc}") from None
     print(
         "{\n"
         f"  {json.dumps('tier')}: {json.dumps(response.tier)},\n"

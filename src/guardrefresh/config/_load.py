@@ -270,7 +270,8 @@ def _environment_values(environ: Mapping[str, str]) -> dict[str, tuple[Any, str]
 
 
 def _unknown_environment(environ: Mapping[str, str]) -> tuple[str, ...]:
-    known = {s.env for s in SETTINGS} | {CONFIG_ENV}
+    # GUARDREFRESH_TARGET belongs to the client subcommands (where to connect).
+    known = {s.env for s in SETTINGS} | {CONFIG_ENV, ENV_PREFIX + "TARGET"}
     return tuple(sorted(k for k in environ if k.startswith(ENV_PREFIX) and k not in known))
 
 

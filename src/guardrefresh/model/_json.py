@@ -186,7 +186,7 @@ class _RuleReader:
         try:
             return float(value)
         except OverflowError:
-            raise self.fail(field, f"number out of range: {value}") from None
+            raise self.fail(field, "number out of range") from None
 
     def numbers(self, field: str, value: object) -> list[float]:
         if not isinstance(value, list):
@@ -387,8 +387,12 @@ def _rule_text(rule: Rule, floats: _Floats, *, level: int, common: dict[str, str
     return "{\n" + body + "\n" + _INDENT * level + "}"
 
 
+#: One encoder for every value written: json.dumps with options builds one per call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False)
+
+
 def _dump(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    return _ENCODER.encode(value)
 
 
 def _param_json(value: ParamScalar) -> object:

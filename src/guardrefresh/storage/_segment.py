@@ -333,6 +333,22 @@ def segment_bytes(columns: SegmentColumns) -> bytes:
     return head + b"".join(body)
 
 
+def peek_segment(buf: bytes, start: int) -> tuple[int, int] | None:
+    """(bridge version, size) from a segment header, unverified; None if none is there.
+
+    Only for salvage (rebuilding a store whose manifest is gone): never trust it
+    for content.
+    """
+    if len(buf) - start < _HEADER.size:
+        return None
+    magic, _v, _f, header_len, version, _n, _s, _d, body_len, _c, _x = _HEADER.unpack_from(
+        buf, start
+    )
+    if magic != SEGMENT_MAGIC or header_len % ALIGN or body_len % ALIGN or not header_len:
+        return None
+    return version, header_len + body_len
+
+
 class Segment:
     """A decoded, verified segment. Columns are zero-copy views of the buffer."""
 

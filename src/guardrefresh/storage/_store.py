@@ -66,6 +66,7 @@ from ._segment import (
     SegmentColumns,
     decode_segment,
     encode_segment,
+    peek_segment,
     segment_bytes,
 )
 from ._table import WarmTable
@@ -128,7 +129,9 @@ class Manifest:
         fields = _MANIFEST.unpack(raw)
         magic, version, checksum = fields[0], fields[1], fields[-1]
         if magic != MANIFEST_MAGIC:
-            raise CorruptStoreError(path, "manifest", 0, "bad magic (not a guardrefresh warm store)")
+            raise CorruptStoreError(
+                path, "manifest", 0, "bad magic (not a guardrefresh warm store)"
+            )
         if version != FORMAT_VERSION:
             raise UnsupportedVersionError(path, version, FORMAT_VERSION)
         if xxhash.xxh3_64_intdigest(raw[:-8]) != checksum:
@@ -266,6 +269,21 @@ class WarmStore:
 
     def read_manifest(self) -> Manifest:
         return Manifest.decode(self._read_checked(self.path, "open"), self.path)
+
+    def _salvage_counters(self) -> tuple[int, int]:
+        """Best-effort (generation, bridge version) from data files, trusting no checksum."""
+        generation = version = 0
+        for path in self._data_files():
+            generation = max(generation, int(path.name.rsplit(".", 2)[-2]))
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                continue
+            offset = JOURNAL_HEADER_SIZE if path.suffix == ".journal" else 0
+            while (peeked := peek_segment(raw, offset)) is not None:
+                version = max(version, peeked[0])
+                offset += peeked[1]
+        return generation, version
 
     def _data_files(self) -> list[Path]:
         pattern = re.compile(re.escape(self.path.name) + r"\.\d{8}\.(snap|journal)$")
@@ -547,8 +565,11 @@ class WarmStore:
                 m: Manifest | None = self.read_manifest()
             except StorageError:
                 m = None
-            generation = (m.generation if m else 0) + 1
-            version = (m.bridge_version if m else 0) + 1
+            # Without a readable manifest (rebuilding a damaged store), keep counting from
+            # what the data files say, so generations and bridge versions never go back.
+            last_generation, last_version = self._salvage_counters()
+            generation = max(m.generation if m else 0, last_generation) + 1
+            version = max(m.bridge_version if m else 0, last_version) + 1
             # Later duplicates win, as in the journal; a snapshot must hold each id once.
             rules = list({r.rule_id: r for r in rules}.values())
             columns = SegmentColumns.from_rules(rules, bridge_version=version)
