@@ -30,7 +30,10 @@ def test_mutating_calls_need_the_token(tmp_path: Path) -> None:
         assert info.value.status is Status.UNAUTHENTICATED
         assert "s3cret" not in str(info.value.message)
     assert {m.rsplit("/", 1)[1] for m in MUTATING_METHODS} == {
-        "InstallRules", "RemovePolicy", "RemoveAgentRules", "RefreshRules",
+        "InstallRules",
+        "RemovePolicy",
+        "RemoveAgentRules",
+        "RefreshRules",
     }
 
 
@@ -60,7 +63,9 @@ def test_the_token_is_never_logged(tmp_path: Path, caplog: pytest.LogCaptureFixt
         ("two words", 0o600, "one token without spaces"),
     ],
 )
-def test_unusable_token_files_are_refused(tmp_path: Path, text: str, mode: int, problem: str) -> None:
+def test_unusable_token_files_are_refused(
+    tmp_path: Path, text: str, mode: int, problem: str
+) -> None:
     with pytest.raises(TokenFileError, match=problem):
         AdminAuth.from_file(token_file(tmp_path, text, mode))
     with pytest.raises(TokenFileError, match="cannot read"):

@@ -39,13 +39,26 @@ def test_the_contract_keeps_its_field_numbers() -> None:
     def numbers(message: type) -> dict[str, int]:
         return {f.name: f.number for f in message.DESCRIPTOR.fields}
 
-    assert numbers(pb.InstallRulesRequest) == {"agent_id": 1, "rules": 2, "config_id": 3, "owner": 4}
+    assert numbers(pb.InstallRulesRequest) == {
+        "agent_id": 1,
+        "rules": 2,
+        "config_id": 3,
+        "owner": 4,
+    }
     rule = numbers(pb.RuleInstance)
     assert rule["policy_type"] == 10 and rule["slice_weights"] == 13 and rule["anchors"] == 9
     assert numbers(pb.RefreshRulesResponse)["duration_ms"] == 4
     service = pb.RuleInstance.DESCRIPTOR.file.services_by_name["DataPlane"]
     assert {m.name for m in service.methods} >= {
-        "InstallRules", "RemoveAgentRules", "RemovePolicy", "GetRuleStats", "Enforce",
-        "QueryTelemetry", "GetSession", "RefreshRules", "GetRule", "GetRefreshStatus",
+        "InstallRules",
+        "RemoveAgentRules",
+        "RemovePolicy",
+        "GetRuleStats",
+        "Enforce",
+        "QueryTelemetry",
+        "GetSession",
+        "RefreshRules",
+        "GetRule",
+        "GetRefreshStatus",
     }
     assert pb.RuleInstance.DESCRIPTOR.file.package == "rule_installation"

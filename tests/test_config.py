@@ -657,7 +657,15 @@ def test_render_round_trips_defaults(tmp_path: pathlib.Path) -> None:
     text = render_config(ServiceConfig())
     assert read_back(text, tmp_path) == ServiceConfig()
     document = tomllib.loads(text)
-    assert set(document) == {"server", "storage", "scheduler", "logging", "metrics", "health", "security"}
+    assert set(document) == {
+        "server",
+        "storage",
+        "scheduler",
+        "logging",
+        "metrics",
+        "health",
+        "security",
+    }
     assert {(section, key) for section in document for key in document[section]} == {
         (s.section, s.key) for s in SETTINGS
     }
@@ -712,7 +720,9 @@ def test_render_round_trips_any_path_and_number(path: str, interval: float) -> N
         ({"auth_reads": True}, "auth_reads needs admin_token_file"),
     ],
 )
-def test_security_combinations_are_checked_before_start(fields: dict[str, Any], problem: str) -> None:
+def test_security_combinations_are_checked_before_start(
+    fields: dict[str, Any], problem: str
+) -> None:
     with pytest.raises(ConfigError, match=problem):
         SecurityConfig(**fields).check()
     SecurityConfig().check()

@@ -22,7 +22,9 @@ def test_example_toml_sets_every_setting_to_its_default() -> None:
 
 def test_systemd_unit_gives_the_drain_time_to_finish() -> None:
     unit = (EXAMPLES / "guardrefresh.service").read_text()
-    stop = next(int(line.split("=")[1]) for line in unit.splitlines() if line.startswith("TimeoutStopSec="))
+    stop = next(
+        int(line.split("=")[1]) for line in unit.splitlines() if line.startswith("TimeoutStopSec=")
+    )
     assert stop > ServiceConfig().server.shutdown_grace
     assert "ExecStart=" in unit and "--config" in unit and "RestartPreventExitStatus=2" in unit
 
@@ -30,7 +32,9 @@ def test_systemd_unit_gives_the_drain_time_to_finish() -> None:
 def test_kubernetes_manifest_probes_the_health_service() -> None:
     manifest = (EXAMPLES / "kubernetes.yaml").read_text()
     grace = next(
-        int(line.split(":")[1]) for line in manifest.splitlines() if "terminationGracePeriodSeconds" in line
+        int(line.split(":")[1])
+        for line in manifest.splitlines()
+        if "terminationGracePeriodSeconds" in line
     )
     assert grace > ServiceConfig().server.shutdown_grace
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):

@@ -193,7 +193,7 @@ async def test_closing_the_service_mid_load_never_swaps(bridge: Bridge, store_pa
         outer.start_soon(call, svc)
         await trio.testing.wait_all_tasks_blocked(0.05)
         threading.Timer(0.05, release.set).start()
-            # Leave the block while the load is in its thread: the service is cancelled.
+        # Leave the block while the load is in its thread: the service is cancelled.
     assert got and "shutting down" in str(got[0])
     assert bridge.cache.snapshot() == before
     assert bridge.table is table
