@@ -15,9 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import re
-import signal
 import socket
 import ssl
 import subprocess
@@ -33,6 +31,7 @@ import pytest
 from factories import make_rule
 from grpclib.events import RecvRequest, listen
 from grpclib.server import Server
+from service_process import clean_env, running_service
 
 from guardrefresh.cli import main
 from guardrefresh.cli._client import human_duration, status_lines
@@ -40,58 +39,14 @@ from guardrefresh.model import Rule, rules_from_json, rules_to_json
 from guardrefresh.proto import rule_installation as pb
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rules.json"
-LISTENING = re.compile(r"Listening on (127\.0\.0\.1):(\d+)\b")
-STARTUP_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 20.0
 PROCESS_TIMEOUT_S = 60.0
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """Our environment without GUARDREFRESH_* (a developer's own settings must not leak)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDREFRESH_")}
-    env.update(extra)
-    return env
 
 
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A running service for the whole module; yields its ``127.0.0.1:PORT``."""
-    workdir = tmp_path_factory.mktemp("service")
-    log = workdir / "service.log"
-    command = [
-        sys.executable,
-        "-m",
-        "guardrefresh",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--warm-storage",
-        str(workdir / "data" / "warm_storage.bin"),
-    ]
-    with log.open("wb") as stderr:
-        process = subprocess.Popen(
-            command,
-            cwd=workdir,
-            env=clean_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while not (match := LISTENING.search(log.read_text(errors="replace"))):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"service did not start (exit {process.poll()}):\n{log.read_text()}")
-            time.sleep(0.05)
-        yield f"{match.group(1)}:{match.group(2)}"
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    with running_service(tmp_path_factory.mktemp("service")) as address:
+        yield address
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:

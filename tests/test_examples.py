@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from service_process import clean_env, running_service
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -38,47 +37,14 @@ def test_scheduler_integration_example_runs() -> None:
 
 def test_client_example_installs_refreshes_and_reports(tmp_path: Path) -> None:
     """examples/client.py against a real service subprocess on a free loopback port."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDREFRESH_")}
-    log = tmp_path / "service.log"
-    with log.open("wb") as stderr:
-        service = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "guardrefresh",
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--warm-storage",
-                str(tmp_path / "data" / "warm_storage.bin"),
-            ],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while not (match := re.search(r"Listening on (\S+):(\d+)\b", log.read_text())):
-            assert service.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
+    with running_service(tmp_path) as address:
         proc = subprocess.run(
-            [sys.executable, str(EXAMPLES / "client.py"), "--target", f"{match[1]}:{match[2]}"],
+            [sys.executable, str(EXAMPLES / "client.py"), "--target", address],
             capture_output=True,
             text=True,
             timeout=60,
-            env=env,
+            env=clean_env(),
         )
-    finally:
-        service.send_signal(signal.SIGTERM)
-        try:
-            service.wait(20)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            service.wait()
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     lines = proc.stdout.splitlines()
