@@ -199,6 +199,7 @@ async def open_service(
     *args: str,
     warm_storage: Path | None = None,
     env: Mapping[str, str] | None = None,
+    listening: re.Pattern[str] | None = None,
 ) -> AsyncIterator[Service]:
     """Start the service on a free port of 127.0.0.1 and wait until it listens.
 
@@ -225,7 +226,9 @@ async def open_service(
         async with trio.open_nursery() as nursery:
             nursery.start_soon(service._read_stderr)
             try:
-                match = await service.wait_for_log(LISTENING, limit_s=STARTUP_TIMEOUT_S)
+                match = await service.wait_for_log(
+                    listening or LISTENING, limit_s=STARTUP_TIMEOUT_S
+                )
                 service.host = match["host"]
                 service.port = int(match["port"])
                 yield service
