@@ -1139,3 +1139,22 @@ def test_rebuilding_over_a_lost_manifest_never_goes_back_in_version(store_path: 
     rebuilt = WarmStore(store_path).write_snapshot_from([make_rule("new")])
     assert rebuilt.bridge_version == 4 and rebuilt.generation == 2
     assert sorted(WarmStore(store_path).load().ids()) == ["new"]
+
+
+def test_temp_files_of_dead_writers_are_removed_on_open(store_path: Path) -> None:
+    WarmStore(store_path).open().bridge_version  # noqa: B018 (creates the store)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    dead_pid = int(dead.stdout)
+    leftovers = [
+        store_path.with_name(f".{store_path.name}.tmp-{dead_pid}"),
+        store_path.with_name(f".{store_path.name}.00000002.snap.tmp-{dead_pid}"),
+    ]
+    alive = store_path.with_name(f".{store_path.name}.tmp-{os.getpid()}")
+    unrelated = store_path.with_name(".other.tmp-1")
+    for path in [*leftovers, alive, unrelated]:
+        path.write_bytes(b"partial")
+    WarmStore(store_path).open()
+    assert not any(p.exists() for p in leftovers)
+    assert alive.exists() and unrelated.exists()

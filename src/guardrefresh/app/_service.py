@@ -26,6 +26,7 @@ from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
 from ..storage import StorageError
+from ._memory import tune_allocator
 
 logger = logging.getLogger(__name__)
 
@@ -298,6 +299,7 @@ def run_service(config: ServiceConfig) -> int:
     0 after a graceful shutdown, 1 with a one-line reason on stderr when it
     cannot start.
     """
+    tune_allocator()
     try:
         trio.run(serve_service, config)
     except ConfigError as exc:

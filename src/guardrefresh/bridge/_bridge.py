@@ -243,6 +243,11 @@ class Bridge:
             with trio.CancelScope(shield=True):
                 table = await trio.to_thread.run_sync(self.store.compact)
                 self.adopt(table)
+                # Point the hot entries at the new generation (same rules, same order):
+                # refs into the old one would keep its deleted files mapped for good.
+                self.cache.replace(
+                    [(key, ref) for key, _ in self.cache.snapshot() if (ref := table.ref(key))]
+                )
         return True
 
 

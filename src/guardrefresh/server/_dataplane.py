@@ -100,12 +100,19 @@ def parse_install_request(data: bytes) -> tuple[pb.InstallRulesRequest, list[Rul
         message = pb.InstallRulesRequest.parse(data)
     except Exception as exc:  # betterproto2 raises assorted errors on malformed bytes
         raise GRPCError(Status.INVALID_ARGUMENT, f"malformed InstallRulesRequest: {exc}") from None
-    rules = [
-        rule_from_proto(
-            r, installed_by=message.agent_id, config_id=message.config_id, owner=message.owner
-        )
-        for r in message.rules
-    ]
+    rules = []
+    for index, r in enumerate(message.rules):
+        try:
+            rule = rule_from_proto(
+                r, installed_by=message.agent_id, config_id=message.config_id, owner=message.owner
+            )
+        except (AttributeError, TypeError) as exc:
+            # betterproto2 decodes a field sent with another wire type as an int or None
+            # rather than failing: malformed input, not a bug to log with a traceback.
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"malformed InstallRulesRequest: rules[{index}]: {exc}"
+            ) from None
+        rules.append(rule)
     return message, rules
 
 
@@ -224,6 +231,9 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         families = list(message.family_ids)
         if any(not f for f in families):
             raise GRPCError(Status.INVALID_ARGUMENT, "family_ids must not contain empty names")
+        if not all(isinstance(f, str) for f in families):
+            # betterproto2 decodes strings sent with another wire type as ints.
+            raise GRPCError(Status.INVALID_ARGUMENT, "malformed RefreshRulesRequest: family_ids")
         stats = await trio_asyncio.trio_as_aio(self._refresher.refresh)(
             families, trigger=RefreshTrigger.RPC
         )

@@ -36,6 +36,7 @@ import grpclib.server
 import trio
 import trio_asyncio
 from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
@@ -70,6 +71,21 @@ _CANCEL_WAIT_S = 1.0
 _HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 _CLOSE_WAIT_S = 1.0
 _ABORT_WAIT_S = 0.5
+
+
+class _RefusingProtoCodec(ProtoCodec):  # type: ignore[misc]  # grpclib is not type-checked
+    """grpclib's protobuf codec; request bytes that do not decode are the client's error.
+
+    Plain ProtoCodec lets the decoder's exception escape: grpclib then logs an
+    "Application error" traceback for every such request and answers UNKNOWN.
+    """
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        try:
+            return super().decode(data, message_type)
+        except Exception as exc:
+            name = getattr(message_type, "__name__", "request")
+            raise GRPCError(Status.INVALID_ARGUMENT, f"malformed {name}: {exc}") from None
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -437,7 +453,7 @@ class GrpcHost:
         if self._reflection:
             handlers = ServerReflection.extend(handlers, pool=default_google_proto_descriptor_pool)
         handlers.append(self._health)
-        server = grpclib.server.Server(handlers)
+        server = grpclib.server.Server(handlers, codec=_RefusingProtoCodec())
         _drain.check_internals(server)
         _drain.wrap_protocol_factory(server, functools.partial(_TrackedConnection, host=self))
         grpclib.events.listen(server, grpclib.events.RecvRequest, self._on_recv_request)

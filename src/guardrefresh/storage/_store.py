@@ -203,6 +203,9 @@ class WarmStore:
             raise translate_os_error(
                 PermissionError(13, "Permission denied"), self.directory, "read directory"
             )
+        if create and self._crash_leftovers():
+            with self._locked():
+                self._remove_crash_leftovers()
         if create and not self.path.exists():
             with self._locked():
                 if not self.path.exists():
@@ -269,6 +272,24 @@ class WarmStore:
 
     def read_manifest(self) -> Manifest:
         return Manifest.decode(self._read_checked(self.path, "open"), self.path)
+
+    def _crash_leftovers(self) -> list[Path]:
+        """Temp files of store writes whose writer process is gone."""
+        pattern = re.compile(
+            r"\." + re.escape(self.path.name) + r"(\.\d{8}\.(snap|journal))?\.tmp-(\d+)$"
+        )
+        found = []
+        for entry in self.directory.iterdir():
+            match = pattern.match(entry.name)
+            if match is not None and not _pid_alive(int(match.group(3))):
+                found.append(entry)
+        return found
+
+    def _remove_crash_leftovers(self) -> None:
+        for entry in self._crash_leftovers():  # again: under the lock now
+            with contextlib.suppress(OSError):
+                entry.unlink()
+                logger.info("Removed %s, left by a writer that died mid-write", entry.name)
 
     def _salvage_counters(self) -> tuple[int, int]:
         """Best-effort (generation, bridge version) from data files, trusting no checksum."""
@@ -649,6 +670,18 @@ def _same_file(fd: int, path: Path) -> bool:
         return False
     held = os.fstat(fd)
     return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _now_ms() -> int:

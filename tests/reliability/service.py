@@ -1,0 +1,725 @@
+"""Helpers of the reliability suite: the service as a real process, a grpcio client,
+a mixed-load generator, store builders and readers, and the Prometheus scrape.
+
+Everything here blocks (subprocess, threads, grpcio): the reliability tests drive real
+processes with real signals over loopback on the real clock, from plain functions and
+worker threads. Every wait is bounded; every process started here is killed and reaped
+(and its pipe closed) on the way out, whatever happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import random
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import types
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import grpc
+import numpy as np
+import pytest
+
+from guardrefresh.model import PolicyType, Rule, RuleAnchors
+from guardrefresh.storage import WarmStore
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROTO_DIR = REPO_ROOT / "proto"
+PROTO_FILE = PROTO_DIR / "rule_installation.proto"
+
+HOST = "127.0.0.1"
+DATA_PLANE = "rule_installation.DataPlane"
+START_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 30.0
+#: Deadline of ordinary calls: generous, a loaded 2-core CI machine is slow.
+CALL_TIMEOUT_S = 30.0
+CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+
+LISTENING = re.compile(r"Listening on (?P<host>\S+):(?P<port>\d+)\s*$")
+METRICS_SERVED = re.compile(r"Serving metrics on http://\S+:(?P<port>\d+)")
+_BAD_LOG_LINE = re.compile(r" (ERROR|CRITICAL) |Traceback")
+_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
+SLOTS = ("action", "resource", "data", "risk")
+
+
+# ------------------------------------------------------------------ processes ---
+
+
+def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment without GUARDREFRESH_* (a developer's settings must not leak in)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDREFRESH_")}
+    env.update(extra or {})
+    return env
+
+
+class ServiceProcess:
+    """``python -m guardrefresh --port 0 ...`` in a subprocess, and its stderr log.
+
+    A reader thread collects stderr line by line all the time, so a chatty service
+    never blocks on a full pipe. ``prefix`` goes before the interpreter (for example
+    ``prlimit --fsize=N --``, which execs it: the pid stays the service's). Use
+    :func:`running_service` rather than this class directly.
+    """
+
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        warm_storage: Path | None = None,
+        prefix: Sequence[str] = (),
+        metrics_port: int = 0,
+    ) -> None:
+        self.warm_storage = (
+            warm_storage if warm_storage is not None else workdir / "data" / "warm_storage.bin"
+        )
+        self.metrics_port = metrics_port
+        self.command = [
+            *prefix,
+            sys.executable,
+            "-m",
+            "guardrefresh",
+            "--port",
+            "0",
+            "--metrics-port",
+            str(metrics_port),
+            "--warm-storage",
+            str(self.warm_storage),
+            *args,
+        ]
+        self.port = 0
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._eof = False
+        self.process = subprocess.Popen(
+            self.command,
+            cwd=workdir,
+            env=service_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self._reader = threading.Thread(target=self._read, name="service-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        stream = self.process.stderr
+        assert stream is not None
+        try:
+            for raw in stream:
+                line = raw.decode("utf-8", "replace").rstrip("\n")
+                with self._changed:
+                    self.lines.append(line)
+                    self._changed.notify_all()
+        finally:
+            with self._changed:
+                self._eof = True
+                self._changed.notify_all()
+
+    # -- state ------------------------------------------------------------------
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.process.poll()
+
+    @property
+    def log(self) -> str:
+        with self._changed:
+            return "\n".join(self.lines)
+
+    @property
+    def metrics_served(self) -> bool:
+        """Whether the service says it serves /metrics (the endpoint is being wired in)."""
+        return self.metrics_port != 0 and self.find(METRICS_SERVED) is not None
+
+    def rss_kib(self) -> int:
+        """Resident set size (VmRSS) in KiB."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError(f"no VmRSS in /proc/{self.pid}/status")
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    # -- the log ----------------------------------------------------------------
+    def find(self, pattern: str | re.Pattern[str], *, start: int = 0) -> re.Match[str] | None:
+        """The first log line from index ``start`` on matching ``pattern`` (``re.search``)."""
+        regex = re.compile(pattern)
+        with self._changed:
+            lines = self.lines[start:]
+        for line in lines:
+            match = regex.search(line)
+            if match:
+                return match
+        return None
+
+    def count(self, pattern: str | re.Pattern[str], *, start: int = 0) -> int:
+        regex = re.compile(pattern)
+        with self._changed:
+            lines = self.lines[start:]
+        return sum(1 for line in lines if regex.search(line))
+
+    def mark(self) -> int:
+        """The number of log lines so far: pass it as ``start`` to look only at newer ones."""
+        with self._changed:
+            return len(self.lines)
+
+    def wait_for_log(
+        self, pattern: str | re.Pattern[str], *, timeout: float = 10.0, start: int = 0
+    ) -> re.Match[str]:
+        """Wait until a log line matches; fail the test (with the log) if none does in time."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                match = self.find(pattern, start=start)
+                if match is not None:
+                    return match
+                remaining = deadline - time.monotonic()
+                if self._eof or remaining <= 0:
+                    break
+                self._changed.wait(remaining)
+        pytest.fail(
+            f"no log line matching {str(pattern)!r} within {timeout}s "
+            f"(exit code {self.returncode}); service log:\n{self.log}"
+        )
+
+    def check_log_clean(self, *, allow: str | None = None) -> int:
+        """Fail the test if the service logged an error or a traceback.
+
+        A record (a line and the traceback lines under it) whose first line matches
+        ``allow`` is let through; returns how many were.
+        """
+        with self._changed:
+            lines = list(self.lines)
+        records: list[list[str]] = []
+        for line in lines:
+            if _RECORD_START.match(line) or not records:
+                records.append([line])
+            else:
+                records[-1].append(line)
+        allowed = 0
+        for record in records:
+            if not any(_BAD_LOG_LINE.search(line) for line in record):
+                continue
+            if allow is not None and re.search(allow, record[0]):
+                allowed += 1
+                continue
+            pytest.fail(f"service logged {record[0]!r}; service log:\n{self.log}")
+        return allowed
+
+    # -- lifecycle --------------------------------------------------------------
+    def wait_listening(self) -> None:
+        match = self.wait_for_log(LISTENING, timeout=START_TIMEOUT_S)
+        self.port = int(match["port"])
+
+    def send_signal(self, signum: signal.Signals) -> None:
+        self.process.send_signal(signum)
+
+    def wait_exit(self, *, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Wait for the exit; fail the test (with the log) if it hangs. The log is then complete."""
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"service still running {timeout}s later; service log:\n{self.log}")
+        self._reader.join(STOP_TIMEOUT_S)
+        return code
+
+    def stop(
+        self, signum: signal.Signals = signal.SIGTERM, *, timeout: float = STOP_TIMEOUT_S
+    ) -> int:
+        self.send_signal(signum)
+        return self.wait_exit(timeout=timeout)
+
+    def close(self) -> None:
+        """Kill the process if it still runs, reap it, end the reader, close the pipe."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait(STOP_TIMEOUT_S)
+        self._reader.join(STOP_TIMEOUT_S)
+        if self.process.stderr is not None:
+            self.process.stderr.close()
+
+
+@contextlib.contextmanager
+def running_service(
+    workdir: Path,
+    *args: str,
+    warm_storage: Path | None = None,
+    prefix: Sequence[str] = (),
+    metrics_port: int = 0,
+    check_log: bool = True,
+    allow_log: str | None = None,
+) -> Iterator[ServiceProcess]:
+    """Start the service on a free port of 127.0.0.1 and wait until it listens.
+
+    When the block ends normally and ``check_log`` is set, the test fails if the
+    service logged an error or a traceback (other than records matching ``allow_log``).
+    On exit the process is killed (if it still runs) and reaped, and its pipe closed.
+    """
+    service = ServiceProcess(
+        workdir, *args, warm_storage=warm_storage, prefix=prefix, metrics_port=metrics_port
+    )
+    try:
+        service.wait_listening()
+        yield service
+        if check_log:
+            service.check_log_clean(allow=allow_log)
+    finally:
+        service.close()
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0, what: str = "") -> None:
+    """Poll ``predicate`` on the real clock; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate!r}")
+        time.sleep(0.01)
+
+
+# ------------------------------------------------------------------ grpcio side ---
+
+
+def generate_grpcio_modules(out_dir: Path) -> types.SimpleNamespace:
+    """grpcio modules generated from the proto with grpc_tools.protoc, imported.
+
+    If another suite of this session imported them already (same proto, same module
+    names), those are reused: protobuf refuses to register the same file twice.
+    """
+    names = ("rule_installation_pb2", "rule_installation_pb2_grpc")
+    if not all(name in sys.modules for name in names):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "grpc_tools.protoc",
+                f"-I{PROTO_DIR}",
+                f"--python_out={out_dir}",
+                f"--grpc_python_out={out_dir}",
+                str(PROTO_FILE),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.fail(f"grpc_tools.protoc failed:\n{result.stderr}")
+        sys.path.insert(0, str(out_dir))
+        try:
+            importlib.invalidate_caches()
+            for name in names:
+                importlib.import_module(name)
+        finally:
+            sys.path.remove(str(out_dir))
+    return types.SimpleNamespace(pb2=sys.modules[names[0]], pb2_grpc=sys.modules[names[1]])
+
+
+@attrs.frozen
+class Outcome:
+    """How a grpcio call ended."""
+
+    code: grpc.StatusCode
+    details: str
+    response: Any
+    elapsed_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.code is grpc.StatusCode.OK
+
+
+class Client:
+    """grpcio's DataPlane stub over one channel (one HTTP/2 connection). Blocking."""
+
+    def __init__(self, modules: types.SimpleNamespace, port: int) -> None:
+        self.pb2 = modules.pb2
+        self.channel = grpc.insecure_channel(
+            f"{HOST}:{port}",
+            options=[
+                ("grpc.max_receive_message_length", CLIENT_MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE_BYTES),
+                # Each client is its own connection, as separate agents would be.
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
+        )
+        self.stub = modules.pb2_grpc.DataPlaneStub(self.channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def call(self, method: str, request: Any, *, timeout: float = CALL_TIMEOUT_S) -> Any:
+        """``stub.<Method>(request)``; raises :class:`grpc.RpcError` on a non-OK status."""
+        return getattr(self.stub, method)(request, timeout=timeout)
+
+    def outcome(self, method: str, request: Any, *, timeout: float = CALL_TIMEOUT_S) -> Outcome:
+        start = time.monotonic()
+        try:
+            response = self.call(method, request, timeout=timeout)
+        except grpc.RpcError as err:
+            return Outcome(err.code(), err.details() or "", None, time.monotonic() - start)
+        return Outcome(grpc.StatusCode.OK, "", response, time.monotonic() - start)
+
+    def raw(self, method: str, payload: bytes, *, timeout: float = CALL_TIMEOUT_S) -> Outcome:
+        """Send ``payload`` as the request message of ``method`` as it is (no serializer)."""
+        multicallable = self.channel.unary_unary(
+            f"/{DATA_PLANE}/{method}", request_serializer=None, response_deserializer=None
+        )
+        start = time.monotonic()
+        try:
+            response = multicallable(payload, timeout=timeout)
+        except grpc.RpcError as err:
+            return Outcome(err.code(), err.details() or "", None, time.monotonic() - start)
+        return Outcome(grpc.StatusCode.OK, "", response, time.monotonic() - start)
+
+    def stats(self) -> Any:
+        return self.call("GetRuleStats", self.pb2.GetRuleStatsRequest())
+
+    def status(self) -> Any:
+        return self.call("GetRefreshStatus", self.pb2.GetRefreshStatusRequest())
+
+
+def anchors_payload(pb2: Any, *, seed: int, counts: Sequence[int] = (16, 16, 16, 16)) -> Any:
+    """A RuleAnchorsPayload with ``counts`` seeded vectors per slot and matching counts."""
+    rng = np.random.default_rng(seed)
+    payload = pb2.RuleAnchorsPayload()
+    for name, count in zip(SLOTS, counts, strict=True):
+        vectors = getattr(payload, f"{name}_anchors")
+        for row in rng.standard_normal((count, 32)).astype(np.float32).tolist():
+            vectors.add(values=row)
+        setattr(payload, f"{name}_count", count)
+    return payload
+
+
+def pb_rule(
+    pb2: Any,
+    rule_id: str,
+    *,
+    seed: int = 0,
+    counts: Sequence[int] = (1, 2, 0, 3),
+    anchors: Any = None,
+    **fields: Any,
+) -> Any:
+    """A valid RuleInstance (grpcio message); ``fields`` override the defaults."""
+    values: dict[str, Any] = {
+        "family_id": "fam",
+        "layer": "L1",
+        "priority": seed,
+        "enabled": True,
+        "created_at_ms": 1_700_000_000_000 + seed,
+        "policy_type": "forbidden",
+        "drift_threshold": 0.5,
+        "modification_spec": '{"redact": ["ssn"]}',
+    }
+    values.update(fields)
+    rule = pb2.RuleInstance(rule_id=rule_id, **values)
+    rule.params["seed"].int_value = seed
+    rule.anchors.CopyFrom(
+        anchors if anchors is not None else anchors_payload(pb2, seed=seed, counts=counts)
+    )
+    return rule
+
+
+@attrs.frozen
+class Observed:
+    """What the service shows of its rules: GetRuleStats and GetRule of some ids (as bytes)."""
+
+    stats: bytes
+    rules: Mapping[str, bytes]
+
+    @classmethod
+    def take(cls, client: Client, rule_ids: Sequence[str]) -> Observed:
+        pb2 = client.pb2
+        stats = client.stats().SerializeToString(deterministic=True)
+        rules = {}
+        for rule_id in rule_ids:
+            # Not ``tier``: a warm lookup promotes the rule, the next one answers "hot".
+            response = client.call("GetRule", pb2.GetRuleRequest(rule_id=rule_id))
+            rules[rule_id] = response.rule.SerializeToString(deterministic=True)
+        return cls(stats, rules)
+
+
+# ------------------------------------------------------------------- mixed load ---
+
+
+@attrs.define
+class LoadReport:
+    """What a :class:`MixedLoad` did: outcomes by (method, code), and what was acknowledged."""
+
+    calls: Counter[tuple[str, str]] = attrs.Factory(Counter)
+    #: rule id -> the priority (a per-worker sequence number) its last acknowledged install set.
+    acked: dict[str, int] = attrs.Factory(dict)
+    #: rule id -> priorities sent after the last acknowledgement (may or may not have landed).
+    unacked: dict[str, set[int]] = attrs.Factory(dict)
+    unexpected: list[str] = attrs.Factory(list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.calls.values())
+
+    def ok(self, method: str) -> int:
+        return self.calls[(method, "OK")]
+
+
+class MixedLoad:
+    """Worker threads sending installs, lookups, stats and refreshes, each over its own channel.
+
+    Each worker owns its rule ids (``w<i>-r<k>``) and gives every install a new priority
+    (its sequence number), so the test can tell exactly which install of an id landed.
+    With ``strict`` every non-OK outcome is unexpected except NOT_FOUND for ids the
+    worker never installed; a lookup of an acknowledged id must return the
+    acknowledged priority (read your writes). Without it (shutdown tests) failures are
+    only counted. Workers stop at :meth:`stop` or after ``max_seconds``.
+    """
+
+    def __init__(
+        self,
+        modules: types.SimpleNamespace,
+        port: int,
+        *,
+        workers: int = 3,
+        seed: int = 0,
+        pool: int = 12,
+        weights: Mapping[str, int] | None = None,
+        strict: bool = True,
+        call_timeout: float = 10.0,
+        max_seconds: float = 600.0,
+        anchors: Any = None,
+    ) -> None:
+        self._modules = modules
+        self._port = port
+        self._workers = workers
+        self._seed = seed
+        self._pool = pool
+        self._weights = dict(
+            weights
+            or {"install": 3, "get": 6, "get_missing": 1, "stats": 2, "refresh": 1, "status": 1}
+        )
+        self._strict = strict
+        self._call_timeout = call_timeout
+        self._deadline = time.monotonic() + max_seconds
+        self._anchors = anchors if anchors is not None else anchors_payload(modules.pb2, seed=seed)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._errors: list[BaseException] = []
+        self.report = LoadReport()
+
+    def start(self) -> MixedLoad:
+        for i in range(self._workers):
+            thread = threading.Thread(target=self._run, args=(i,), name=f"load-{i}", daemon=True)
+            self._threads.append(thread)
+            thread.start()
+        return self
+
+    def stop(self, *, timeout: float = 60.0) -> LoadReport:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+            if thread.is_alive():
+                pytest.fail(f"load worker {thread.name} did not stop within {timeout}s")
+        if self._errors:
+            raise self._errors[0]
+        return self.report
+
+    def __enter__(self) -> MixedLoad:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def _running(self) -> bool:
+        return not self._stop.is_set() and time.monotonic() < self._deadline
+
+    def _record(self, method: str, outcome: Outcome, *, expected: Sequence[str] = ()) -> None:
+        with self._lock:
+            self.report.calls[(method, outcome.code.name)] += 1
+            if self._strict and not outcome.ok and outcome.code.name not in expected:
+                self.report.unexpected.append(f"{method}: {outcome.code.name} {outcome.details}")
+
+    def _run(self, index: int) -> None:
+        try:
+            with Client(self._modules, self._port) as client:
+                self._loop(index, client)
+        except BaseException as exc:  # surfaced by stop()
+            self._errors.append(exc)
+
+    def _loop(self, index: int, client: Client) -> None:
+        pb2 = client.pb2
+        rng = random.Random(self._seed * 1000 + index)
+        ops = list(self._weights)
+        weights = [self._weights[op] for op in ops]
+        sequence = 0
+        mine: dict[str, int] = {}  # this worker's acknowledged ids -> priority
+        timeout = self._call_timeout
+        while self._running():
+            op = rng.choices(ops, weights)[0]
+            if op == "install":
+                sequence += 1
+                ids = rng.sample([f"w{index}-r{k}" for k in range(self._pool)], rng.randint(1, 4))
+                rules = [
+                    pb_rule(pb2, rule_id, seed=sequence, anchors=self._anchors, priority=sequence)
+                    for rule_id in ids
+                ]
+                with self._lock:
+                    for rule_id in ids:
+                        self.report.unacked.setdefault(rule_id, set()).add(sequence)
+                request = pb2.InstallRulesRequest(agent_id=f"agent-{index}", rules=rules)
+                outcome = client.outcome("InstallRules", request, timeout=timeout)
+                self._record("InstallRules", outcome)
+                if outcome.ok:
+                    with self._lock:
+                        for rule_id in ids:
+                            self.report.acked[rule_id] = sequence
+                            self.report.unacked[rule_id] = set()
+                            mine[rule_id] = sequence
+            elif op == "get" and mine:
+                rule_id = rng.choice(sorted(mine))
+                outcome = client.outcome(
+                    "GetRule", pb2.GetRuleRequest(rule_id=rule_id), timeout=timeout
+                )
+                self._record("GetRule", outcome)
+                if self._strict and outcome.ok and outcome.response.rule.priority != mine[rule_id]:
+                    with self._lock:
+                        self.report.unexpected.append(
+                            f"GetRule {rule_id}: priority {outcome.response.rule.priority}, "
+                            f"acknowledged {mine[rule_id]}"
+                        )
+            elif op == "get_missing":
+                request = pb2.GetRuleRequest(rule_id=f"missing-{index}-{rng.randrange(1000)}")
+                outcome = client.outcome("GetRule", request, timeout=timeout)
+                self._record("GetRule", outcome, expected=("NOT_FOUND",))
+            elif op == "stats":
+                outcome = client.outcome("GetRuleStats", pb2.GetRuleStatsRequest(), timeout=timeout)
+                self._record("GetRuleStats", outcome)
+            elif op == "refresh":
+                outcome = client.outcome("RefreshRules", pb2.RefreshRulesRequest(), timeout=timeout)
+                self._record("RefreshRules", outcome)
+            elif op == "status":
+                request = pb2.GetRefreshStatusRequest()
+                outcome = client.outcome("GetRefreshStatus", request, timeout=timeout)
+                self._record("GetRefreshStatus", outcome)
+            else:
+                continue
+            if not outcome.ok and outcome.code.name != "NOT_FOUND":
+                time.sleep(0.01)  # a refusing server is not a reason to spin
+
+    def check_store(self, stored: Mapping[str, Rule]) -> list[str]:
+        """Problems with ``stored`` (read from disk): every acknowledged install must be
+        there, with its priority or that of an install sent after it."""
+        problems = []
+        for rule_id, priority in sorted(self.report.acked.items()):
+            rule = stored.get(rule_id)
+            allowed = {priority} | self.report.unacked.get(rule_id, set())
+            if rule is None:
+                problems.append(f"acknowledged rule {rule_id!r} (priority {priority}) is missing")
+            elif rule.priority not in allowed:
+                problems.append(
+                    f"rule {rule_id!r} has priority {rule.priority}; acknowledged {priority}, "
+                    f"later attempts {sorted(allowed - {priority})}"
+                )
+        return problems
+
+
+# ----------------------------------------------------------------------- stores ---
+
+
+def full_anchors(seed: int) -> RuleAnchors:
+    """A full anchor block: 16 seeded vectors in each of the four slots."""
+    rng = np.random.default_rng(seed)
+    slots = [rng.standard_normal((16, 32)).astype(np.float32).tolist() for _ in range(4)]
+    return RuleAnchors.from_slots(slots, [16, 16, 16, 16])
+
+
+def build_store(path: Path, count: int, *, prefix: str = "seed", families: int = 5) -> list[str]:
+    """Write a warm store holding ``count`` global rules with full anchor blocks; their ids."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    anchors = full_anchors(1)
+    rules = [
+        Rule(
+            rule_id=f"{prefix}-{i:05d}",
+            family_id=f"fam-{i % families}",
+            layer="L1",
+            priority=i,
+            created_at_ms=1_700_000_000_000 + i,
+            anchors=anchors,
+            policy_type=PolicyType.FORBIDDEN,
+            drift_threshold=0.5,
+            installed_by="seeder",
+        )
+        for i in range(count)
+    ]
+    store = WarmStore(path)
+    try:
+        store.write_snapshot_from(rules)
+    finally:
+        store.close()
+    return [rule.rule_id for rule in rules]
+
+
+def read_store(path: Path) -> dict[str, Rule]:
+    """Every rule of the warm store at ``path``, loaded and verified as a restart would."""
+    table = WarmStore(path).load()
+    rules = {}
+    for rule_id in table.ids():
+        rule = table.rule(rule_id)
+        assert rule is not None, rule_id
+        rules[rule_id] = rule
+    return rules
+
+
+# ---------------------------------------------------------------------- metrics ---
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago (for --metrics-port)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def scrape_metrics(port: int, *, timeout: float = 10.0) -> dict[str, float]:
+    """``GET /metrics`` (Prometheus text format) as {"name{labels}": value}."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with opener.open(f"http://{HOST}:{port}/metrics", timeout=timeout) as response:
+        text = response.read().decode()
+    samples: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            samples[series] = float(value)
+    return samples
+
+
+def metric(samples: Mapping[str, float], name: str, **labels: str) -> float:
+    """Sum of the series of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for series, value in samples.items():
+        if series != name and not series.startswith(name + "{"):
+            continue
+        if all(f'{key}="{val}"' in series for key, val in labels.items()):
+            total += value
+    return total

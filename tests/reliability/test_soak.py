@@ -1,0 +1,179 @@
+"""Resource leaks: a bounded soak under mixed load, and the release of compacted files.
+
+The soak: the service holds 2,000 seeded rules and runs its scheduler at a 1 s interval
+(no jitter, 0.5 s first backoff, the interval's stretching capped at 1 s). Three client
+threads send installs (which keep upserting the same few dozen ids, so the rule count
+stays flat while the journal grows and compacts every few seconds), lookups of their
+own acknowledged rules (which must return exactly what was acknowledged), lookups of
+missing ids (NOT_FOUND, the only non-OK answer allowed), stats and refresh-status
+calls; the test itself sends a RefreshRules every 5 s (each postpones the periodic
+refresh by a full interval, so more would starve it).
+
+Measured once a second from /proc: VmRSS and the number of open descriptors. After a
+warm-up (past the second compaction, at least a quarter of the run and 15 s, at most
+half of it) the rest is split in quarters: the RSS peak of the last quarter must be
+within 5% of the peak of the first (peaks, because compaction makes memory a
+saw-tooth), and the descriptor count must stay in a small band, not growing from the
+first quarter to the last.
+
+Runs 60 s by default; longer with ``--soak-seconds N`` or ``GUARDREFRESH_SOAK_SECONDS``
+(see conftest.py and docs/reliability.md).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import types
+from pathlib import Path
+
+from .service import (
+    Client,
+    MixedLoad,
+    anchors_payload,
+    build_store,
+    free_port,
+    metric,
+    pb_rule,
+    read_store,
+    running_service,
+    scrape_metrics,
+)
+
+SEED_RULES = 2000
+MAX_RSS_GROWTH = 0.05
+COMPACTED = r"INFO guardrefresh\.storage\._store: Compacted warm storage"
+#: Samples (seconds) between two RefreshRules calls of the test's own.
+REFRESH_RPC_EVERY = 5
+#: Descriptors come and go with calls in flight (a lock file, a scrape's connection).
+FD_BAND = 8
+
+
+def test_soak_mixed_load_with_periodic_refresh(
+    tmp_path: Path, grpcio_modules: types.SimpleNamespace, soak_seconds: float
+) -> None:
+    warm = tmp_path / "data" / "warm_storage.bin"
+    seeded = build_store(warm, SEED_RULES)
+    # --max-interval 1: a refresh taking over 10 ms would otherwise stretch the interval
+    # (max duty cycle 1%), and the soak would see a periodic refresh every few seconds.
+    args = (
+        "--refresh-interval",
+        "1",
+        "--jitter",
+        "0",
+        "--backoff-initial",
+        "0.5",
+        "--max-interval",
+        "1",
+    )
+    with running_service(tmp_path, *args, metrics_port=free_port()) as service:
+        assert service.metrics_served, service.log
+        samples: list[tuple[float, int, int]] = []
+        rpc_refreshes = 0
+        compaction_times: list[float] = []
+        started = time.monotonic()
+        with (
+            MixedLoad(
+                grpcio_modules,
+                service.port,
+                workers=3,
+                seed=42,
+                weights={"install": 2, "get": 6, "get_missing": 1, "stats": 2, "status": 1},
+                max_seconds=soak_seconds + 60,
+            ) as load,
+            Client(grpcio_modules, service.port) as refresher,
+        ):
+            while (elapsed := time.monotonic() - started) < soak_seconds:
+                assert service.returncode is None, service.log
+                samples.append((elapsed, service.rss_kib(), service.fd_count()))
+                while service.count(COMPACTED) > len(compaction_times):
+                    compaction_times.append(elapsed)
+                if len(samples) % REFRESH_RPC_EVERY == 0:
+                    # Sparse: an event-driven refresh postpones the periodic one a full interval.
+                    response = refresher.call("RefreshRules", refresher.pb2.RefreshRulesRequest())
+                    assert response.success
+                    rpc_refreshes += 1
+                time.sleep(1.0)
+        report = load.report
+
+        with Client(grpcio_modules, service.port) as client:
+            status = client.status()
+        metrics = scrape_metrics(service.metrics_port)
+        periodic = service.count(r"Refreshed \d+ rules .*\(trigger periodic")
+        assert service.stop(signal.SIGTERM) == 0, service.log
+
+    assert not report.unexpected, report.unexpected[:10]
+    assert report.total >= 10 * soak_seconds, report.calls
+    assert report.ok("InstallRules") >= soak_seconds, report.calls
+    assert rpc_refreshes >= soak_seconds // REFRESH_RPC_EVERY - 1
+    assert (status.consecutive_failures, status.last_error) == (0, ""), status
+    # One a second, except the second after each RefreshRules call of the test.
+    assert periodic >= soak_seconds / 2, periodic
+    assert metric(metrics, "guard_scheduler_refresh_errors_total") == 0
+    assert (
+        metric(metrics, "guard_scheduler_refresh_total", trigger="periodic", result="success")
+        >= periodic
+    )
+
+    # Warm-up: past the second compaction (the first one maps a second snapshot for
+    # good), at least a quarter of the run and 15 s, at most half of the run.
+    compactions = compaction_times[1:2] or [soak_seconds / 2]
+    warm_up = min(soak_seconds / 2, max(15.0, soak_seconds / 4, compactions[0]))
+    measured = [s for s in samples if s[0] >= warm_up]
+    quarter = max(1, len(measured) // 4)
+    first, last = measured[:quarter], measured[-quarter:]
+    rss_first = max(rss for _, rss, _ in first)
+    rss_last = max(rss for _, rss, _ in last)
+    growth = (rss_last - rss_first) / rss_first
+    fds = [fd for _, _, fd in measured]
+    print(
+        f"soak evidence: {soak_seconds:.0f}s, {report.total} calls {dict(report.calls)}, "
+        f"{periodic} periodic and {rpc_refreshes} RPC refreshes, {len(compaction_times)} "
+        f"compactions, warm-up {warm_up:.0f}s, RSS peak {rss_first} -> {rss_last} KiB "
+        f"({growth:+.2%}), fds {min(fds)}..{max(fds)}"
+    )
+    assert growth < MAX_RSS_GROWTH, f"RSS grew {growth:.1%}: {samples}"
+    assert max(fds) - min(fds) <= FD_BAND, fds
+    assert max(fd for *_, fd in last) <= max(fd for *_, fd in first) + 2, fds
+
+    stored = read_store(warm)
+    assert not load.check_store(stored)
+    assert all(rule_id in stored for rule_id in seeded)
+
+
+def test_compaction_releases_the_old_generation(
+    tmp_path: Path, grpcio_modules: types.SimpleNamespace
+) -> None:
+    """After a compaction and a refresh no deleted store file stays mapped.
+
+    Compaction writes a new generation and unlinks the old files; while the process
+    still maps one of them, its disk space and page cache are not freed (a store of
+    100k rules has an 820 MB snapshot).
+    """
+    warm = tmp_path / "data" / "warm_storage.bin"
+    seeded = build_store(warm, 300)
+    with (
+        running_service(tmp_path, "--no-scheduler") as service,
+        Client(grpcio_modules, service.port) as client,
+    ):
+        pb2 = client.pb2
+        anchors = anchors_payload(pb2, seed=3, counts=(16, 16, 16, 16))
+        mark = service.mark()
+        # 6 x 100 rules x 8 KiB of anchors: the journal passes 4 MiB, a compaction follows.
+        for batch in range(6):
+            rules = [pb_rule(pb2, f"b{batch}-{i}", anchors=anchors) for i in range(100)]
+            client.call("InstallRules", pb2.InstallRulesRequest(agent_id="a", rules=rules))
+        service.wait_for_log(COMPACTED, start=mark)
+        assert client.call("RefreshRules", pb2.RefreshRulesRequest()).success
+        for rule_id in seeded[:5]:
+            client.call("GetRule", pb2.GetRuleRequest(rule_id=rule_id))
+        maps = Path(f"/proc/{service.pid}/maps").read_text().splitlines()
+        stale = sorted(
+            {
+                line.split()[-2]
+                for line in maps
+                if line.endswith("(deleted)") and str(warm.parent) in line
+            }
+        )
+        assert not stale, f"deleted store files still mapped after compaction + refresh: {stale}"
+        assert service.stop(signal.SIGTERM) == 0
