@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 import types
 from collections.abc import Iterator
 
 import pytest
-
-from .service import generate_grpcio_modules
+from grpcio_support import generate_grpcio_modules
 
 
 @pytest.fixture(scope="session")
 def grpcio_modules(tmp_path_factory: pytest.TempPathFactory) -> Iterator[types.SimpleNamespace]:
     """grpcio modules generated from proto/rule_installation.proto for this test run."""
     out_dir = tmp_path_factory.mktemp("grpcio_generated")
-    modules = generate_grpcio_modules(out_dir)
-    yield modules
-    sys.path.remove(str(out_dir))
+    yield generate_grpcio_modules(out_dir)

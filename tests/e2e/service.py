@@ -22,7 +22,6 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import re
@@ -37,12 +36,12 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import attrs
 import grpc
 import numpy as np
 import pytest
 import trio
 import trio_asyncio
+from grpcio_support import Outcome, service_env
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.proto import ProtoCodec
@@ -50,10 +49,7 @@ from grpclib.exceptions import GRPCError
 
 from guardrefresh.proto import rule_installation as pb
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PROTO_DIR = REPO_ROOT / "proto"
-PROTO_FILE = PROTO_DIR / "rule_installation.proto"
-
+TESTS_DIR = str(Path(__file__).resolve().parents[1])
 HOST = "127.0.0.1"
 DATA_PLANE = "rule_installation.DataPlane"
 STARTUP_TIMEOUT_S = 20.0
@@ -71,16 +67,6 @@ POLICY_TYPES = ("forbidden", "context_allow", "context_deny", "context_defer")
 
 
 # ------------------------------------------------------------------ processes ---
-
-
-def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a child process: ours without GUARDREFRESH_*, plus ``extra``.
-
-    A developer's own GUARDREFRESH_PORT must not leak into a test.
-    """
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDREFRESH_")}
-    env.update(extra or {})
-    return env
 
 
 def service_command(*args: str) -> list[str]:
@@ -524,52 +510,6 @@ async def _make_channel(port: int) -> Channel:
 # ---------------------------------------------------------------- grpcio side ---
 
 
-def generate_grpcio_modules(out_dir: Path) -> types.SimpleNamespace:
-    """Generate grpcio modules from the proto with grpc_tools.protoc; import them.
-
-    Returns a namespace with ``pb2`` (messages) and ``pb2_grpc`` (stubs). ``out_dir``
-    is put on ``sys.path`` (the generated stub imports the messages by module name).
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{PROTO_DIR}",
-            f"--python_out={out_dir}",
-            f"--grpc_python_out={out_dir}",
-            str(PROTO_FILE),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=CLI_TIMEOUT_S,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"grpc_tools.protoc failed:\n{result.stderr}")
-    sys.path.insert(0, str(out_dir))
-    importlib.invalidate_caches()
-    return types.SimpleNamespace(
-        pb2=importlib.import_module("rule_installation_pb2"),
-        pb2_grpc=importlib.import_module("rule_installation_pb2_grpc"),
-    )
-
-
-@attrs.frozen
-class Outcome:
-    """How a grpcio call ended."""
-
-    code: grpc.StatusCode
-    details: str
-    response: Any
-    elapsed_s: float
-
-    @property
-    def ok(self) -> bool:
-        return self.code is grpc.StatusCode.OK
-
-
 class GrpcioClient:
     """grpcio's DataPlane stub over one channel. Blocking: use from worker threads."""
 
@@ -727,7 +667,10 @@ async def open_grpcio_peer(port: int) -> AsyncIterator[GrpcioPeer]:
         [sys.executable, str(Path(__file__).resolve()), str(port)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
-        env=service_env(),
+        # Run as a script, this file still imports the shared tests/ helpers.
+        env=service_env(
+            {"PYTHONPATH": os.pathsep.join(filter(None, [TESTS_DIR, os.environ.get("PYTHONPATH")]))}
+        ),
     )
     peer = GrpcioPeer(process)
     try:

@@ -18,12 +18,11 @@ import os
 import types
 
 import pytest
-
-from .service import generate_grpcio_modules
+from grpcio_support import generate_grpcio_modules
 
 SOAK_ENV = "GUARDREFRESH_SOAK_SECONDS"
 #: The CI soak: long enough for dozens of periodic refreshes and several compactions.
-DEFAULT_SOAK_SECONDS = 60.0
+DEFAULT_SOAK_SECONDS = 120.0
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -10,7 +10,6 @@ worker threads. Every wait is bounded; every process started here is killed and 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import os
 import random
 import re
@@ -31,13 +30,10 @@ import attrs
 import grpc
 import numpy as np
 import pytest
+from grpcio_support import Outcome, service_env
 
 from guardrefresh.model import PolicyType, Rule, RuleAnchors
 from guardrefresh.storage import WarmStore
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-PROTO_DIR = REPO_ROOT / "proto"
-PROTO_FILE = PROTO_DIR / "rule_installation.proto"
 
 HOST = "127.0.0.1"
 DATA_PLANE = "rule_installation.DataPlane"
@@ -55,13 +51,6 @@ SLOTS = ("action", "resource", "data", "risk")
 
 
 # ------------------------------------------------------------------ processes ---
-
-
-def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Our environment without GUARDREFRESH_* (a developer's settings must not leak in)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDREFRESH_")}
-    env.update(extra or {})
-    return env
 
 
 class ServiceProcess:
@@ -146,12 +135,13 @@ class ServiceProcess:
         """Whether the service says it serves /metrics (the endpoint is being wired in)."""
         return self.metrics_port != 0 and self.find(METRICS_SERVED) is not None
 
-    def rss_kib(self) -> int:
-        """Resident set size (VmRSS) in KiB."""
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """Resident memory in KiB: ``VmRSS`` (all), or ``RssAnon`` (heap and other
+        anonymous memory, without the page cache of memory-mapped store files)."""
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
-        raise AssertionError(f"no VmRSS in /proc/{self.pid}/status")
+        raise AssertionError(f"no {field} in /proc/{self.pid}/status")
 
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
@@ -293,56 +283,6 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0, what: st
 
 
 # ------------------------------------------------------------------ grpcio side ---
-
-
-def generate_grpcio_modules(out_dir: Path) -> types.SimpleNamespace:
-    """grpcio modules generated from the proto with grpc_tools.protoc, imported.
-
-    If another suite of this session imported them already (same proto, same module
-    names), those are reused: protobuf refuses to register the same file twice.
-    """
-    names = ("rule_installation_pb2", "rule_installation_pb2_grpc")
-    if not all(name in sys.modules for name in names):
-        out_dir.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "grpc_tools.protoc",
-                f"-I{PROTO_DIR}",
-                f"--python_out={out_dir}",
-                f"--grpc_python_out={out_dir}",
-                str(PROTO_FILE),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.fail(f"grpc_tools.protoc failed:\n{result.stderr}")
-        sys.path.insert(0, str(out_dir))
-        try:
-            importlib.invalidate_caches()
-            for name in names:
-                importlib.import_module(name)
-        finally:
-            sys.path.remove(str(out_dir))
-    return types.SimpleNamespace(pb2=sys.modules[names[0]], pb2_grpc=sys.modules[names[1]])
-
-
-@attrs.frozen
-class Outcome:
-    """How a grpcio call ended."""
-
-    code: grpc.StatusCode
-    details: str
-    response: Any
-    elapsed_s: float
-
-    @property
-    def ok(self) -> bool:
-        return self.code is grpc.StatusCode.OK
 
 
 class Client:

@@ -9,20 +9,22 @@ missing ids (NOT_FOUND, the only non-OK answer allowed), stats and refresh-statu
 calls; the test itself sends a RefreshRules every 5 s (each postpones the periodic
 refresh by a full interval, so more would starve it).
 
-Measured once a second from /proc: VmRSS and the number of open descriptors. After a
-warm-up (past the second compaction, at least a quarter of the run and 15 s, at most
-half of it) the rest is split in quarters: the RSS peak of the last quarter must be
-within 5% of the peak of the first (peaks, because compaction makes memory a
+Measured once a second from /proc: RssAnon (the process's own memory; VmRSS also
+counts the page cache of the memory-mapped store files and is only reported) and the
+number of open descriptors. After a warm-up (the first 60% of the run, and past the
+second compaction) the rest is split in quarters: the median RssAnon of the last quarter must be
+within 5% of the first's (medians, because refreshes and compactions make memory a
 saw-tooth), and the descriptor count must stay in a small band, not growing from the
 first quarter to the last.
 
-Runs 60 s by default; longer with ``--soak-seconds N`` or ``GUARDREFRESH_SOAK_SECONDS``
+Runs 120 s by default; longer with ``--soak-seconds N`` or ``GUARDREFRESH_SOAK_SECONDS``
 (see conftest.py and docs/reliability.md).
 """
 
 from __future__ import annotations
 
 import signal
+import statistics
 import time
 import types
 from pathlib import Path
@@ -69,6 +71,7 @@ def test_soak_mixed_load_with_periodic_refresh(
     with running_service(tmp_path, *args, metrics_port=free_port()) as service:
         assert service.metrics_served, service.log
         samples: list[tuple[float, int, int]] = []
+        total_rss: list[int] = []
         rpc_refreshes = 0
         compaction_times: list[float] = []
         started = time.monotonic()
@@ -85,7 +88,8 @@ def test_soak_mixed_load_with_periodic_refresh(
         ):
             while (elapsed := time.monotonic() - started) < soak_seconds:
                 assert service.returncode is None, service.log
-                samples.append((elapsed, service.rss_kib(), service.fd_count()))
+                samples.append((elapsed, service.rss_kib("RssAnon"), service.fd_count()))
+                total_rss.append(service.rss_kib())
                 while service.count(COMPACTED) > len(compaction_times):
                     compaction_times.append(elapsed)
                 if len(samples) % REFRESH_RPC_EVERY == 0:
@@ -115,22 +119,34 @@ def test_soak_mixed_load_with_periodic_refresh(
         >= periodic
     )
 
-    # Warm-up: past the second compaction (the first one maps a second snapshot for
-    # good), at least a quarter of the run and 15 s, at most half of the run.
+    # Warm-up: past the second compaction (the first one maps a second snapshot).
     compactions = compaction_times[1:2] or [soak_seconds / 2]
-    warm_up = min(soak_seconds / 2, max(15.0, soak_seconds / 4, compactions[0]))
+    # Memory rises for about the first minute while GC generations, allocator arenas and
+    # decoded-rule caches fill, then levels off (quarter medians of the second half of a
+    # 120 s run: 68.5, 70.6, 71.0, 71.5 MB): measure the last 40% of the run.
+    warm_up = max(soak_seconds * 0.6, compactions[0])
     measured = [s for s in samples if s[0] >= warm_up]
     quarter = max(1, len(measured) // 4)
     first, last = measured[:quarter], measured[-quarter:]
-    rss_first = max(rss for _, rss, _ in first)
-    rss_last = max(rss for _, rss, _ in last)
+    # Medians, not peaks: every install changes the store, every refresh then rebuilds
+    # the hot refs and drops the rules that lookups had decoded (about 2 KiB each), so
+    # memory is a saw-tooth a few percent high; a leak moves the median, a tooth not.
+    rss_first = int(statistics.median(rss for _, rss, _ in first))
+    rss_last = int(statistics.median(rss for _, rss, _ in last))
     growth = (rss_last - rss_first) / rss_first
+    # VmRSS also counts the page cache of the memory-mapped store files, which comes and
+    # goes with compactions and lookups: reported, while the criterion is on RssAnon.
+    vm_first = max(total_rss[len(samples) - len(measured) :][:quarter])
+    vm_last = max(total_rss[-quarter:])
     fds = [fd for _, _, fd in measured]
     print(
         f"soak evidence: {soak_seconds:.0f}s, {report.total} calls {dict(report.calls)}, "
         f"{periodic} periodic and {rpc_refreshes} RPC refreshes, {len(compaction_times)} "
-        f"compactions, warm-up {warm_up:.0f}s, RSS peak {rss_first} -> {rss_last} KiB "
-        f"({growth:+.2%}), fds {min(fds)}..{max(fds)}"
+        f"compactions, warm-up {warm_up:.0f}s, RssAnon median {rss_first} -> {rss_last} KiB "
+        f"({growth:+.2%}; quarter medians "
+        f"{[int(statistics.median(r for _, r, _ in measured[i * quarter : (i + 1) * quarter])) for i in range(4)]}), "
+        f"VmRSS peak {vm_first} -> {vm_last} KiB "
+        f"({(vm_last - vm_first) / vm_first:+.2%}), fds {min(fds)}..{max(fds)}"
     )
     assert growth < MAX_RSS_GROWTH, f"RSS grew {growth:.1%}: {samples}"
     assert max(fds) - min(fds) <= FD_BAND, fds
