@@ -20,10 +20,13 @@ import trio_asyncio
 
 from guardrefresh.bridge import Bridge
 from guardrefresh.model import PolicyType, Rule
-from guardrefresh.refresh import RefreshScheduler, RefreshTrigger, SchedulerConfig
-from guardrefresh.refresh._service import open_refresh_service
-from guardrefresh.server import GrpcHost
-from guardrefresh.server._dataplane import DataPlaneService
+from guardrefresh.refresh import (
+    RefreshScheduler,
+    RefreshTrigger,
+    SchedulerConfig,
+    open_refresh_service,
+)
+from guardrefresh.server import DataPlaneService, GrpcHost
 from guardrefresh.storage import WarmStore
 
 

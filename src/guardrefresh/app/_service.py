@@ -19,8 +19,14 @@ import trio_asyncio
 from ..bridge import Bridge
 from ..config import ConfigError, ServiceConfig
 from ..metrics import ServiceMetrics, refresh_error_reason, serve_metrics
-from ..refresh import RefreshError, RefreshScheduler, RefreshStats, RefreshTrigger
-from ..refresh._service import RefreshService, open_refresh_service
+from ..refresh import (
+    RefreshError,
+    RefreshScheduler,
+    RefreshService,
+    RefreshStats,
+    RefreshTrigger,
+    open_refresh_service,
+)
 from ..server import GrpcHost
 from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale

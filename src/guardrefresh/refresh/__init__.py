@@ -1,17 +1,21 @@
-"""Refreshing the hot cache from warm storage: the periodic scheduler and its value objects."""
+"""Refreshing the hot cache from warm storage: the event-driven service, the periodic scheduler."""
 
 from ._config import SchedulerConfig
 from ._errors import RefreshError
 from ._protocol import Refresher
 from ._scheduler import RefreshScheduler, SchedulerStatus
+from ._service import RefreshObserver, RefreshService, open_refresh_service
 from ._stats import RefreshStats, RefreshTrigger
 
 __all__ = [
     "RefreshError",
+    "RefreshObserver",
     "RefreshScheduler",
+    "RefreshService",
     "RefreshStats",
     "RefreshTrigger",
     "Refresher",
     "SchedulerConfig",
     "SchedulerStatus",
+    "open_refresh_service",
 ]

@@ -26,8 +26,13 @@ from grpclib import GRPCError, Status
 from ..bridge import Bridge, RuleConflictError, RuleNotFoundError, TooManyRulesError
 from ..model import Rule, RuleValidationError, rule_from_proto, rule_to_proto
 from ..proto import rule_installation as pb
-from ..refresh import RefreshError, RefreshScheduler, RefreshStats, RefreshTrigger
-from ..refresh._service import RefreshService
+from ..refresh import (
+    RefreshError,
+    RefreshScheduler,
+    RefreshService,
+    RefreshStats,
+    RefreshTrigger,
+)
 from ..storage import StorageError
 
 logger = logging.getLogger(__name__)
