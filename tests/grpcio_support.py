@@ -13,8 +13,9 @@ import importlib
 import os
 import subprocess
 import sys
+import time
 import types
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +81,13 @@ class Outcome:
     @property
     def ok(self) -> bool:
         return self.code is grpc.StatusCode.OK
+
+
+def call_outcome(call: Callable[[], Any]) -> Outcome:
+    """Run one blocking grpcio call and say how it ended (never raises RpcError)."""
+    start = time.monotonic()
+    try:
+        response = call()
+    except grpc.RpcError as err:
+        return Outcome(err.code(), err.details() or "", None, time.monotonic() - start)
+    return Outcome(grpc.StatusCode.OK, "", response, time.monotonic() - start)

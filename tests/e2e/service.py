@@ -29,7 +29,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import types
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -41,7 +40,7 @@ import numpy as np
 import pytest
 import trio
 import trio_asyncio
-from grpcio_support import Outcome, service_env
+from grpcio_support import Outcome, call_outcome, service_env
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.proto import ProtoCodec
@@ -534,12 +533,7 @@ class GrpcioClient:
         return getattr(self.stub, method)(request, timeout=deadline_s)
 
     def outcome(self, method: str, request: Any, *, deadline_s: float = CALL_TIMEOUT_S) -> Outcome:
-        start = time.monotonic()
-        try:
-            response = self.call(method, request, deadline_s=deadline_s)
-        except grpc.RpcError as err:
-            return Outcome(err.code(), err.details() or "", None, time.monotonic() - start)
-        return Outcome(grpc.StatusCode.OK, "", response, time.monotonic() - start)
+        return call_outcome(lambda: self.call(method, request, deadline_s=deadline_s))
 
     def health_responds(self, deadline_s: float) -> bool:
         """Whether the server answers a health Check (serialized by hand) within ``deadline_s``.

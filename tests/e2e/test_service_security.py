@@ -241,37 +241,22 @@ async def test_warm_files_are_private_and_foreign_files_refused(tmp_path: Path) 
             )
         assert await service.stop() == 0
     data = tmp_path / "data"
+
+    async def start_on(warm: Path) -> subprocess.CompletedProcess[bytes]:
+        flags = ("--port", "0", "--metrics-port", "0", "--log-level", "WARNING")
+        return await run_cli(tmp_path, *flags, "--warm-storage", str(warm))
+
     assert data.stat().st_mode & 0o777 == 0o700
     for path in data.iterdir():
         assert path.stat().st_mode & 0o777 == 0o600, path
     (data / "w.bin").chmod(0o666)
-    proc = await run_cli(
-        tmp_path,
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--warm-storage",
-        str(data / "w.bin"),
-        "--log-level",
-        "WARNING",
-    )
+    proc = await start_on(data / "w.bin")
     assert proc.returncode == 1
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "writable by group or others" in lines[0] and "chmod 600" in lines[0]
     (data / "w.bin").chmod(0o600)
     os.chown(data / "w.bin", 65534, 65534)
-    proc = await run_cli(
-        tmp_path,
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--warm-storage",
-        str(data / "w.bin"),
-        "--log-level",
-        "WARNING",
-    )
+    proc = await start_on(data / "w.bin")
     assert proc.returncode == 1 and b"owned by uid 65534" in proc.stderr
 
 

@@ -30,7 +30,7 @@ import attrs
 import grpc
 import numpy as np
 import pytest
-from grpcio_support import Outcome, service_env
+from grpcio_support import Outcome, call_outcome, service_env
 
 from guardrefresh.model import PolicyType, Rule, RuleAnchors
 from guardrefresh.storage import WarmStore
@@ -315,12 +315,7 @@ class Client:
         return getattr(self.stub, method)(request, timeout=timeout)
 
     def outcome(self, method: str, request: Any, *, timeout: float = CALL_TIMEOUT_S) -> Outcome:
-        start = time.monotonic()
-        try:
-            response = self.call(method, request, timeout=timeout)
-        except grpc.RpcError as err:
-            return Outcome(err.code(), err.details() or "", None, time.monotonic() - start)
-        return Outcome(grpc.StatusCode.OK, "", response, time.monotonic() - start)
+        return call_outcome(lambda: self.call(method, request, timeout=timeout))
 
     def raw(self, method: str, payload: bytes, *, timeout: float = CALL_TIMEOUT_S) -> Outcome:
         """Send ``payload`` as the request message of ``method`` as it is (no serializer)."""
