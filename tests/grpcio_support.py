@@ -5,22 +5,29 @@
 - :func:`generate_grpcio_modules`: grpcio modules generated from the proto at test time
   (grpcio is the independent reference client), imported once per session.
 - :class:`Outcome`: how a grpcio call ended.
+- :func:`raw_h2_call`: one gRPC call sent with hand-made HTTP/2 headers (h2, grpclib's
+  own dependency), for what grpcio will not send, such as an already-expired
+  ``grpc-timeout``.
 """
 
 from __future__ import annotations
 
 import importlib
 import os
+import socket
 import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import grpc
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -91,3 +98,62 @@ def call_outcome(call: Callable[[], Any]) -> Outcome:
     except grpc.RpcError as err:
         return Outcome(err.code(), err.details() or "", None, time.monotonic() - start)
     return Outcome(grpc.StatusCode.OK, "", response, time.monotonic() - start)
+
+
+def raw_h2_call(
+    port: int,
+    path: str,
+    message: bytes,
+    headers: Sequence[tuple[str, str]] = (),
+    *,
+    timeout_s: float = 10.0,
+) -> dict[str, str]:
+    """Send one unary gRPC call over a fresh HTTP/2 connection to 127.0.0.1:``port``.
+
+    ``message`` is the serialized request; ``headers`` are added to the standard ones
+    (for example ``("grpc-timeout", "1n")``). Returns the response headers and trailers
+    merged (``grpc-status``, ``grpc-message``, ...). Fails the test when the call has
+    not ended after ``timeout_s``.
+    """
+    config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    connection = h2.connection.H2Connection(config=config)
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
+        connection.initiate_connection()
+        stream_id = connection.get_next_available_stream_id()
+        connection.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", path),
+                (":authority", f"127.0.0.1:{port}"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+                *headers,
+            ],
+        )
+        frame = b"\x00" + len(message).to_bytes(4, "big") + message
+        # One flow-control window is plenty for a test request; no waiting for updates.
+        window = connection.local_flow_control_window(stream_id)
+        if len(frame) > window:
+            pytest.fail(f"raw_h2_call sends at most {window} bytes, not {len(frame)}")
+        size = connection.max_outbound_frame_size
+        for offset in range(0, len(frame), size):
+            end = offset + size >= len(frame)
+            connection.send_data(stream_id, frame[offset : offset + size], end_stream=end)
+        sock.sendall(connection.data_to_send())
+        answer: dict[str, str] = {}
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in connection.receive_data(data):
+                if getattr(event, "stream_id", None) != stream_id:
+                    continue
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    answer.update((str(k), str(v)) for k, v in event.headers or ())
+                elif isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                    return answer
+            sock.sendall(connection.data_to_send())
+    pytest.fail(f"raw HTTP/2 call to {path} did not end; got {answer}")

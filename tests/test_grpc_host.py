@@ -17,10 +17,12 @@ import grpc
 import grpclib
 import grpclib.protocol
 import grpclib.server
+import grpclib.utils
 import pytest
 import trio
 import trio_asyncio
 from google.protobuf import descriptor_pb2, descriptor_pool
+from grpcio_support import raw_h2_call
 from grpclib.const import Status
 from grpclib.reflection.v1 import reflection_pb2 as reflection_v1
 from grpclib.reflection.v1alpha import reflection_pb2 as reflection_v1alpha
@@ -486,6 +488,42 @@ async def test_on_call_done_that_raises_is_logged_and_the_call_still_answers(
     )
 
 
+# ------------------------------------------------------------------ deadlines ---
+
+
+async def test_calls_past_their_deadline_end_deadline_exceeded_without_error_records(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Both ways a call can outlive its deadline end as DEADLINE_EXCEEDED, logged at INFO.
+
+    Unmended grpclib answers the first with UNKNOWN and an ERROR traceback ("Timeout
+    occurred") and logs the second as ERROR "Failed to handle cancellation".
+    """
+    async with open_host() as (host, servicer), open_client(host.port) as client:
+        with caplog.at_level(logging.INFO, logger="grpclib.server"):
+            # 1. Expired on arrival: a grpc-timeout of one nanosecond has always passed by
+            #    the time the handler would start (grpcio cannot be made to send this).
+            for path in (GET_RULE_STATS, GET_RULE):
+                answer = await trio.to_thread.run_sync(
+                    raw_h2_call, host.port, path, b"", [("grpc-timeout", "1n")]
+                )
+                assert answer.get("grpc-status") == str(Status.DEADLINE_EXCEEDED.value), answer
+            # 2. A handler that swallows the deadline's cancellation and finishes anyway
+            #    (the raw client waits for the server's answer instead of resetting).
+            request = bytes(pb.GetRuleRequest(rule_id="stubborn:0.3"))
+            answer = await trio.to_thread.run_sync(
+                raw_h2_call, host.port, GET_RULE, request, [("grpc-timeout", "100m")]
+            )
+            assert answer.get("grpc-status") == str(Status.DEADLINE_EXCEEDED.value), answer
+            await wait_until(lambda: host.in_flight == 0)
+        assert servicer.finished == ["stubborn:0.3"]
+        errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert errors == []
+        deadline_records = [r for r in caplog.records if r.getMessage() == "Deadline exceeded"]
+        assert len(deadline_records) == 3, [r.getMessage() for r in caplog.records]
+        assert (await in_thread(client.get_rule_stats)).code is OK
+
+
 # ----------------------------------------------------------- grpclib canary ---
 
 
@@ -500,6 +538,16 @@ async def test_grpclib_internals_the_drain_relies_on_are_still_there() -> None:
         assert name in vars(grpclib.protocol.H2Protocol), name
     assert "connection_lost" in vars(grpclib.protocol.H2Protocol)
     assert "ssl" in inspect.signature(grpclib.server.Server.start).parameters
+    # The deadline mend: request_handler builds a DeadlineWrapper per call from the
+    # module global, and sorts a TimeoutError by the wrapper's flags.
+    handler_source = inspect.getsource(grpclib.server.request_handler)
+    assert "DeadlineWrapper()" in handler_source
+    assert "wrapper.cancel_failed" in handler_source and "wrapper.cancelled" in handler_source
+    assert grpclib.server.DeadlineWrapper in (
+        grpclib.utils.DeadlineWrapper,
+        _drain.ExpiredDeadlineWrapper,
+    )
+    assert {"cancelled", "cancel_failed", "_error"} <= set(vars(grpclib.utils.Wrapper))
 
     async with trio_asyncio.open_loop():
         server = grpclib.server.Server([ScriptedDataPlane()])

@@ -9,7 +9,8 @@
   UNAVAILABLE), and the server answers the next call.
 - Oversized requests: RESOURCE_EXHAUSTED naming both sizes.
 - Deadlines that have expired before the call and ones that expire during it:
-  DEADLINE_EXCEEDED, and the server is fine.
+  DEADLINE_EXCEEDED, no ERROR record, and the server is fine; valid installs cut off by
+  their deadline are stored whole or not at all (own service: they change the store).
 
 After every group the rules stored are exactly the baseline (GetRuleStats byte for
 byte, which includes the bridge version every write bumps), the server still answers,
@@ -25,15 +26,18 @@ import signal
 import types
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import attrs
 import grpc
 import pytest
+from grpcio_support import raw_h2_call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .service import (
+    DATA_PLANE,
     SLOTS,
     Client,
     Observed,
@@ -61,12 +65,9 @@ METHODS = {
     "GetRule": "GetRuleRequest",
     "GetRefreshStatus": "GetRefreshStatusRequest",
 }
-#: Two ERROR records with a traceback that grpclib writes for calls whose deadline
-#: expires: "Timeout occurred" when it had passed on arrival, "Failed to handle
-#: cancellation" when it fires while an InstallRules waits on the Trio side (the handler
-#: then ends with its own status, not CancelledError). One per call: client-controlled
-#: log noise, reported (docs/reliability.md); tolerated here and nowhere else.
-DEADLINE_NOISE = r" ERROR grpclib\.server: (Timeout occurred|Failed to handle cancellation)$"
+#: grpc-status values as the raw HTTP/2 client reads them from the trailers.
+OK_STATUS = str(grpc.StatusCode.OK.value[0])
+DEADLINE_STATUS = str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
 #: Statuses that would mean the server broke down rather than refused.
 BROKEN = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
 
@@ -90,7 +91,7 @@ def served(
         str(MAX_MESSAGE_BYTES),
     )
     with (
-        running_service(workdir, *args, allow_log=DEADLINE_NOISE) as service,
+        running_service(workdir, *args) as service,
         Client(grpcio_modules, service.port) as client,
     ):
         pb2 = client.pb2
@@ -346,38 +347,92 @@ def test_expired_and_expiring_deadlines(served: Served) -> None:
         method: install if method == "InstallRules" else getattr(pb2, message)()
         for method, message in METHODS.items()
     }
-    # What each call answers with time to spare. An expired call may still get that
-    # answer (grpcio may send it, and the server be faster than the timer); nothing else.
-    # Or, when the deadline had passed as it arrived, grpclib's UNKNOWN "Internal Server
-    # Error" (reported: it should be DEADLINE_EXCEEDED).
+    # Expired on arrival, for certain: a grpc-timeout of 1 ns (grpcio will not send one
+    # that small) has passed before any handler could start.
+    for method, request in requests.items():
+        answer = raw_h2_call(
+            served.service.port,
+            f"/{DATA_PLANE}/{method}",
+            request.SerializeToString(),
+            [("grpc-timeout", "1n")],
+        )
+        assert answer.get("grpc-status") == DEADLINE_STATUS, (method, answer)
+    _still_serving(served)
+
+    # grpcio with a 1 us deadline: usually cut off on the client before an answer, but
+    # the server may be quicker than grpcio's timer. Either way nothing else.
     normal = {method: client.outcome(method, request).code for method, request in requests.items()}
     codes: Counter[str] = Counter()
     for _ in range(5):
         for method, request in requests.items():
             outcome = client.outcome(method, request, timeout=0.000001)
             codes[outcome.code.name] += 1
-            if outcome.code is grpc.StatusCode.UNKNOWN:
-                assert outcome.details == "Internal Server Error", (method, outcome)
-            else:
-                assert outcome.code in (grpc.StatusCode.DEADLINE_EXCEEDED, normal[method]), (
-                    method,
-                    outcome,
-                )
-    assert codes["DEADLINE_EXCEEDED"] >= 10, codes
+            assert outcome.code in (grpc.StatusCode.DEADLINE_EXCEEDED, normal[method]), (
+                method,
+                outcome,
+            )
     _still_serving(served)
 
-    # Deadlines from a tenth of a millisecond to a few: some calls finish, some are cut
-    # off on the way (an unchanged refresh takes about a millisecond, so the shortest
-    # deadlines are what make a cut-off certain on a fast run).
-    seen = set()
-    for timeout_ms in (0.1, 0.2, 0.5, 1, 2, 3, 5, 8, 13, 21) * 3:
-        outcome = client.outcome(
-            "RefreshRules", pb2.RefreshRulesRequest(), timeout=timeout_ms / 1000
+    # Deadlines from a tenth of a millisecond to a few, enforced by the server alone (the
+    # raw client waits for its answer): some calls finish, some are cut off on the way,
+    # and none can answer within 0.1 ms (an unchanged refresh alone takes about 0.4).
+    statuses: Counter[str] = Counter()
+    for timeout_us in (100, 200, 500, 1000, 2000, 3000, 5000, 8000, 13000, 21000) * 3:
+        answer = raw_h2_call(
+            served.service.port,
+            f"/{DATA_PLANE}/RefreshRules",
+            pb2.RefreshRulesRequest().SerializeToString(),
+            [("grpc-timeout", f"{timeout_us}u")],
         )
-        assert outcome.code in (grpc.StatusCode.OK, grpc.StatusCode.DEADLINE_EXCEEDED), outcome
-        seen.add(outcome.code.name)
-    assert "DEADLINE_EXCEEDED" in seen
+        statuses[answer.get("grpc-status", "none")] += 1
+    assert set(statuses) <= {OK_STATUS, DEADLINE_STATUS}, statuses
+    assert statuses[DEADLINE_STATUS] >= 3, statuses
     _still_serving(served)
     assert client.call("RefreshRules", pb2.RefreshRulesRequest()).success
-    late = served.service.check_log_clean(allow=DEADLINE_NOISE)
-    print(f"expired deadlines: {dict(codes)}; {late} deadline ERROR records from grpclib")
+    # No ERROR record for any of them (the module fixture checks the whole log at the end).
+    served.service.check_log_clean()
+    print(f"1 us deadlines through grpcio: {dict(codes)}; refreshes by status: {dict(statuses)}")
+
+
+def test_installs_cut_off_by_their_deadline_are_all_or_nothing(
+    tmp_path: Path, grpcio_modules: types.SimpleNamespace
+) -> None:
+    """Valid installs with deadlines around their own duration.
+
+    A deadline can fire while the install commits on the Trio side: the commit finishes
+    (the store never holds half a batch), the client gets DEADLINE_EXCEEDED, and the
+    service logs it at INFO, not as an ERROR. Whatever was acknowledged is stored.
+    """
+    batch = 50
+    outcomes: dict[str, str] = {}
+    with (
+        running_service(tmp_path) as service,
+        Client(grpcio_modules, service.port) as client,
+    ):
+        pb2 = client.pb2
+        # Sent raw, so that the server's deadline alone decides (grpcio would reset the
+        # stream at its own deadline): 1 ms is far shorter than any 50-rule install.
+        for call in range(60):
+            agent = f"deadline-agent-{call}"
+            rules = [pb_rule(pb2, f"{agent}-{i}", seed=i) for i in range(batch)]
+            request = pb2.InstallRulesRequest(agent_id=agent, rules=rules)
+            answer = raw_h2_call(
+                service.port,
+                f"/{DATA_PLANE}/InstallRules",
+                request.SerializeToString(),
+                [("grpc-timeout", f"{1 + call // 2}m")],
+            )
+            assert answer.get("grpc-status") in (OK_STATUS, DEADLINE_STATUS), (agent, answer)
+            outcomes[agent] = answer["grpc-status"]
+        assert client.stats().total_rules % batch == 0
+        assert service.stop(signal.SIGTERM) == 0, service.log
+    # The agent of an install is recorded as installed_by (the rules are not scoped).
+    stored = Counter(rule.installed_by for rule in read_store(service.warm_storage).values())
+    for agent, status in outcomes.items():
+        if status == OK_STATUS:
+            assert stored[agent] == batch, (agent, stored[agent])
+        else:
+            assert stored[agent] in (0, batch), (agent, stored[agent])
+    statuses = Counter(outcomes.values())
+    assert statuses[DEADLINE_STATUS] >= 2, statuses
+    print(f"installs by status: {dict(statuses)}; rules stored {sum(stored.values())}")

@@ -1,8 +1,10 @@
 """Every access to grpclib internals the host needs, and nothing else.
 
 grpclib 0.4.9 has no graceful shutdown (``Server.close()`` cancels handlers without
-telling their clients and leaves open connections serving) and no request size limit.
-The host builds both from a few private attributes. They are reached only through the
+telling their clients and leaves open connections serving), no request size limit, and
+answers a call whose deadline passed before it started with UNKNOWN "Internal Server
+Error" (logging an ERROR traceback per call). The host mends all three through a few
+private attributes. They are reached only through the
 functions below, one comment per access, so that a grpclib upgrade breaks in one place;
 :func:`check_internals` runs before the server binds and ``tests/test_grpc_host.py``
 has a canary test for each attribute, so a breaking upgrade fails loudly rather than
@@ -12,17 +14,24 @@ silently losing the drain. grpclib is pinned exactly (``grpclib==0.4.9``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from types import TracebackType
 from typing import Any
 
 import grpclib
+import grpclib.metadata
 import grpclib.protocol
 import grpclib.server
+import grpclib.utils
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 
 __all__ = [
     "GRPCLIB_VERSION",
+    "ExpiredDeadlineWrapper",
+    "answer_expired_deadlines",
     "check_internals",
     "close_listener",
     "limit_request_size",
@@ -30,6 +39,8 @@ __all__ = [
     "trailers_sent",
     "wrap_protocol_factory",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: The grpclib release these internals were read from.
 GRPCLIB_VERSION = "0.4.9"
@@ -55,6 +66,13 @@ def check_internals(server: grpclib.server.Server) -> None:
     # True once trailers went out.
     if getattr(grpclib.server.Stream, "_send_trailing_metadata_done", None) is not False:
         problems.append("server.Stream._send_trailing_metadata_done is missing")
+    # server.DeadlineWrapper: the name request_handler() looks up for every call
+    # with a deadline; answer_expired_deadlines() rebinds it.
+    if getattr(grpclib.server, "DeadlineWrapper", None) not in (
+        grpclib.utils.DeadlineWrapper,
+        ExpiredDeadlineWrapper,
+    ):
+        problems.append("server.DeadlineWrapper is missing")
     # protocol.Stream.recv_data(size): every read of a request message goes through it.
     if not callable(getattr(grpclib.protocol.Stream, "recv_data", None)):
         problems.append("protocol.Stream.recv_data is missing")
@@ -62,6 +80,64 @@ def check_internals(server: grpclib.server.Server) -> None:
         raise RuntimeError(
             "guardrefresh.server relies on grpclib internals that changed: " + "; ".join(problems)
         )
+
+
+class ExpiredDeadlineWrapper(grpclib.utils.DeadlineWrapper):  # type: ignore[misc]
+    """grpclib's per-call deadline wrapper, mended so that every call whose deadline
+    passes ends the same way: INFO "Deadline exceeded" and status DEADLINE_EXCEEDED.
+
+    grpclib gets two cases wrong, each with an ERROR traceback per call (so a client
+    sending tiny deadlines could fill the log):
+
+    - A call already past its deadline when it starts: grpclib's ``start()`` raises
+      ``TimeoutError`` without marking the wrapper cancelled, so ``request_handler``
+      reports "Timeout occurred" and answers UNKNOWN "Internal Server Error".
+    - A handler that goes on after its deadline fired instead of ending with the
+      ``CancelledError`` (an install waiting on the Trio side commits regardless, then
+      finds the client gone): grpclib reports "Failed to handle cancellation". Here
+      finishing work the client no longer waits for is legitimate, not a bug.
+    """
+
+    cancelled: bool | None
+    cancel_failed: bool | None
+
+    @contextlib.contextmanager
+    def start(self, deadline: grpclib.metadata.Deadline) -> Iterator[None]:
+        timeout = deadline.time_remaining()
+        if not timeout:
+            self.cancelled = True
+            raise TimeoutError("Deadline exceeded")
+        timer = asyncio.get_running_loop().call_later(
+            timeout, self.cancel, TimeoutError("Deadline exceeded")
+        )
+        try:
+            yield
+        finally:
+            timer.cancel()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc_val: BaseException | None,
+        exc_tb: TracebackType | None,
+    ) -> None:
+        try:
+            super().__exit__(exc_type, exc_val, exc_tb)
+        finally:
+            if self.cancel_failed:
+                logger.debug("call went on past its deadline and ended with %r", exc_val)
+                self.cancel_failed = False
+
+
+def answer_expired_deadlines() -> None:
+    """Make grpclib servers in this process answer expired calls DEADLINE_EXCEEDED.
+
+    Idempotent. Process-wide: grpclib offers no per-server hook, and no server wants
+    grpclib's behaviour (see :class:`ExpiredDeadlineWrapper`).
+    """
+    # server.DeadlineWrapper: request_handler() constructs one per call with a
+    # deadline, looking the name up in grpclib.server's globals each time.
+    grpclib.server.DeadlineWrapper = ExpiredDeadlineWrapper
 
 
 def wrap_protocol_factory(

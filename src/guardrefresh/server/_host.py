@@ -456,6 +456,7 @@ class GrpcHost:
         server = grpclib.server.Server(handlers, codec=_RefusingProtoCodec())
         _drain.check_internals(server)
         _drain.wrap_protocol_factory(server, functools.partial(_TrackedConnection, host=self))
+        _drain.answer_expired_deadlines()
         grpclib.events.listen(server, grpclib.events.RecvRequest, self._on_recv_request)
         if self._on_call_done is not None:
             grpclib.events.listen(
