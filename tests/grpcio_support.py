@@ -5,6 +5,7 @@
 - :func:`generate_grpcio_modules`: grpcio modules generated from the proto at test time
   (grpcio is the independent reference client), imported once per session.
 - :class:`Outcome`: how a grpcio call ended.
+- :class:`DataPlaneClient`: grpcio's DataPlane stub over one channel (blocking).
 - :func:`raw_h2_call`: one gRPC call sent with hand-made HTTP/2 headers (h2, grpclib's
   own dependency), for what grpcio will not send, such as an already-expired
   ``grpc-timeout``.
@@ -34,6 +35,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = REPO_ROOT / "proto"
 PROTO_FILE = PROTO_DIR / "rule_installation.proto"
 _MODULES = ("rule_installation_pb2", "rule_installation_pb2_grpc")
+
+HOST = "127.0.0.1"
+DATA_PLANE = "rule_installation.DataPlane"
+# Long enough for the biggest call of any suite on a busy CI machine; a hang still fails.
+CALL_TIMEOUT_S = 30.0
+# The service's own limit is the one under test: the client must never be the one to refuse.
+CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 
 def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -98,6 +106,72 @@ def call_outcome(call: Callable[[], Any]) -> Outcome:
     except grpc.RpcError as err:
         return Outcome(err.code(), err.details() or "", None, time.monotonic() - start)
     return Outcome(grpc.StatusCode.OK, "", response, time.monotonic() - start)
+
+
+class DataPlaneClient:
+    """grpcio's DataPlane stub over one channel. Blocking: use from worker threads.
+
+    With ``own_connection`` the channel never shares its HTTP/2 connection with
+    another client of this process, as separate agents would not.
+    """
+
+    def __init__(
+        self, modules: types.SimpleNamespace, port: int, *, own_connection: bool = False
+    ) -> None:
+        self.pb2 = modules.pb2
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", CLIENT_MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE_BYTES),
+        ]
+        if own_connection:
+            options.append(("grpc.use_local_subchannel_pool", 1))
+        self.channel = grpc.insecure_channel(f"{HOST}:{port}", options=options)
+        self.stub = modules.pb2_grpc.DataPlaneStub(self.channel)
+
+    def __enter__(self) -> DataPlaneClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def call(self, method: str, request: Any, *, deadline_s: float = CALL_TIMEOUT_S) -> Any:
+        """``stub.<Method>(request)``; raises :class:`grpc.RpcError` on a non-OK status."""
+        return getattr(self.stub, method)(request, timeout=deadline_s)
+
+    def outcome(self, method: str, request: Any, *, deadline_s: float = CALL_TIMEOUT_S) -> Outcome:
+        return call_outcome(lambda: self.call(method, request, deadline_s=deadline_s))
+
+    def raw(self, method: str, payload: bytes, *, deadline_s: float = CALL_TIMEOUT_S) -> Outcome:
+        """Send ``payload`` as the request message of DataPlane ``method`` as it is."""
+        return self.raw_path(f"/{DATA_PLANE}/{method}", payload, deadline_s=deadline_s)
+
+    def raw_path(self, path: str, payload: bytes, *, deadline_s: float = CALL_TIMEOUT_S) -> Outcome:
+        """Send ``payload`` to the method at ``path`` without (de)serializers."""
+        multicallable = self.channel.unary_unary(
+            path, request_serializer=None, response_deserializer=None
+        )
+        return call_outcome(lambda: multicallable(payload, timeout=deadline_s))
+
+    def health_responds(self, deadline_s: float) -> bool:
+        """Whether the server answers a health Check within ``deadline_s``.
+
+        A server whose event loop is busy (parsing a big request) does not.
+        """
+        outcome = self.raw_path("/grpc.health.v1.Health/Check", b"", deadline_s=deadline_s)
+        if outcome.code is grpc.StatusCode.DEADLINE_EXCEEDED:
+            return False
+        if not outcome.ok:
+            raise AssertionError(f"health Check ended {outcome.code.name}: {outcome.details}")
+        return True
+
+    def stats(self) -> Any:
+        return self.call("GetRuleStats", self.pb2.GetRuleStatsRequest())
+
+    def status(self) -> Any:
+        return self.call("GetRefreshStatus", self.pb2.GetRefreshStatusRequest())
 
 
 def raw_h2_call(

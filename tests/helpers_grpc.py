@@ -10,15 +10,14 @@ the same protobuf symbols under different file names).
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import attrs
 import grpc
 import trio
 import trio_asyncio
+from grpcio_support import Outcome, call_outcome
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from guardrefresh.proto import rule_installation as pb
@@ -86,23 +85,6 @@ async def wait_until(predicate: Callable[[], bool], *, limit_s: float = 5.0) -> 
             await trio.sleep(0.005)
 
 
-@attrs.frozen
-class Outcome:
-    code: grpc.StatusCode
-    details: str | None
-    response: Any
-    elapsed_s: float
-
-
-def _outcome(fn: Callable[[], Any]) -> Outcome:
-    start = time.monotonic()
-    try:
-        response = fn()
-    except grpc.RpcError as err:
-        return Outcome(err.code(), err.details(), None, time.monotonic() - start)
-    return Outcome(grpc.StatusCode.OK, None, response, time.monotonic() - start)
-
-
 class Client:
     """A blocking grpcio client over one channel (one HTTP/2 connection); use from threads."""
 
@@ -135,14 +117,14 @@ class Client:
 
     def get_rule(self, rule_id: str, timeout: float = 10.0) -> Outcome:
         request = pb.GetRuleRequest(rule_id=rule_id)
-        return _outcome(lambda: self._get_rule(request, timeout=timeout))
+        return call_outcome(lambda: self._get_rule(request, timeout=timeout))
 
     def get_rule_stats(self, timeout: float = 10.0) -> Outcome:
-        return _outcome(lambda: self._get_rule_stats(pb.GetRuleStatsRequest(), timeout=timeout))
+        return call_outcome(lambda: self._get_rule_stats(pb.GetRuleStatsRequest(), timeout=timeout))
 
     def check(self, service: str = "", timeout: float = 5.0) -> Outcome:
         request = HealthCheckRequest(service=service)
-        return _outcome(lambda: self._check(request, timeout=timeout))
+        return call_outcome(lambda: self._check(request, timeout=timeout))
 
     def watch(self, seen: list[int], service: str = "", timeout: float = 10.0) -> Outcome:
         """Append every status the Watch stream sends to ``seen``; the outcome is how it ended."""
@@ -151,7 +133,7 @@ class Client:
             for response in self._watch(HealthCheckRequest(service=service), timeout=timeout):
                 seen.append(response.status)
 
-        return _outcome(run)
+        return call_outcome(run)
 
     def stream_stream(self, method: str, serializer: Any, deserializer: Any) -> Any:
         return self.channel.stream_stream(

@@ -9,7 +9,7 @@
   headers and holds its message back: the call is then in flight on the server (its
   handler runs and waits for the message) until the test lets it finish, which makes
   "SIGTERM with calls in flight" deterministic.
-- :class:`GrpcioClient`: grpcio, the independent reference implementation, with
+- :class:`DataPlaneClient`: grpcio, the independent reference implementation, with
   modules generated from ``proto/rule_installation.proto`` at test time; blocking, so
   call it through ``trio.to_thread.run_sync``.
 - :func:`open_grpcio_peer`: grpcio's health (``grpc_health.v1``) and reflection
@@ -40,7 +40,13 @@ import numpy as np
 import pytest
 import trio
 import trio_asyncio
-from grpcio_support import Outcome, call_outcome, service_env
+from grpcio_support import (
+    CALL_TIMEOUT_S,
+    DATA_PLANE,
+    HOST,
+    DataPlaneClient,
+    service_env,
+)
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.proto import ProtoCodec
@@ -49,15 +55,9 @@ from grpclib.exceptions import GRPCError
 from guardrefresh.proto import rule_installation as pb
 
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
-HOST = "127.0.0.1"
-DATA_PLANE = "rule_installation.DataPlane"
 STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
 CLI_TIMEOUT_S = 30.0
-#: Client deadline of ordinary calls; generous, a loaded 2-core machine is slow.
-CALL_TIMEOUT_S = 30.0
-#: grpcio refuses to receive more than 4 MiB by default; the tests read big answers.
-CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 LISTENING = re.compile(r"Listening on (?P<host>\S+):(?P<port>\d+)\s*$")
 _BAD_LOG_LINE = re.compile(r" (ERROR|CRITICAL) |Traceback")
@@ -509,54 +509,11 @@ async def _make_channel(port: int) -> Channel:
 # ---------------------------------------------------------------- grpcio side ---
 
 
-class GrpcioClient:
-    """grpcio's DataPlane stub over one channel. Blocking: use from worker threads."""
-
-    def __init__(self, modules: types.SimpleNamespace, port: int) -> None:
-        self.pb2 = modules.pb2
-        self.channel = grpc.insecure_channel(
-            f"{HOST}:{port}",
-            options=[
-                ("grpc.max_receive_message_length", CLIENT_MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE_BYTES),
-            ],
-        )
-        self.stub = modules.pb2_grpc.DataPlaneStub(self.channel)
-        self._health_check = self.channel.unary_unary(
-            "/grpc.health.v1.Health/Check",
-            request_serializer=None,
-            response_deserializer=None,
-        )
-
-    def call(self, method: str, request: Any, *, deadline_s: float = CALL_TIMEOUT_S) -> Any:
-        """``stub.<Method>(request)``; raises :class:`grpc.RpcError` on a non-OK status."""
-        return getattr(self.stub, method)(request, timeout=deadline_s)
-
-    def outcome(self, method: str, request: Any, *, deadline_s: float = CALL_TIMEOUT_S) -> Outcome:
-        return call_outcome(lambda: self.call(method, request, deadline_s=deadline_s))
-
-    def health_responds(self, deadline_s: float) -> bool:
-        """Whether the server answers a health Check (serialized by hand) within ``deadline_s``.
-
-        A server whose event loop is busy (parsing a big request) does not.
-        """
-        try:
-            self._health_check(b"", timeout=deadline_s)
-        except grpc.RpcError as err:
-            if err.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-                return False
-            raise
-        return True
-
-    def close(self) -> None:
-        self.channel.close()
-
-
 @asynccontextmanager
 async def open_grpcio_client(
     modules: types.SimpleNamespace, port: int
-) -> AsyncIterator[GrpcioClient]:
-    client = await trio.to_thread.run_sync(GrpcioClient, modules, port)
+) -> AsyncIterator[DataPlaneClient]:
+    client = await trio.to_thread.run_sync(DataPlaneClient, modules, port)
     try:
         yield client
     finally:

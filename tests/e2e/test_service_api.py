@@ -18,7 +18,7 @@ from guardrefresh.proto import rule_installation as pb
 
 from .service import (
     DATA_PLANE,
-    GrpcioClient,
+    DataPlaneClient,
     GrpclibClient,
     in_thread,
     open_grpcio_client,
@@ -42,7 +42,7 @@ async def _install_via_grpclib(
 
 
 async def _install_via_grpcio(
-    client: GrpcioClient,
+    client: DataPlaneClient,
     modules: types.SimpleNamespace,
     agent_id: str,
     rules: list[pb.RuleInstance],

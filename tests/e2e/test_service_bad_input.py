@@ -17,7 +17,7 @@ from grpclib.const import Status
 from guardrefresh.proto import rule_installation as pb
 
 from .service import (
-    GrpcioClient,
+    DataPlaneClient,
     GrpclibClient,
     anchor_vectors,
     full_rule,
@@ -181,7 +181,7 @@ class _Snapshot:
 
 async def _send_both(
     aio: GrpclibClient,
-    rpc: GrpcioClient,
+    rpc: DataPlaneClient,
     modules: types.SimpleNamespace,
     request: pb.InstallRulesRequest,
 ) -> list[tuple[str, str]]:

@@ -38,7 +38,7 @@ from guardrefresh.storage import WarmStore
 from .service import (
     DATA_PLANE,
     HOST,
-    GrpcioClient,
+    DataPlaneClient,
     GrpclibClient,
     Service,
     big_install_request,
@@ -76,7 +76,7 @@ async def _held_until_seen(client: GrpclibClient) -> None:
     await trio.sleep(0.2)
 
 
-async def _probe_while_running(probe: GrpcioClient, outcomes: dict[str, Any]) -> int:
+async def _probe_while_running(probe: DataPlaneClient, outcomes: dict[str, Any]) -> int:
     """Health-check the server until the install is answered; return how many answered.
 
     Decoding happens off the event loop, so a large request never stalls probes,

@@ -27,21 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import grpc
 import numpy as np
 import pytest
-from grpcio_support import Outcome, call_outcome, service_env
+from grpcio_support import (
+    HOST,
+    DataPlaneClient,
+    Outcome,
+    service_env,
+)
 
 from guardrefresh.model import PolicyType, Rule, RuleAnchors
 from guardrefresh.storage import WarmStore
 
-HOST = "127.0.0.1"
-DATA_PLANE = "rule_installation.DataPlane"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 30.0
-#: Deadline of ordinary calls: generous, a loaded 2-core CI machine is slow.
-CALL_TIMEOUT_S = 30.0
-CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 LISTENING = re.compile(r"Listening on (?P<host>\S+):(?P<port>\d+)\s*$")
 METRICS_SERVED = re.compile(r"Serving metrics on http://\S+:(?P<port>\d+)")
@@ -285,57 +284,6 @@ def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0, what: st
 # ------------------------------------------------------------------ grpcio side ---
 
 
-class Client:
-    """grpcio's DataPlane stub over one channel (one HTTP/2 connection). Blocking."""
-
-    def __init__(self, modules: types.SimpleNamespace, port: int) -> None:
-        self.pb2 = modules.pb2
-        self.channel = grpc.insecure_channel(
-            f"{HOST}:{port}",
-            options=[
-                ("grpc.max_receive_message_length", CLIENT_MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", CLIENT_MAX_MESSAGE_BYTES),
-                # Each client is its own connection, as separate agents would be.
-                ("grpc.use_local_subchannel_pool", 1),
-            ],
-        )
-        self.stub = modules.pb2_grpc.DataPlaneStub(self.channel)
-
-    def __enter__(self) -> Client:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self.channel.close()
-
-    def call(self, method: str, request: Any, *, timeout: float = CALL_TIMEOUT_S) -> Any:
-        """``stub.<Method>(request)``; raises :class:`grpc.RpcError` on a non-OK status."""
-        return getattr(self.stub, method)(request, timeout=timeout)
-
-    def outcome(self, method: str, request: Any, *, timeout: float = CALL_TIMEOUT_S) -> Outcome:
-        return call_outcome(lambda: self.call(method, request, timeout=timeout))
-
-    def raw(self, method: str, payload: bytes, *, timeout: float = CALL_TIMEOUT_S) -> Outcome:
-        """Send ``payload`` as the request message of ``method`` as it is (no serializer)."""
-        multicallable = self.channel.unary_unary(
-            f"/{DATA_PLANE}/{method}", request_serializer=None, response_deserializer=None
-        )
-        start = time.monotonic()
-        try:
-            response = multicallable(payload, timeout=timeout)
-        except grpc.RpcError as err:
-            return Outcome(err.code(), err.details() or "", None, time.monotonic() - start)
-        return Outcome(grpc.StatusCode.OK, "", response, time.monotonic() - start)
-
-    def stats(self) -> Any:
-        return self.call("GetRuleStats", self.pb2.GetRuleStatsRequest())
-
-    def status(self) -> Any:
-        return self.call("GetRefreshStatus", self.pb2.GetRefreshStatusRequest())
-
-
 def anchors_payload(pb2: Any, *, seed: int, counts: Sequence[int] = (16, 16, 16, 16)) -> Any:
     """A RuleAnchorsPayload with ``counts`` seeded vectors per slot and matching counts."""
     rng = np.random.default_rng(seed)
@@ -385,7 +333,7 @@ class Observed:
     rules: Mapping[str, bytes]
 
     @classmethod
-    def take(cls, client: Client, rule_ids: Sequence[str]) -> Observed:
+    def take(cls, client: DataPlaneClient, rule_ids: Sequence[str]) -> Observed:
         pb2 = client.pb2
         stats = client.stats().SerializeToString(deterministic=True)
         rules = {}
@@ -496,12 +444,12 @@ class MixedLoad:
 
     def _run(self, index: int) -> None:
         try:
-            with Client(self._modules, self._port) as client:
+            with DataPlaneClient(self._modules, self._port, own_connection=True) as client:
                 self._loop(index, client)
         except BaseException as exc:  # surfaced by stop()
             self._errors.append(exc)
 
-    def _loop(self, index: int, client: Client) -> None:
+    def _loop(self, index: int, client: DataPlaneClient) -> None:
         pb2 = client.pb2
         rng = random.Random(self._seed * 1000 + index)
         ops = list(self._weights)
@@ -522,7 +470,7 @@ class MixedLoad:
                     for rule_id in ids:
                         self.report.unacked.setdefault(rule_id, set()).add(sequence)
                 request = pb2.InstallRulesRequest(agent_id=f"agent-{index}", rules=rules)
-                outcome = client.outcome("InstallRules", request, timeout=timeout)
+                outcome = client.outcome("InstallRules", request, deadline_s=timeout)
                 self._record("InstallRules", outcome)
                 if outcome.ok:
                     with self._lock:
@@ -533,7 +481,7 @@ class MixedLoad:
             elif op == "get" and mine:
                 rule_id = rng.choice(sorted(mine))
                 outcome = client.outcome(
-                    "GetRule", pb2.GetRuleRequest(rule_id=rule_id), timeout=timeout
+                    "GetRule", pb2.GetRuleRequest(rule_id=rule_id), deadline_s=timeout
                 )
                 self._record("GetRule", outcome)
                 if self._strict and outcome.ok and outcome.response.rule.priority != mine[rule_id]:
@@ -544,17 +492,21 @@ class MixedLoad:
                         )
             elif op == "get_missing":
                 request = pb2.GetRuleRequest(rule_id=f"missing-{index}-{rng.randrange(1000)}")
-                outcome = client.outcome("GetRule", request, timeout=timeout)
+                outcome = client.outcome("GetRule", request, deadline_s=timeout)
                 self._record("GetRule", outcome, expected=("NOT_FOUND",))
             elif op == "stats":
-                outcome = client.outcome("GetRuleStats", pb2.GetRuleStatsRequest(), timeout=timeout)
+                outcome = client.outcome(
+                    "GetRuleStats", pb2.GetRuleStatsRequest(), deadline_s=timeout
+                )
                 self._record("GetRuleStats", outcome)
             elif op == "refresh":
-                outcome = client.outcome("RefreshRules", pb2.RefreshRulesRequest(), timeout=timeout)
+                outcome = client.outcome(
+                    "RefreshRules", pb2.RefreshRulesRequest(), deadline_s=timeout
+                )
                 self._record("RefreshRules", outcome)
             elif op == "status":
                 request = pb2.GetRefreshStatusRequest()
-                outcome = client.outcome("GetRefreshStatus", request, timeout=timeout)
+                outcome = client.outcome("GetRefreshStatus", request, deadline_s=timeout)
                 self._record("GetRefreshStatus", outcome)
             else:
                 continue

@@ -32,14 +32,12 @@ from typing import Any
 import attrs
 import grpc
 import pytest
-from grpcio_support import raw_h2_call
+from grpcio_support import DATA_PLANE, DataPlaneClient, raw_h2_call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from .service import (
-    DATA_PLANE,
     SLOTS,
-    Client,
     Observed,
     ServiceProcess,
     anchors_payload,
@@ -75,7 +73,7 @@ BROKEN = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"}
 @attrs.frozen
 class Served:
     service: ServiceProcess
-    client: Client
+    client: DataPlaneClient
     baseline: Observed
 
 
@@ -92,7 +90,7 @@ def served(
     )
     with (
         running_service(workdir, *args) as service,
-        Client(grpcio_modules, service.port) as client,
+        DataPlaneClient(grpcio_modules, service.port, own_connection=True) as client,
     ):
         pb2 = client.pb2
         rules = [pb_rule(pb2, f"base-{i}", seed=i) for i in range(5)]
@@ -288,7 +286,7 @@ def test_random_bytes_to_every_method_get_an_error_not_a_crash(served: Served) -
     codes: dict[str, set[str]] = {}
     for method in METHODS:
         for payload in _garbage(rng, 25):
-            outcome = served.client.raw(method, payload, timeout=30)
+            outcome = served.client.raw(method, payload, deadline_s=30)
             assert outcome.code.name not in BROKEN, (method, payload[:40], outcome)
             if method == "InstallRules" and outcome.ok:
                 # Bytes that happen to decode as a request with an agent and no rules.
@@ -365,7 +363,7 @@ def test_expired_and_expiring_deadlines(served: Served) -> None:
     codes: Counter[str] = Counter()
     for _ in range(5):
         for method, request in requests.items():
-            outcome = client.outcome(method, request, timeout=0.000001)
+            outcome = client.outcome(method, request, deadline_s=0.000001)
             codes[outcome.code.name] += 1
             assert outcome.code in (grpc.StatusCode.DEADLINE_EXCEEDED, normal[method]), (
                 method,
@@ -407,7 +405,7 @@ def test_installs_cut_off_by_their_deadline_are_all_or_nothing(
     outcomes: dict[str, str] = {}
     with (
         running_service(tmp_path) as service,
-        Client(grpcio_modules, service.port) as client,
+        DataPlaneClient(grpcio_modules, service.port, own_connection=True) as client,
     ):
         pb2 = client.pb2
         # Sent raw, so that the server's deadline alone decides (grpcio would reset the

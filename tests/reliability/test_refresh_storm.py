@@ -37,9 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from grpcio_support import DataPlaneClient
 
 from .service import (
-    Client,
     ServiceProcess,
     build_store,
     free_port,
@@ -59,13 +59,13 @@ LOADS = "guardrefresh_warm_storage_loads_total"
 REFRESHED = r"INFO guardrefresh\.refresh\._service: Refreshed \d+ rules"
 
 
-def _storm(clients: list[Client]) -> list[list[Any]]:
+def _storm(clients: list[DataPlaneClient]) -> list[list[Any]]:
     """Start CALLS_PER_CONNECTION RefreshRules on every client at once (one thread each,
     released together by a barrier); the futures, per client, once all are sent."""
     barrier = threading.Barrier(len(clients))
     futures: list[list[Any]] = [[] for _ in clients]
 
-    def fire(index: int, client: Client) -> None:
+    def fire(index: int, client: DataPlaneClient) -> None:
         request = client.pb2.RefreshRulesRequest()
         barrier.wait(30)
         futures[index] = [
@@ -143,7 +143,10 @@ def test_refresh_storm_with_a_blocked_writer_costs_one_load(
     args = ("--no-scheduler",)
     with running_service(tmp_path, *args, metrics_port=free_port()) as service:
         assert service.metrics_served, service.log
-        clients = [Client(grpcio_modules, service.port) for _ in range(CONNECTIONS)]
+        clients = [
+            DataPlaneClient(grpcio_modules, service.port, own_connection=True)
+            for _ in range(CONNECTIONS)
+        ]
         try:
             for client in clients:
                 client.stats()  # connected before the storm
@@ -191,7 +194,10 @@ def test_free_running_refresh_storms_share_sequential_loads(
     build_store(warm, RULES)
     with running_service(tmp_path, "--no-scheduler", metrics_port=free_port()) as service:
         assert service.metrics_served, service.log
-        clients = [Client(grpcio_modules, service.port) for _ in range(CONNECTIONS)]
+        clients = [
+            DataPlaneClient(grpcio_modules, service.port, own_connection=True)
+            for _ in range(CONNECTIONS)
+        ]
         try:
             for client in clients:
                 client.stats()

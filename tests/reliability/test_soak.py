@@ -29,8 +29,9 @@ import time
 import types
 from pathlib import Path
 
+from grpcio_support import DataPlaneClient
+
 from .service import (
-    Client,
     MixedLoad,
     anchors_payload,
     build_store,
@@ -84,7 +85,7 @@ def test_soak_mixed_load_with_periodic_refresh(
                 weights={"install": 2, "get": 6, "get_missing": 1, "stats": 2, "status": 1},
                 max_seconds=soak_seconds + 60,
             ) as load,
-            Client(grpcio_modules, service.port) as refresher,
+            DataPlaneClient(grpcio_modules, service.port, own_connection=True) as refresher,
         ):
             while (elapsed := time.monotonic() - started) < soak_seconds:
                 assert service.returncode is None, service.log
@@ -100,7 +101,7 @@ def test_soak_mixed_load_with_periodic_refresh(
                 time.sleep(1.0)
         report = load.report
 
-        with Client(grpcio_modules, service.port) as client:
+        with DataPlaneClient(grpcio_modules, service.port, own_connection=True) as client:
             status = client.status()
         metrics = scrape_metrics(service.metrics_port)
         periodic = service.count(r"Refreshed \d+ rules .*\(trigger periodic")
@@ -170,7 +171,7 @@ def test_compaction_releases_the_old_generation(
     seeded = build_store(warm, 300)
     with (
         running_service(tmp_path, "--no-scheduler") as service,
-        Client(grpcio_modules, service.port) as client,
+        DataPlaneClient(grpcio_modules, service.port, own_connection=True) as client,
     ):
         pb2 = client.pb2
         anchors = anchors_payload(pb2, seed=3, counts=(16, 16, 16, 16))

@@ -29,9 +29,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import grpc
+from grpcio_support import DataPlaneClient
 
 from .service import (
-    Client,
     Observed,
     ServiceProcess,
     anchors_payload,
@@ -48,7 +48,7 @@ AGENT = "agent-a"
 
 
 def _install(
-    client: Client, prefix: str, count: int, *, seed: int = 0, full: bool = False
+    client: DataPlaneClient, prefix: str, count: int, *, seed: int = 0, full: bool = False
 ) -> Sequence[str]:
     """Install ``count`` rules ``prefix-<i>`` (priority ``seed + i``); assert it worked."""
     pb2 = client.pb2
@@ -59,7 +59,9 @@ def _install(
     return [rule.rule_id for rule in rules]
 
 
-def _refused_install(client: Client, prefix: str, *, count: int = 1, full: bool = False) -> str:
+def _refused_install(
+    client: DataPlaneClient, prefix: str, *, count: int = 1, full: bool = False
+) -> str:
     """Send an install that must fail with UNAVAILABLE and store nothing; its message."""
     pb2 = client.pb2
     anchors = anchors_payload(pb2, seed=9, counts=(16, 16, 16, 16) if full else (1, 0, 0, 0))
@@ -105,7 +107,7 @@ def test_read_only_directory_refuses_installs_and_keeps_serving(
 ) -> None:
     with (
         running_service(tmp_path, metrics_port=free_port()) as service,
-        Client(grpcio_modules, service.port) as client,
+        DataPlaneClient(grpcio_modules, service.port, own_connection=True) as client,
     ):
         pb2 = client.pb2
         ids = _install(client, "base", 5)
@@ -141,7 +143,7 @@ def test_deleted_directory_fails_visibly_and_recovers_when_files_are_restored(
 ) -> None:
     with (
         running_service(tmp_path, metrics_port=free_port()) as service,
-        Client(grpcio_modules, service.port) as client,
+        DataPlaneClient(grpcio_modules, service.port, own_connection=True) as client,
     ):
         pb2 = client.pb2
         ids = [*_install(client, "base", 5), *_install(client, "base2", 3, seed=50)]
@@ -198,7 +200,7 @@ def test_file_size_limit_gives_unavailable_and_installs_resume_when_raised(
     prefix = ["prlimit", f"--fsize={limit}:unlimited", "--"]
     with (
         running_service(tmp_path, prefix=prefix, metrics_port=free_port()) as service,
-        Client(grpcio_modules, service.port) as client,
+        DataPlaneClient(grpcio_modules, service.port, own_connection=True) as client,
     ):
         ids = _install(client, "base", 5)
         before = Observed.take(client, ids)
@@ -261,7 +263,7 @@ def test_corrupt_files_fail_refresh_and_the_service_keeps_its_last_good_rules(
     rng = random.Random(20240601)
     with (
         running_service(tmp_path, metrics_port=free_port()) as service,
-        Client(grpcio_modules, service.port) as client,
+        DataPlaneClient(grpcio_modules, service.port, own_connection=True) as client,
     ):
         pb2 = client.pb2
         journal_ids = [*_install(client, "j1", 4, seed=10), *_install(client, "j2", 4, seed=20)]
