@@ -10,7 +10,10 @@ import asyncio
 import gc
 import inspect
 import logging
+import socket
 import ssl
+import struct
+import time
 from pathlib import Path
 
 import grpc
@@ -18,6 +21,10 @@ import grpclib
 import grpclib.protocol
 import grpclib.server
 import grpclib.utils
+import h2.config
+import h2.connection
+import h2.events
+import hyperframe.frame
 import pytest
 import trio
 import trio_asyncio
@@ -288,7 +295,7 @@ async def test_oversized_request_is_refused_with_resource_exhausted() -> None:
     ):
         big = await in_thread(client.get_rule, "x" * (limit + 1))
         assert big.code is grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert big.details is not None and str(limit) in big.details
+        assert str(limit) in big.details
         # Just under the limit: the message is the id plus 4 bytes of tag and length.
         fits = await in_thread(client.get_rule, "y" * (limit - 8))
         assert fits.code is OK and fits.response.tier == str(limit - 8)
@@ -569,3 +576,126 @@ def test_check_internals_fails_loudly_on_a_different_shape() -> None:
 
     with pytest.raises(RuntimeError, match=r"_protocol_factory is missing.*_server is missing"):
         _drain.check_internals(NotAGrpclibServer())
+
+
+# ----------------------------------------------------------- connection close ---
+
+
+def _client_sending_through_the_drain(port: int, *, limit_s: float = 10.0) -> list[str]:
+    """A raw HTTP/2 client whose request body is still arriving when the drain ends it.
+
+    It declares a 1 MB GetRule message and sends only its start, so the handler is
+    in flight. Once the server has answered, it sends more body bytes for 0.2 s, as
+    a client would whose data is already on its way, and then reads to the end.
+    Returns what it saw, in order: ``status N``, then ``eof`` (a clean close) or
+    ``reset`` (the kernel answered with RST, which makes a real client drop the
+    status it has not read yet).
+    """
+    connection = h2.connection.H2Connection(
+        config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
+    seen: list[str] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=limit_s) as sock:
+        connection.initiate_connection()
+        stream_id = connection.get_next_available_stream_id()
+        connection.send_headers(
+            stream_id,
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", GET_RULE),
+                (":authority", f"127.0.0.1:{port}"),
+                ("content-type", "application/grpc"),
+                ("te", "trailers"),
+            ],
+        )
+        connection.send_data(stream_id, b"\x00" + (1 << 20).to_bytes(4, "big") + bytes(100))
+        sock.sendall(connection.data_to_send())
+        try:
+            while not seen:
+                data = sock.recv(65536)
+                if not data:
+                    pytest.fail("the server closed before answering the call")
+                for event in connection.receive_data(data):
+                    # A call that ends before replying gets one HEADERS frame
+                    # ("trailers-only"): h2 reports it as the response.
+                    if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                        headers = dict(event.headers or ())
+                        if "grpc-status" in headers:
+                            seen.append(f"status {headers['grpc-status']}")
+                sock.sendall(connection.data_to_send())
+            # h2 would refuse to send on the ended stream: these frames are written raw.
+            late_data = hyperframe.frame.DataFrame(stream_id, data=bytes(1000)).serialize()
+            for _ in range(10):
+                sock.sendall(late_data)
+                time.sleep(0.02)
+            while sock.recv(65536):
+                pass
+            seen.append("eof")
+        except (ConnectionResetError, BrokenPipeError):
+            seen.append("reset")
+    return seen
+
+
+async def test_drain_closes_connections_so_a_client_still_sending_reads_its_status(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrefresh.server")
+    async with open_host() as (host, _), trio.open_nursery() as nursery:
+        seen: list[list[str]] = []
+
+        async def client() -> None:
+            seen.append(await trio.to_thread.run_sync(_client_sending_through_the_drain, host.port))
+
+        nursery.start_soon(client)
+        await wait_until(lambda: host.in_flight == 1)
+        report = await host.drain(0.0)
+    # The server half-closed after the status and read (and dropped) what the client
+    # still sent, instead of answering it with RST.
+    assert seen == [["status 14", "eof"]]
+    assert (report.cancelled, report.connections_closed) == (1, 1)
+    # The client closed its side on its own: the drain did not wait out its bound.
+    assert not any("did not close their side" in r.getMessage() for r in caplog.records)
+
+
+async def test_drain_closes_a_connection_whose_client_never_closes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrefresh.server")
+    async with open_host() as (host, _):
+        with socket.create_connection(("127.0.0.1", host.port)) as sock:
+            connection = h2.connection.H2Connection(
+                config=h2.config.H2Configuration(client_side=True)
+            )
+            connection.initiate_connection()
+            sock.sendall(connection.data_to_send())
+            await wait_until(lambda: host.open_connections == 1)
+            report = await host.drain(0.0)
+
+            # The wait for the client to close its side, then a plain close.
+            assert report.connections_closed == 1
+            assert 0.9 < report.duration_s < 1.9
+            assert host.open_connections == 0
+            assert sum("did not close their side" in r.getMessage() for r in caplog.records) == 1
+            sock.settimeout(5.0)
+            received = b""
+            while chunk := await trio.to_thread.run_sync(sock.recv, 65536):
+                received += chunk
+            # What the server sent (its settings) is all there, then a clean EOF.
+            assert any(
+                isinstance(event, h2.events.RemoteSettingsChanged)
+                for event in connection.receive_data(received)
+            )
+
+
+async def test_a_client_that_reset_its_connection_does_not_break_the_drain() -> None:
+    async with open_host() as (host, _):
+        sock = socket.create_connection(("127.0.0.1", host.port))
+        await wait_until(lambda: host.open_connections == 1)
+        # SO_LINGER 0: close() sends RST. The drain starts at once, mostly before
+        # the server has read the reset, so it closes a socket that is gone already.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+        report = await host.drain(0.0)
+    assert report.connections_closed in (0, 1)
+    assert host.open_connections == 0

@@ -66,9 +66,11 @@ DEFAULT_EXEMPT_METHODS: frozenset[str] = frozenset(
 
 # Bounds on the forced end, so that a handler that swallows cancellation or a peer
 # that stops reading cannot hold the shutdown: how long cancelled handlers get to
-# send their trailers, then how long a closing connection gets to flush before abort.
+# send their trailers, how long clients get to close their side, then how long a
+# closing connection gets to flush before abort.
 _CANCEL_WAIT_S = 1.0
 _HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+_LINGER_S = 1.0
 _CLOSE_WAIT_S = 1.0
 _ABORT_WAIT_S = 0.5
 
@@ -144,12 +146,46 @@ class _Call:
 
 
 class _TrackedConnection(asyncio.Protocol):
-    """Passes everything to grpclib's ``H2Protocol``; tells the host about the transport."""
+    """Passes everything to grpclib's ``H2Protocol``; tells the host about the transport.
+
+    At the end of a drain it also closes the connection so that no client loses a
+    status it was sent (:meth:`begin_close`).
+    """
 
     def __init__(self, inner: asyncio.Protocol, host: GrpcHost) -> None:
         self._inner = inner
         self._host = host
+        self._closing = False
         self.transport: asyncio.BaseTransport | None = None
+
+    def begin_close(self) -> None:
+        """Half-close: the socket closes once the client has closed its side.
+
+        Every status of this connection has been written by now; the client reads
+        them before the FIN that follows. Closing the socket at once would be wrong
+        whenever the client is still sending (a large request cut off by the drain):
+        the kernel answers unread data with RST, the client's next send fails, and
+        its transport is torn down before it reads the status waiting in its buffer,
+        so it sees "connection lost" instead of UNAVAILABLE. So until the client
+        closes, whatever it still sends is read and dropped. The host bounds this
+        wait and then closes (and at last aborts) regardless.
+
+        No GOAWAY: grpclib's client fails every stream of a connection the moment a
+        GOAWAY arrives, even calls whose reply is already in its buffer.
+        """
+        transport = self.transport
+        if self._closing or transport is None or transport.is_closing():
+            return
+        self._closing = True
+        if isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof():
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already (reset): nothing to flush
+                transport.abort()
+        else:
+            # TLS cannot half-close. Its close() sends close_notify and reads (and
+            # drops) until the client's close_notify comes back, to the same effect.
+            transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -157,9 +193,12 @@ class _TrackedConnection(asyncio.Protocol):
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        self._inner.data_received(data)
+        if not self._closing:
+            self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
+        if self._closing:
+            return False  # the client has gone: asyncio closes the transport
         return self._inner.eof_received()
 
     def pause_writing(self) -> None:
@@ -337,6 +376,11 @@ class GrpcHost:
     def in_flight(self) -> int:
         """RPCs running now, health and reflection streams excluded."""
         return sum(1 for call in self._calls if not call.exempt)
+
+    @property
+    def open_connections(self) -> int:
+        """Client connections open now."""
+        return len(self._connections)
 
     @property
     def draining(self) -> bool:
@@ -678,8 +722,19 @@ class GrpcHost:
 
     async def _close_connections(self) -> None:
         for connection in list(self._connections):
-            if connection.transport is not None:
-                connection.transport.close()  # flushes the trailers written above
+            connection.begin_close()
+        # A handler still running after the cancel wait keeps its client waiting for
+        # an answer that will not come; that client would not close: do not wait for it.
+        with trio.move_on_after(0.0 if self._calls else _LINGER_S):
+            await self._wait_for(lambda: not self._connections)
+        if self._connections:
+            logger.info(
+                "drain: closing %d connections whose clients did not close their side",
+                len(self._connections),
+            )
+            for connection in list(self._connections):
+                if connection.transport is not None:
+                    connection.transport.close()  # flushes what is still buffered
         with trio.move_on_after(_CLOSE_WAIT_S):
             await self._wait_for(lambda: not self._connections)
         if self._connections:
