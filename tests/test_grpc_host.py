@@ -545,6 +545,11 @@ async def test_grpclib_internals_the_drain_relies_on_are_still_there() -> None:
         assert name in vars(grpclib.protocol.H2Protocol), name
     assert "connection_lost" in vars(grpclib.protocol.H2Protocol)
     assert "ssl" in inspect.signature(grpclib.server.Server.start).parameters
+    # open_streams: the processor's streams dict, emptied as each stream is released.
+    assert "self.processor = EventsProcessor(" in inspect.getsource(grpclib.protocol.H2Protocol)
+    processor_source = inspect.getsource(grpclib.protocol.EventsProcessor)
+    assert "self.streams: _Streams = {}" in processor_source
+    assert "_streams.pop(stream.id)" in processor_source
     # The deadline mend: request_handler builds a DeadlineWrapper per call from the
     # module global, and sorts a TimeoutError by the wrapper's flags.
     handler_source = inspect.getsource(grpclib.server.request_handler)

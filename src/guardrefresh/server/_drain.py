@@ -36,6 +36,7 @@ __all__ = [
     "close_listener",
     "limit_request_size",
     "listening_port",
+    "open_streams",
     "trailers_sent",
     "wrap_protocol_factory",
 ]
@@ -181,6 +182,18 @@ def close_listener(server: grpclib.server.Server) -> None:
     # Server._server: see _asyncio_server; None when start() never completed.
     if server._server is not None:
         _asyncio_server(server).close()
+
+
+def open_streams(protocol: asyncio.Protocol) -> int:
+    """How many HTTP/2 streams grpclib still tracks on one server connection.
+
+    ``protocol`` is the connection's ``H2Protocol``. A server stream is released
+    when its handler has ended and written its status, rejected calls included.
+    """
+    # H2Protocol.processor: the EventsProcessor set by connection_made(); its
+    # ``streams`` dict holds every stream not yet released.
+    processor = getattr(protocol, "processor", None)
+    return len(processor.streams) if processor is not None else 0
 
 
 def trailers_sent(stream: grpclib.server.Stream[Any, Any]) -> bool:

@@ -71,6 +71,7 @@ DEFAULT_EXEMPT_METHODS: frozenset[str] = frozenset(
 _CANCEL_WAIT_S = 1.0
 _HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
 _LINGER_S = 1.0
+_POLL_S = 0.005  # grpclib says nothing when a stream is released
 _CLOSE_WAIT_S = 1.0
 _ABORT_WAIT_S = 0.5
 
@@ -148,35 +149,46 @@ class _Call:
 class _TrackedConnection(asyncio.Protocol):
     """Passes everything to grpclib's ``H2Protocol``; tells the host about the transport.
 
-    At the end of a drain it also closes the connection so that no client loses a
-    status it was sent (:meth:`begin_close`).
+    At the end of a drain the host closes it in steps (:meth:`ignore_input`, then
+    :meth:`half_close` once it is not :attr:`busy`) so that no client loses a status
+    it was sent.
     """
 
     def __init__(self, inner: asyncio.Protocol, host: GrpcHost) -> None:
         self._inner = inner
         self._host = host
-        self._closing = False
+        self._ignoring_input = False
         self.transport: asyncio.BaseTransport | None = None
 
-    def begin_close(self) -> None:
-        """Half-close: the socket closes once the client has closed its side.
+    def ignore_input(self) -> None:
+        """From now on read and drop whatever the client sends; grpclib sees none of it.
 
-        Every status of this connection has been written by now; the client reads
-        them before the FIN that follows. Closing the socket at once would be wrong
-        whenever the client is still sending (a large request cut off by the drain):
-        the kernel answers unread data with RST, the client's next send fails, and
-        its transport is torn down before it reads the status waiting in its buffer,
-        so it sees "connection lost" instead of UNAVAILABLE. So until the client
-        closes, whatever it still sends is read and dropped. The host bounds this
-        wait and then closes (and at last aborts) regardless.
+        Nothing the client says can matter once every call has ended, and reading on
+        is what keeps the kernel from answering it with RST (see :meth:`half_close`).
+        """
+        self._ignoring_input = True
+
+    @property
+    def busy(self) -> bool:
+        """Whether grpclib still has a stream open here (an answer not yet written)."""
+        return _drain.open_streams(self._inner) > 0
+
+    def half_close(self) -> None:
+        """Send FIN after everything written; the socket closes when the client's FIN comes.
+
+        Closing the socket at once would be wrong whenever the client is still
+        sending (a large request cut off by the drain): the kernel answers unread
+        data with RST, the client's next send fails, and its transport is torn down
+        before it reads the status waiting in its buffer, so it sees "connection
+        lost" instead of UNAVAILABLE. Call :meth:`ignore_input` first; the host
+        bounds the wait for the client and then closes (and at last aborts).
 
         No GOAWAY: grpclib's client fails every stream of a connection the moment a
         GOAWAY arrives, even calls whose reply is already in its buffer.
         """
         transport = self.transport
-        if self._closing or transport is None or transport.is_closing():
+        if transport is None or transport.is_closing():
             return
-        self._closing = True
         if isinstance(transport, asyncio.WriteTransport) and transport.can_write_eof():
             try:
                 transport.write_eof()
@@ -187,17 +199,21 @@ class _TrackedConnection(asyncio.Protocol):
             # drops) until the client's close_notify comes back, to the same effect.
             transport.close()
 
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()  # flushes what is still buffered
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self._host._connection_made(self)
         self._inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
-        if not self._closing:
+        if not self._ignoring_input:
             self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        if self._closing:
+        if self._ignoring_input:
             return False  # the client has gone: asyncio closes the transport
         return self._inner.eof_received()
 
@@ -721,20 +737,31 @@ class GrpcHost:
             self._done.set()
 
     async def _close_connections(self) -> None:
-        for connection in list(self._connections):
-            connection.begin_close()
-        # A handler still running after the cancel wait keeps its client waiting for
-        # an answer that will not come; that client would not close: do not wait for it.
-        with trio.move_on_after(0.0 if self._calls else _LINGER_S):
-            await self._wait_for(lambda: not self._connections)
-        if self._connections:
-            logger.info(
-                "drain: closing %d connections whose clients did not close their side",
-                len(self._connections),
-            )
+        """End every connection, in bounded steps, without losing a status owed to a client."""
+        if self._calls:
+            # Handlers that ignored cancellation may still write, and their clients
+            # wait for answers that will not come: only closing ends both.
             for connection in list(self._connections):
-                if connection.transport is not None:
-                    connection.transport.close()  # flushes what is still buffered
+                connection.close()
+        else:
+            for connection in list(self._connections):
+                connection.ignore_input()
+            # A request read just before that (one the drain rejects, mostly) still
+            # gets its status written; grpclib raises on a write after the FIN.
+            with trio.move_on_after(_CANCEL_WAIT_S):
+                while any(connection.busy for connection in self._connections):  # noqa: ASYNC110
+                    await trio.sleep(_POLL_S)
+            for connection in list(self._connections):
+                connection.half_close()
+            with trio.move_on_after(_LINGER_S):
+                await self._wait_for(lambda: not self._connections)
+            if self._connections:
+                logger.info(
+                    "drain: closing %d connections whose clients did not close their side",
+                    len(self._connections),
+                )
+                for connection in list(self._connections):
+                    connection.close()
         with trio.move_on_after(_CLOSE_WAIT_S):
             await self._wait_for(lambda: not self._connections)
         if self._connections:
