@@ -174,6 +174,21 @@ class DataPlaneClient:
         return self.call("GetRefreshStatus", self.pb2.GetRefreshStatusRequest())
 
 
+def grpc_request_headers(
+    port: int, path: str, extra: Sequence[tuple[str, str]] = ()
+) -> list[tuple[str, str]]:
+    """The HTTP/2 request headers of a gRPC call to ``path`` on 127.0.0.1:``port``."""
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", f"127.0.0.1:{port}"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        *extra,
+    ]
+
+
 def raw_h2_call(
     port: int,
     path: str,
@@ -194,18 +209,7 @@ def raw_h2_call(
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
         connection.initiate_connection()
         stream_id = connection.get_next_available_stream_id()
-        connection.send_headers(
-            stream_id,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", path),
-                (":authority", f"127.0.0.1:{port}"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-                *headers,
-            ],
-        )
+        connection.send_headers(stream_id, grpc_request_headers(port, path, headers))
         frame = b"\x00" + len(message).to_bytes(4, "big") + message
         # One flow-control window is plenty for a test request; no waiting for updates.
         window = connection.local_flow_control_window(stream_id)

@@ -29,7 +29,7 @@ import pytest
 import trio
 import trio_asyncio
 from google.protobuf import descriptor_pb2, descriptor_pool
-from grpcio_support import raw_h2_call
+from grpcio_support import grpc_request_headers, raw_h2_call
 from grpclib.const import Status
 from grpclib.reflection.v1 import reflection_pb2 as reflection_v1
 from grpclib.reflection.v1alpha import reflection_pb2 as reflection_v1alpha
@@ -603,17 +603,7 @@ def _client_sending_through_the_drain(port: int, *, limit_s: float = 10.0) -> li
     with socket.create_connection(("127.0.0.1", port), timeout=limit_s) as sock:
         connection.initiate_connection()
         stream_id = connection.get_next_available_stream_id()
-        connection.send_headers(
-            stream_id,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", GET_RULE),
-                (":authority", f"127.0.0.1:{port}"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            ],
-        )
+        connection.send_headers(stream_id, grpc_request_headers(port, GET_RULE))
         connection.send_data(stream_id, b"\x00" + (1 << 20).to_bytes(4, "big") + bytes(100))
         sock.sendall(connection.data_to_send())
         try:

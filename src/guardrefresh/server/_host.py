@@ -203,6 +203,10 @@ class _TrackedConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()  # flushes what is still buffered
 
+    def abort(self) -> None:
+        if isinstance(self.transport, asyncio.WriteTransport):
+            self.transport.abort()  # drops what is still buffered
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
         self._host._connection_made(self)
@@ -771,7 +775,6 @@ class GrpcHost:
                 _CLOSE_WAIT_S,
             )
             for connection in list(self._connections):
-                if isinstance(connection.transport, asyncio.WriteTransport):
-                    connection.transport.abort()
+                connection.abort()
             with trio.move_on_after(_ABORT_WAIT_S):
                 await self._wait_for(lambda: not self._connections)
