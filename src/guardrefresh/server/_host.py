@@ -757,18 +757,14 @@ class GrpcHost:
                     await trio.sleep(_POLL_S)
             for connection in list(self._connections):
                 connection.half_close()
-            with trio.move_on_after(_LINGER_S):
-                await self._wait_for(lambda: not self._connections)
-            if self._connections:
+            if not await self._connections_gone_within(_LINGER_S):
                 logger.info(
                     "drain: closing %d connections whose clients did not close their side",
                     len(self._connections),
                 )
                 for connection in list(self._connections):
                     connection.close()
-        with trio.move_on_after(_CLOSE_WAIT_S):
-            await self._wait_for(lambda: not self._connections)
-        if self._connections:
+        if not await self._connections_gone_within(_CLOSE_WAIT_S):
             logger.warning(
                 "drain: %d connections did not flush in %.1f s; aborting them",
                 len(self._connections),
@@ -776,5 +772,10 @@ class GrpcHost:
             )
             for connection in list(self._connections):
                 connection.abort()
-            with trio.move_on_after(_ABORT_WAIT_S):
-                await self._wait_for(lambda: not self._connections)
+            await self._connections_gone_within(_ABORT_WAIT_S)
+
+    async def _connections_gone_within(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for every connection to be lost; whether they were."""
+        with trio.move_on_after(seconds):
+            await self._wait_for(lambda: not self._connections)
+        return not self._connections
