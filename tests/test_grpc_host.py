@@ -7,6 +7,7 @@ the mock clock would race ahead of it. Grace periods stay around a second.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import inspect
 import logging
@@ -14,6 +15,7 @@ import socket
 import ssl
 import struct
 import time
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -50,7 +52,7 @@ from helpers_grpc import (
 )
 
 from guardrefresh.proto import rule_installation as pb
-from guardrefresh.server import SHUTDOWN_MESSAGE, DrainReport, GrpcHost, _drain
+from guardrefresh.server import SHUTDOWN_MESSAGE, DrainReport, GrpcHost, _drain, open_asyncio_loop
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 OK = grpc.StatusCode.OK
@@ -230,7 +232,7 @@ async def test_cancelling_serve_without_drain_forces_a_clean_shutdown() -> None:
         await trio.to_thread.run_sync(client.close)
         return host.report
 
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         report = await serve_then_cancel()
     # Anything left unclosed warns when collected, and filterwarnings=error fails the test.
     gc.collect()
@@ -259,7 +261,9 @@ async def test_a_handler_that_swallows_cancellation_cannot_hold_the_drain() -> N
     assert servicer.finished == []
 
 
-async def test_serves_over_tls(tmp_path: Path) -> None:
+@pytest.fixture
+async def server_tls(tmp_path: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server TLS context for a fresh self-signed 127.0.0.1 certificate, and its path."""
     key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
     await trio.run_process(
         [
@@ -273,6 +277,11 @@ async def test_serves_over_tls(tmp_path: Path) -> None:
     )  # fmt: skip
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    return context, cert
+
+
+async def test_serves_over_tls(server_tls: tuple[ssl.SSLContext, Path]) -> None:
+    context, cert = server_tls
     credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
     async with (
         open_host(ssl=context) as (host, _),
@@ -681,6 +690,37 @@ async def test_drain_closes_a_connection_whose_client_never_closes(
                 isinstance(event, h2.events.RemoteSettingsChanged)
                 for event in connection.receive_data(received)
             )
+
+
+async def test_drain_aborts_a_tls_connection_whose_client_never_answers_close_notify(
+    server_tls: tuple[ssl.SSLContext, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrefresh.server")
+    context, cert = server_tls
+    client_context = ssl.create_default_context(cafile=cert)
+    async with open_host(ssl=context) as (host, _):
+        raw = socket.create_connection(("127.0.0.1", host.port))
+        # The handshake needs the server, whose loop is this thread's: do it elsewhere.
+        handshake = partial(client_context.wrap_socket, raw, server_hostname="127.0.0.1")
+        with await trio.to_thread.run_sync(handshake) as sock:
+            connection = h2.connection.H2Connection(
+                config=h2.config.H2Configuration(client_side=True)
+            )
+            connection.initiate_connection()
+            await trio.to_thread.run_sync(sock.sendall, connection.data_to_send())
+            await wait_until(lambda: host.open_connections == 1)
+            # The client reads nothing from here on, so the server's close_notify
+            # stays unanswered: the drain's bounded steps must still end the connection.
+            report = await host.drain(0.0)
+
+            assert report.connections_closed == 1
+            assert host.open_connections == 0
+            assert 1.9 < report.duration_s < 3.5  # linger, close wait, then abort
+            assert sum("aborting them" in r.getMessage() for r in caplog.records) == 1
+            sock.settimeout(5.0)
+            with contextlib.suppress(ssl.SSLError, ConnectionResetError):
+                while await trio.to_thread.run_sync(sock.recv, 65536):
+                    pass  # the server's settings and close_notify, then its socket closes
 
 
 async def test_a_client_that_reset_its_connection_does_not_break_the_drain() -> None:

@@ -200,8 +200,11 @@ class _TrackedConnection(asyncio.Protocol):
             transport.close()
 
     def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()  # flushes what is still buffered
+        transport = self.transport
+        # Never twice: a second close() of a TLS transport (after half_close) makes
+        # asyncio drop its SSL protocol, and abort() then does nothing at all.
+        if transport is not None and not transport.is_closing():
+            transport.close()  # flushes what is still buffered
 
     def abort(self) -> None:
         if isinstance(self.transport, asyncio.WriteTransport):
