@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import trio
+import trio_asyncio
 
 from ..bridge import Bridge
 from ..config import ConfigError, ServiceConfig
@@ -26,7 +27,7 @@ from ..refresh import (
     RefreshTrigger,
     open_refresh_service,
 )
-from ..server import GrpcHost, open_asyncio_loop
+from ..server import GrpcHost
 from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
@@ -65,7 +66,7 @@ async def serve_service(
         raise StartupError(f"cannot open warm storage: {exc}") from None
     try:
         async with (
-            open_asyncio_loop(),
+            trio_asyncio.open_loop(),
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,

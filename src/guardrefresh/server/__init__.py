@@ -2,7 +2,6 @@
 
 from ._dataplane import DataPlaneService
 from ._host import DEFAULT_EXEMPT_METHODS, SHUTDOWN_MESSAGE, DrainReport, GrpcHost
-from ._loop import open_asyncio_loop
 
 __all__ = [
     "DEFAULT_EXEMPT_METHODS",
@@ -10,5 +9,4 @@ __all__ = [
     "DataPlaneService",
     "DrainReport",
     "GrpcHost",
-    "open_asyncio_loop",
 ]
