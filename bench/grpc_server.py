@@ -489,17 +489,16 @@ def _announce(port: int, **info: Any) -> None:
 async def _serve_service(path: Path, hot_capacity: int) -> None:
     """GrpcHost + DataPlaneService under trio-asyncio, wired as guardrefresh.app does."""
     import trio
-    import trio_asyncio
 
     from guardrefresh.bridge import Bridge
     from guardrefresh.refresh import RefreshScheduler, RefreshTrigger, SchedulerConfig
     from guardrefresh.refresh._service import open_refresh_service
-    from guardrefresh.server import GrpcHost
+    from guardrefresh.server import GrpcHost, open_asyncio_loop
     from guardrefresh.server._dataplane import DataPlaneService
 
     bridge = await Bridge.open(path, hot_capacity=hot_capacity)
     try:
-        async with trio_asyncio.open_loop(), open_refresh_service(bridge) as refresher:
+        async with open_asyncio_loop(), open_refresh_service(bridge) as refresher:
             await refresher.refresh(trigger=RefreshTrigger.STARTUP)
             scheduler = RefreshScheduler(refresher, SchedulerConfig())
             host = GrpcHost([DataPlaneService(bridge, refresher, scheduler)])

@@ -16,12 +16,11 @@ from typing import Any
 
 import grpc
 import trio
-import trio_asyncio
 from grpcio_support import Outcome, call_outcome
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
 from guardrefresh.proto import rule_installation as pb
-from guardrefresh.server import GrpcHost
+from guardrefresh.server import GrpcHost, open_asyncio_loop
 
 DATA_PLANE = "rule_installation.DataPlane"
 GET_RULE = f"/{DATA_PLANE}/GetRule"
@@ -66,7 +65,7 @@ class ScriptedDataPlane(pb.DataPlaneBase):  # type: ignore[misc]  # generated co
 async def open_host(**kwargs: Any) -> AsyncIterator[tuple[GrpcHost, ScriptedDataPlane]]:
     """Serve a ScriptedDataPlane on 127.0.0.1:0; drain with no grace at exit if needed."""
     servicer = ScriptedDataPlane()
-    async with trio_asyncio.open_loop(), trio.open_nursery() as nursery:
+    async with open_asyncio_loop(), trio.open_nursery() as nursery:
         host = GrpcHost([servicer], **kwargs)
         await nursery.start(host.serve)
         yield host, servicer

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import trio
-import trio_asyncio
 
 from ..bridge import Bridge
 from ..config import ConfigError, ServiceConfig
@@ -27,7 +26,7 @@ from ..refresh import (
     RefreshTrigger,
     open_refresh_service,
 )
-from ..server import GrpcHost
+from ..server import GrpcHost, open_asyncio_loop
 from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
@@ -66,7 +65,7 @@ async def serve_service(
         raise StartupError(f"cannot open warm storage: {exc}") from None
     try:
         async with (
-            trio_asyncio.open_loop(),
+            open_asyncio_loop(),
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,

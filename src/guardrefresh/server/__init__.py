@@ -2,6 +2,7 @@
 
 from ._dataplane import DataPlaneService
 from ._host import DEFAULT_EXEMPT_METHODS, SHUTDOWN_MESSAGE, DrainReport, GrpcHost
+from ._loop import open_asyncio_loop
 
 __all__ = [
     "DEFAULT_EXEMPT_METHODS",
@@ -9,4 +10,5 @@ __all__ = [
     "DataPlaneService",
     "DrainReport",
     "GrpcHost",
+    "open_asyncio_loop",
 ]

@@ -1,0 +1,134 @@
+"""open_asyncio_loop: trio-asyncio's loop, running ready asyncio callbacks in batches.
+
+No sockets here: callbacks are queued with ``call_soon``/``call_later`` from Trio code,
+as grpclib's transports and futures queue them. The autojump clock drives the timer test.
+The first test is also the canary for the trio-asyncio internal the batching relies on:
+it fails if a trio-asyncio release stops honouring it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+import pytest
+import trio
+import trio.testing
+import trio_asyncio
+
+from guardrefresh.server import open_asyncio_loop
+from guardrefresh.server._loop import MAX_BATCH, batch_callbacks
+
+
+class LoopTaskSteps(trio.abc.Instrument):
+    """Counts the steps taken by trio-asyncio's main-loop task (one per pass)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith("._main_loop"):
+            self.count += 1
+
+
+async def passes_to_run(loop: Any, callbacks: int) -> tuple[int, list[int]]:
+    """Queue ``callbacks`` ready callbacks; the loop task's steps until all have run."""
+    # One callback first: the loop task's first pass began before open_asyncio_loop
+    # could batch it.
+    loop.call_soon(lambda: None)
+    await trio.testing.wait_all_tasks_blocked()
+    steps = LoopTaskSteps()
+    ran: list[int] = []
+    trio.lowlevel.add_instrument(steps)
+    try:
+        for i in range(callbacks):
+            loop.call_soon(ran.append, i)
+        await trio.testing.wait_all_tasks_blocked()
+    finally:
+        trio.lowlevel.remove_instrument(steps)
+    return steps.count, ran
+
+
+async def test_ready_callbacks_run_in_one_pass_of_the_loop_task() -> None:
+    async with trio_asyncio.open_loop() as loop:
+        unbatched, ran = await passes_to_run(loop, 10)
+    assert ran == list(range(10))
+    assert unbatched == 10  # trio-asyncio alone: one pass of its task per callback
+
+    async with open_asyncio_loop() as loop:
+        batched, ran = await passes_to_run(loop, 10)
+    assert ran == list(range(10))
+    assert batched == 1
+
+
+async def test_due_timers_and_ready_callbacks_keep_asyncio_order(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    seen: list[tuple[str, float]] = []
+    async with open_asyncio_loop() as loop:
+        start = trio.current_time()
+
+        def note(name: str) -> None:
+            seen.append((name, trio.current_time() - start))
+
+        loop.call_later(2.0, note, "later-2")
+        loop.call_later(1.0, note, "later-1")
+        loop.call_soon(note, "soon-a")
+        loop.call_soon(note, "soon-b")
+        await trio.sleep(3.0)
+    assert seen == [("soon-a", 0.0), ("soon-b", 0.0), ("later-1", 1.0), ("later-2", 2.0)]
+
+
+async def test_a_callback_storm_leaves_trio_tasks_a_turn_every_batch() -> None:
+    batches = 20
+    ticks = 0
+    async with open_asyncio_loop() as loop:
+        done = trio.Event()
+        left = batches * MAX_BATCH
+
+        def again() -> None:
+            # Each callback queues the next, as a busy connection's reads would.
+            nonlocal left
+            left -= 1
+            if left:
+                loop.call_soon(again)
+            else:
+                done.set()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await trio.lowlevel.checkpoint()
+
+        await trio.testing.wait_all_tasks_blocked()
+        async with trio.open_nursery() as nursery:
+            loop.call_soon(again)
+            nursery.start_soon(ticker)
+    assert left == 0
+    # At least one turn per batch (no starvation), and about one: callbacks were batched
+    # (one per callback would be 1,280 turns).
+    assert batches - 1 <= ticks <= 2 * batches + 2
+
+
+async def test_exit_still_runs_every_queued_callback() -> None:
+    ran: list[int] = []
+    async with open_asyncio_loop() as loop:
+        for i in range(3 * MAX_BATCH + 5):
+            loop.call_soon(ran.append, i)
+    assert ran == list(range(3 * MAX_BATCH + 5))
+
+
+async def test_a_loop_without_the_internal_is_left_unbatched_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class NotTrioAsyncio:
+        async def _main_loop_one(self) -> None:  # no ``no_wait``
+            raise AssertionError("never called")
+
+    loop = NotTrioAsyncio()
+    original = loop._main_loop_one
+    with caplog.at_level(logging.WARNING, logger="guardrefresh.server._loop"):
+        assert batch_callbacks(cast(trio_asyncio.TrioEventLoop, loop)) is False
+    assert loop._main_loop_one == original
+    assert "asyncio callbacks run one per Trio scheduler pass" in caplog.text
