@@ -52,7 +52,7 @@ from helpers_grpc import (
 )
 
 from guardrefresh.proto import rule_installation as pb
-from guardrefresh.server import SHUTDOWN_MESSAGE, DrainReport, GrpcHost, _drain
+from guardrefresh.server import SHUTDOWN_MESSAGE, DrainReport, GrpcHost, _drain, open_asyncio_loop
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
 OK = grpc.StatusCode.OK
@@ -232,7 +232,7 @@ async def test_cancelling_serve_without_drain_forces_a_clean_shutdown() -> None:
         await trio.to_thread.run_sync(client.close)
         return host.report
 
-    async with trio_asyncio.open_loop():
+    async with open_asyncio_loop():
         report = await serve_then_cancel()
     # Anything left unclosed warns when collected, and filterwarnings=error fails the test.
     gc.collect()
