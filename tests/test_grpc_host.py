@@ -26,6 +26,7 @@ import grpclib.utils
 import h2.config
 import h2.connection
 import h2.events
+import h2.utilities
 import hyperframe.frame
 import pytest
 import trio
@@ -313,6 +314,82 @@ async def test_oversized_request_is_refused_with_resource_exhausted() -> None:
         await wait_until(lambda: host.in_flight == 0)
 
 
+@pytest.mark.parametrize("remembered", [8, None], ids=["limit-8", "default"])
+async def test_a_connection_remembers_only_its_latest_closed_streams(
+    remembered: int | None,
+) -> None:
+    """h2 alone would remember 2**16 ended streams per connection (12-15 MB)."""
+    calls = 30
+    kwargs = {} if remembered is None else {"closed_streams_remembered": remembered}
+    async with open_host(**kwargs) as (host, _), open_client(host.port) as client:
+        for i in range(calls):
+            assert (await in_thread(client.get_rule, f"r{i}")).code is OK
+        await wait_until(lambda: host.in_flight == 0)
+        (connection,) = host._connections
+        if remembered is not None:
+            assert connection.closed_streams_remembered == remembered
+        else:
+            # h2 files a stream as closed when the next one opens: the last may not be yet.
+            assert calls - 1 <= connection.closed_streams_remembered <= calls
+
+
+def _frames_for_forgotten_streams_then_a_call(port: int, calls: int) -> list[str]:
+    """``calls`` GetRule calls on one raw HTTP/2 connection, then late frames for the
+    first call's stream (a DATA, a WINDOW_UPDATE, a RST_STREAM), then one more call.
+    Returns the grpc-status of each call and the error code of any RST_STREAM seen.
+    """
+    connection = h2.connection.H2Connection(
+        config=h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
+    seen: list[str] = []
+    message = bytes(pb.GetRuleRequest(rule_id="late"))
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+
+    with socket.create_connection(("127.0.0.1", port), timeout=10.0) as sock:
+        connection.initiate_connection()
+
+        def call() -> int:
+            stream_id = connection.get_next_available_stream_id()
+            connection.send_headers(stream_id, grpc_request_headers(port, GET_RULE))
+            connection.send_data(stream_id, body, end_stream=True)
+            sock.sendall(connection.data_to_send())
+            answered = len(seen) + 1
+            while len(seen) < answered:
+                for event in connection.receive_data(sock.recv(65536)):
+                    if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
+                        status = dict(event.headers or ()).get("grpc-status")
+                        if status is not None:
+                            seen.append(f"status {status}")
+                    elif isinstance(event, h2.events.StreamReset):
+                        seen.append(f"reset {event.error_code.name}")
+                sock.sendall(connection.data_to_send())
+            return stream_id
+
+        first = call()
+        for _ in range(calls - 1):
+            call()
+        # h2 would refuse to send on a closed stream: these frames are written raw.
+        late = hyperframe.frame.DataFrame(first, data=b"late")
+        window = hyperframe.frame.WindowUpdateFrame(first, window_increment=1024)
+        reset = hyperframe.frame.RstStreamFrame(first, error_code=8)  # CANCEL
+        sock.sendall(late.serialize() + window.serialize() + reset.serialize())
+        call()
+    return seen
+
+
+async def test_frames_for_a_forgotten_stream_leave_the_connection_serving() -> None:
+    async with open_host(closed_streams_remembered=2) as (host, _):
+        seen = await trio.to_thread.run_sync(
+            _frames_for_forgotten_streams_then_a_call, host.port, 5
+        )
+        await wait_until(lambda: host.in_flight == 0)
+    # The server had forgotten the first stream (it remembers two): its late frames
+    # cost at most a RST_STREAM for that stream (which h2's client drops, as the
+    # stream is closed on its side), and the next call on the same connection is
+    # answered as usual.
+    assert seen == ["status 0"] * 6
+
+
 async def test_handler_exception_answers_unknown_and_server_keeps_serving(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -558,6 +635,12 @@ async def test_grpclib_internals_the_drain_relies_on_are_still_there() -> None:
     assert "self.processor = EventsProcessor(" in inspect.getsource(grpclib.protocol.H2Protocol)
     processor_source = inspect.getsource(grpclib.protocol.EventsProcessor)
     assert "self.streams: _Streams = {}" in processor_source
+    # The closed-stream bound: grpclib's Connection keeps the H2Connection in
+    # _connection, and h2 reads its SizeLimitDict's _size_limit on every insertion.
+    assert "self._connection = connection" in inspect.getsource(grpclib.protocol.Connection)
+    closed = h2.connection.H2Connection()._closed_streams
+    assert isinstance(closed, h2.utilities.SizeLimitDict)
+    assert "self._size_limit" in inspect.getsource(h2.utilities.SizeLimitDict._check_size_limit)
     assert "_streams.pop(stream.id)" in processor_source
     # The deadline mend: request_handler builds a DeadlineWrapper per call from the
     # module global, and sorts a TimeoutError by the wrapper's flags.
