@@ -3,12 +3,13 @@
 grpclib 0.4.9 has no graceful shutdown (``Server.close()`` cancels handlers without
 telling their clients and leaves open connections serving), no request size limit, and
 answers a call whose deadline passed before it started with UNKNOWN "Internal Server
-Error" (logging an ERROR traceback per call). The host mends all three through a few
-private attributes. They are reached only through the
-functions below, one comment per access, so that a grpclib upgrade breaks in one place;
-:func:`check_internals` runs before the server binds and ``tests/test_grpc_host.py``
-has a canary test for each attribute, so a breaking upgrade fails loudly rather than
-silently losing the drain. grpclib is pinned exactly (``grpclib==0.4.9``).
+Error" (logging an ERROR traceback per call); and the h2 connections it makes remember
+their last 65,536 closed streams (12-15 MB each). The host mends all four through a few
+private attributes. They are reached only through the functions below, one comment per
+access, so that an upgrade breaks in one place; :func:`check_internals` runs before the
+server binds and ``tests/test_grpc_host.py`` has a canary test for each attribute, so a
+breaking upgrade fails loudly rather than silently losing the drain. grpclib is pinned
+exactly (``grpclib==0.4.9``), h2 to its major (``h2>=4.1,<5``).
 """
 
 from __future__ import annotations
