@@ -4,9 +4,9 @@ trio-asyncio runs every asyncio callback as one pass of its main-loop task: take
 handle from a Trio memory channel inside a fresh cancel scope, run it, go back through
 Trio's scheduler. A unary call costs about seven callbacks (socket reads, task steps,
 future wake-ups), so that round trip per callback was most of what hosting grpclib
-inside Trio added over plain asyncio: 2.6 % more instructions per GetRuleStats than the
-same handlers on ``asyncio.run`` (callgrind, 400 calls; 0.9 % with batches), and a GetRule
-requests/s ratio of 0.93 against 1.02 with batches (bench/README.md).
+inside Trio added over plain asyncio: 2.7 % more instructions per GetRuleStats and 2.4 %
+per GetRule than the same handlers on ``asyncio.run`` (callgrind, 400 calls), 0.9 % and
+0.8 % with batches (bench/README.md).
 
 Plain asyncio runs every callback that is ready in one iteration of its loop.
 :func:`open_asyncio_loop` does the same: after each callback trio-asyncio runs, the
