@@ -474,6 +474,8 @@ async def test_misuse_is_refused() -> None:
         GrpcHost([])
     with pytest.raises(ValueError, match="max_message_bytes"):
         GrpcHost([ScriptedDataPlane()], max_message_bytes=4)
+    with pytest.raises(ValueError, match="closed_streams_remembered must be >= 1, got 0"):
+        GrpcHost([ScriptedDataPlane()], closed_streams_remembered=0)
     with pytest.raises(ValueError, match="completed"):
         DrainReport(
             in_flight_at_start=2,
