@@ -355,7 +355,10 @@ def _frames_for_forgotten_streams_then_a_call(port: int, calls: int) -> list[str
             sock.sendall(connection.data_to_send())
             answered = len(seen) + 1
             while len(seen) < answered:
-                for event in connection.receive_data(sock.recv(65536)):
+                data = sock.recv(65536)
+                if not data:
+                    pytest.fail(f"the server closed the connection; seen so far: {seen}")
+                for event in connection.receive_data(data):
                     if isinstance(event, h2.events.TrailersReceived | h2.events.ResponseReceived):
                         status = dict(event.headers or ()).get("grpc-status")
                         if status is not None:
