@@ -17,7 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+import weakref
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -260,7 +261,10 @@ def limit_request_size(stream: grpclib.server.Stream[Any, Any], max_bytes: int) 
     # Stream._stream: the call's grpclib.protocol.Stream; recv_message() reads
     # through its recv_data(). Patching this one instance leaves other calls alone.
     h2_stream = stream._stream
-    recv_data: Callable[[int], Awaitable[bytes]] = h2_stream.recv_data
+    # Weakly: the patch lives on the stream, and a strong bound method would make
+    # every call's stream (its buffers, queues, events) a reference cycle, freed only
+    # by the cyclic GC instead of when the call ends.
+    recv_data = weakref.WeakMethod(h2_stream.recv_data)
 
     async def guarded_recv_data(size: int) -> bytes:
         if size > max_bytes:
@@ -268,6 +272,8 @@ def limit_request_size(stream: grpclib.server.Stream[Any, Any], max_bytes: int) 
                 Status.RESOURCE_EXHAUSTED,
                 f"request message of {size} bytes exceeds the limit of {max_bytes} bytes",
             )
-        return await recv_data(size)
+        read = recv_data()
+        assert read is not None, "a stream is alive while it is read from"
+        return await read(size)
 
     h2_stream.recv_data = guarded_recv_data
