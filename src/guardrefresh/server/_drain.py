@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -264,6 +264,7 @@ def limit_request_size(stream: grpclib.server.Stream[Any, Any], max_bytes: int) 
     # Weakly: the patch lives on the stream, and a strong bound method would make
     # every call's stream (its buffers, queues, events) a reference cycle, freed only
     # by the cyclic GC instead of when the call ends.
+    recv_data: weakref.WeakMethod[Callable[[int], Awaitable[bytes]]]
     recv_data = weakref.WeakMethod(h2_stream.recv_data)
 
     async def guarded_recv_data(size: int) -> bytes:
