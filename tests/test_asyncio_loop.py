@@ -2,13 +2,15 @@
 
 No sockets here: callbacks are queued with ``call_soon``/``call_later`` from Trio code,
 as grpclib's transports and futures queue them. The autojump clock drives the timer test.
-The first test is also the canary for the trio-asyncio internal the batching relies on:
-it fails if a trio-asyncio release stops honouring it.
+The first test is also the canary for the trio-asyncio internal the batching relies on,
+and the "forgetting" case of the cancelled-timers test for the two the timer fix relies
+on: they fail if a trio-asyncio release stops honouring them.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, cast
 
 import pytest
@@ -17,7 +19,7 @@ import trio.testing
 import trio_asyncio
 
 from guardrefresh.server import open_asyncio_loop
-from guardrefresh.server._loop import MAX_BATCH, batch_callbacks
+from guardrefresh.server._loop import MAX_BATCH, batch_callbacks, forget_cancelled_timers
 
 
 class LoopTaskSteps(trio.abc.Instrument):
@@ -77,6 +79,66 @@ async def test_due_timers_and_ready_callbacks_keep_asyncio_order(
         loop.call_soon(note, "soon-b")
         await trio.sleep(3.0)
     assert seen == [("soon-a", 0.0), ("soon-b", 0.0), ("later-1", 1.0), ("later-2", 2.0)]
+
+
+async def filed_timers(loop: Any, count: int, delay: float) -> list[weakref.ref[Any]]:
+    """``count`` timers due in ``delay`` s, in the loop's heap, then cancelled."""
+    handles = [loop.call_later(delay, lambda: None) for _ in range(count)]
+    await trio.testing.wait_all_tasks_blocked()  # the loop task has filed them
+    for handle in handles:
+        handle.cancel()
+    return [weakref.ref(handle) for handle in handles]
+
+
+@pytest.mark.parametrize("forget", [False, True], ids=["trio-asyncio", "forgetting"])
+async def test_cancelled_timers_are_forgotten_before_they_are_due(forget: bool) -> None:
+    """grpclib starts and cancels a deadline timer for every call."""
+    async with trio_asyncio.open_loop() as loop:
+        if forget:
+            assert forget_cancelled_timers(loop) is True
+        kept = await filed_timers(loop, 1000, delay=3600.0)
+        remembered = sum(ref() is not None for ref in kept)
+    if forget:
+        # Rebuilt at each half cancelled, down to asyncio's 100-timer floor.
+        assert remembered <= 101
+    else:
+        assert remembered == 1000  # trio-asyncio alone: every one until its hour is up
+
+
+async def test_live_timers_fire_in_order_after_the_heap_is_rebuilt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    fired: list[tuple[int, float]] = []
+    async with open_asyncio_loop() as loop:
+        start = trio.current_time()
+
+        def note(i: int) -> None:
+            fired.append((i, trio.current_time() - start))
+
+        # Filed latest first, so that the heap's order is not its filing order.
+        handles = {i: loop.call_later(1.0 + i, note, i) for i in reversed(range(300))}
+        await trio.testing.wait_all_tasks_blocked()
+        for i, handle in handles.items():
+            if i % 3:
+                handle.cancel()  # 200 of 300: more than half, so the heap is rebuilt
+        assert len(loop._timers) < 300
+        await trio.sleep(301.0)
+    assert fired == [(i, 1.0 + i) for i in range(0, 300, 3)]
+
+
+async def test_a_loop_without_the_timer_internals_keeps_its_timers_with_a_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class NotTrioAsyncio:
+        def _timer_handle_cancelled(self, handle: object) -> None:
+            pass  # but no _timers heap
+
+    loop = NotTrioAsyncio()
+    original = loop._timer_handle_cancelled
+    with caplog.at_level(logging.WARNING, logger="guardrefresh.server._loop"):
+        assert forget_cancelled_timers(cast(trio_asyncio.TrioEventLoop, loop)) is False
+    assert loop._timer_handle_cancelled == original
+    assert "cancelled asyncio timers stay in memory until due" in caplog.text
 
 
 async def test_a_callback_storm_leaves_trio_tasks_a_turn_every_batch() -> None:
