@@ -240,7 +240,9 @@ class Plan:
     hot_capacity: int = 10_000
     #: Store size for every gRPC benchmark (RefreshRules is specified at 10k).
     grpc_rules: int
-    #: Back-to-back runs of each stack per method (one pair = one ratio sample).
+    #: Rounds of fresh server processes for the stack comparison.
+    grpc_rounds: int
+    #: Back-to-back runs of each stack per method and round (one pair = one ratio sample).
     grpc_pairs: int
     grpc_requests: dict[str, int]
     grpc_streams: int
@@ -257,10 +259,12 @@ class Plan:
             install_batches=40,
             refresh_repeats=7,
             grpc_rules=10_000,
-            # Single pairs scatter from 0.78 to 1.14 on these shared machines, and with
-            # 7 pairs the same code gave GetRule medians from 0.77 to 0.96: 15 pairs.
-            grpc_pairs=15,
-            grpc_requests={"GetRuleStats": 600, "GetRule": 600},
+            # Single pairs scatter by ±20 % on these shared machines, at every run
+            # length tried (0.5-2 s), and 15-pair medians of the same code moved by
+            # ±0.06 from run to run: 3 rounds of 20 short pairs.
+            grpc_rounds=3,
+            grpc_pairs=20,
+            grpc_requests={"GetRuleStats": 250, "GetRule": 200},
             grpc_streams=4,
             refresh_rpc_calls=200,
             idle_window_s=60.0,
@@ -278,6 +282,7 @@ class Plan:
             refresh_repeats=3,
             hot_capacity=10_000,
             grpc_rules=max(chosen),
+            grpc_rounds=1,
             grpc_pairs=2,
             grpc_requests={"GetRuleStats": 100, "GetRule": 50},
             grpc_streams=2,

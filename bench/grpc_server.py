@@ -1,9 +1,9 @@
 """gRPC benchmarks (issue 4), and the server and client processes they start.
 
 - ``<Method>_server_cpu_us_per_request_<stack>``: server-process CPU time
-  (utime + stime of ``/proc/PID/stat``, all threads) divided by the requests
-  one client run made, for GetRuleStats and GetRule (hot hit), on two stacks
-  serving the same store with the same :class:`DataPlaneService` handlers:
+  (the process's CPU-time clock, nanoseconds, all threads) divided by the
+  requests one client run made, for GetRuleStats and GetRule (hot hit), on two
+  stacks serving the same store with the same :class:`DataPlaneService` handlers:
 
   ``service``: this service's stack, :class:`GrpcHost` under trio-asyncio
   (drain listener, connection tracking, health, reflection), with the refresh
@@ -16,6 +16,17 @@
   "go" line, so the CPU window covers only measured calls. Runs alternate
   between the stacks back to back (ABBA...): each pair is one ratio sample,
   taken on the same (shared, noisy) machine state.
+
+  These machines are noisy at every time scale: two identical plain servers
+  measured this way differed by 7 % over ten pairs, and single pairs scatter by
+  ±20 %. So the measurement is built to average that out rather than be fooled
+  by it: short runs (pairs close in time), many pairs, and fresh server
+  processes for each of a few rounds (start order alternating), so that one
+  process's luck (memory layout, hash seed, where the scheduler put it) does
+  not decide the result. With two or more CPUs, both servers share one CPU and
+  both clients another (only one server works at a time), so the two stacks are
+  placed alike and never compete with their own client. The ratio entries carry
+  each round's median and a bootstrap 95 % interval for the median of all pairs.
 - ``<Method>_cpu_ratio`` = plain CPU per request / service CPU per request and
   ``<Method>_rps_ratio`` = service requests/s / plain requests/s; target >= 0.9.
 - ``RefreshRules_round_trip_<n>``: client-side latency of sequential
@@ -33,15 +44,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any
@@ -83,10 +96,45 @@ def _clock_ticks() -> int:
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far, all its threads."""
-    raw = Path(f"/proc/{pid}/stat").read_text()
-    fields = raw[raw.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+    """CPU seconds process ``pid`` has used so far, all its threads (ended ones too).
+
+    Reads the process's CPU-time clock (nanoseconds; Linux lets any process read
+    another's), so that runs of a fraction of a second measure well; falls back to
+    ``/proc/PID/stat`` utime + stime (clock ticks, 10 ms) where that is refused.
+    """
+    try:
+        return time.clock_gettime(_process_cpu_clock(pid))
+    except OSError:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        fields = raw[raw.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / _clock_ticks()
+
+
+def _process_cpu_clock(pid: int) -> int:
+    # What clock_getcpuclockid(3) returns on Linux (MAKE_PROCESS_CPUCLOCK(pid,
+    # CPUCLOCK_SCHED)); Python wraps it for threads only.
+    return ((~pid) << 3) | 2
+
+
+@attrs.frozen
+class Placement:
+    """The CPUs the benchmark's servers and clients may run on (None: anywhere)."""
+
+    server_cpus: frozenset[int] | None = None
+    client_cpus: frozenset[int] | None = None
+
+    @classmethod
+    def split(cls) -> Placement:
+        """Servers on the last CPU this process may use, clients on the first."""
+        cpus = sorted(os.sched_getaffinity(0))
+        if len(cpus) < 2:
+            return cls()
+        return cls(frozenset(cpus[-1:]), frozenset(cpus[:1]))
+
+
+def _pinned_to(cpus: frozenset[int] | None) -> Callable[[], None] | None:
+    # Set in the child before exec, so every thread it ever starts inherits it.
+    return None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
 
 
 def _env() -> dict[str, str]:
@@ -131,7 +179,9 @@ def _read_line(stream: IO[str], proc: subprocess.Popen[str], what: str, log: Pat
 
 
 @contextlib.contextmanager
-def bench_server(mode: str, path: Path, plan: Plan, log_dir: Path) -> Iterator[_Server]:
+def bench_server(
+    mode: str, path: Path, plan: Plan, log_dir: Path, *, cpus: frozenset[int] | None = None
+) -> Iterator[_Server]:
     """``python -m bench.grpc_server serve``: ready once it printed its port."""
     log = log_dir / f"server-{mode}-{time.monotonic_ns()}.log"
     cmd = [
@@ -155,6 +205,7 @@ def bench_server(mode: str, path: Path, plan: Plan, log_dir: Path) -> Iterator[_
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            preexec_fn=_pinned_to(cpus),
         )
     try:
         assert proc.stdout is not None
@@ -270,7 +321,14 @@ class _Client:
 
 @contextlib.contextmanager
 def open_client(
-    server: _Server, method: str, count: int, streams: int, log_dir: Path, *, warmup: int
+    server: _Server,
+    method: str,
+    count: int,
+    streams: int,
+    log_dir: Path,
+    *,
+    warmup: int,
+    cpus: frozenset[int] | None = None,
 ) -> Iterator[_Client]:
     """``python -m bench.grpc_server client``: connected and warmed up on entry."""
     log = log_dir / f"client-{method}-{time.monotonic_ns()}.log"
@@ -299,6 +357,7 @@ def open_client(
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
+            preexec_fn=_pinned_to(cpus),
         )
     try:
         assert proc.stdin is not None and proc.stdout is not None
@@ -319,56 +378,41 @@ def open_client(
 
 def _bench_stacks(ws: Workspace, plan: Plan, log_dir: Path) -> dict[str, Any]:
     path = ws.store(plan.grpc_rules)
-    runs: dict[tuple[str, str], list[ClientRun]] = {
-        (method, stack): [] for method in METHODS for stack in STACKS
+    placement = Placement.split()
+    # rounds[method][stack][r]: the runs of round r.
+    rounds: dict[str, dict[str, list[list[ClientRun]]]] = {
+        method: {stack: [] for stack in STACKS} for method in METHODS
     }
-    # Both servers stay up; runs alternate between them back to back, so that the
-    # two halves of each pair see the same (noisy, shared) machine.
-    with contextlib.ExitStack() as stack_of_servers:
-        servers = {
-            stack: stack_of_servers.enter_context(bench_server(stack, path, plan, log_dir))
-            for stack in STACKS
-        }
-        for method in METHODS:
-            count = plan.grpc_requests[method]
-            with contextlib.ExitStack() as stack_of_clients:
-                clients = {
-                    stack: stack_of_clients.enter_context(
-                        open_client(
-                            servers[stack],
-                            method,
-                            count,
-                            plan.grpc_streams,
-                            log_dir,
-                            warmup=max(20, count // 5),
-                        )
-                    )
-                    for stack in STACKS
-                }
-                for pair in range(plan.grpc_pairs):
-                    order = STACKS if pair % 2 == 0 else tuple(reversed(STACKS))
-                    for stack in order:
-                        run = clients[stack].measure()
-                        runs[(method, stack)].append(run)
-                        logger.info(
-                            "%s on %s: %.0f req/s, server %.0f us CPU/request",
-                            method,
-                            stack,
-                            run.rps,
-                            run.server_cpu_us_per_request,
-                        )
+    for round_ in range(plan.grpc_rounds):
+        # Fresh processes each round, started in alternating order; within a round
+        # both servers stay up and runs alternate between them back to back.
+        order = STACKS if round_ % 2 == 0 else tuple(reversed(STACKS))
+        with contextlib.ExitStack() as stack_of_servers:
+            servers = {
+                stack: stack_of_servers.enter_context(
+                    bench_server(stack, path, plan, log_dir, cpus=placement.server_cpus)
+                )
+                for stack in order
+            }
+            for method in METHODS:
+                runs = _alternate(servers, order, method, plan, log_dir, placement)
+                for stack in STACKS:
+                    rounds[method][stack].append(runs[stack])
     results: dict[str, Any] = {}
     for method in METHODS:
         for stack in STACKS:
-            these = runs[(method, stack)]
+            these = [run for runs in rounds[method][stack] for run in runs]
             results[f"{method}_server_cpu_us_per_request_{stack}"] = entry(
                 parameters={
                     "stack": stack,
                     "store_rules": plan.grpc_rules,
                     "requests_per_run": plan.grpc_requests[method],
                     "runs": len(these),
+                    "rounds": plan.grpc_rounds,
                     "concurrent_streams": plan.grpc_streams,
                     "client": "separate process, grpcio aio, one connection, loopback",
+                    "server_cpus": _cpus(placement.server_cpus),
+                    "client_cpus": _cpus(placement.client_cpus),
                 },
                 unit="us",
                 samples=[run.server_cpu_us_per_request for run in these],
@@ -381,28 +425,95 @@ def _bench_stacks(ws: Workspace, plan: Plan, log_dir: Path) -> dict[str, Any]:
                     "latency_ms_p50": _median([_median(run.latencies_ms) for run in these]),
                 },
             )
-        service, plain = runs[(method, "service")], runs[(method, "plain_asyncio")]
-        cpu_ratios = [
-            p.server_cpu_us_per_request / s.server_cpu_us_per_request
-            for s, p in zip(service, plain, strict=True)
+        pairs_by_round = [
+            list(zip(service, plain, strict=True))
+            for service, plain in zip(
+                rounds[method]["service"], rounds[method]["plain_asyncio"], strict=True
+            )
         ]
-        rps_ratios = [s.rps / p.rps for s, p in zip(service, plain, strict=True)]
-        common = {"method": method, "pairs": plan.grpc_pairs, "paired": "back-to-back runs"}
-        results[f"{method}_cpu_ratio"] = entry(
-            parameters={**common, "ratio": "plain_asyncio CPU/request / service CPU/request"},
-            unit="ratio",
-            samples=cpu_ratios,
-            targets=[Target("median", ">=", RATIO_TARGET, "ratio")],
-            applies=not plan.tiny,
-        )
-        results[f"{method}_rps_ratio"] = entry(
-            parameters={**common, "ratio": "service requests/s / plain_asyncio requests/s"},
-            unit="ratio",
-            samples=rps_ratios,
-            targets=[Target("median", ">=", RATIO_TARGET, "ratio")],
-            applies=not plan.tiny,
-        )
+        ratios = {
+            "cpu": lambda s, p: p.server_cpu_us_per_request / s.server_cpu_us_per_request,
+            "rps": lambda s, p: s.rps / p.rps,
+        }
+        meaning = {
+            "cpu": "plain_asyncio CPU/request / service CPU/request",
+            "rps": "service requests/s / plain_asyncio requests/s",
+        }
+        for kind, ratio in ratios.items():
+            by_round = [[ratio(s, p) for s, p in pairs] for pairs in pairs_by_round]
+            samples = [r for one_round in by_round for r in one_round]
+            results[f"{method}_{kind}_ratio"] = entry(
+                parameters={
+                    "method": method,
+                    "pairs": len(samples),
+                    "rounds": plan.grpc_rounds,
+                    "paired": "back-to-back runs; fresh server processes each round",
+                    "ratio": meaning[kind],
+                },
+                unit="ratio",
+                samples=samples,
+                targets=[Target("median", ">=", RATIO_TARGET, "ratio")],
+                applies=not plan.tiny,
+                extra={
+                    "round_medians": [_median(one_round) for one_round in by_round],
+                    "median_95ci": _bootstrap_median_interval(samples),
+                },
+            )
     return results
+
+
+def _alternate(
+    servers: dict[str, _Server],
+    order: Sequence[str],
+    method: str,
+    plan: Plan,
+    log_dir: Path,
+    placement: Placement,
+) -> dict[str, list[ClientRun]]:
+    """``plan.grpc_pairs`` runs of ``method`` on each server, alternating ABBA."""
+    count = plan.grpc_requests[method]
+    runs: dict[str, list[ClientRun]] = {stack: [] for stack in servers}
+    with contextlib.ExitStack() as stack_of_clients:
+        clients = {
+            stack: stack_of_clients.enter_context(
+                open_client(
+                    servers[stack],
+                    method,
+                    count,
+                    plan.grpc_streams,
+                    log_dir,
+                    warmup=max(20, count // 2),
+                    cpus=placement.client_cpus,
+                )
+            )
+            for stack in order
+        }
+        for pair in range(plan.grpc_pairs):
+            for stack in order if pair % 2 == 0 else tuple(reversed(order)):
+                run = clients[stack].measure()
+                runs[stack].append(run)
+                logger.debug(
+                    "%s on %s: %.0f req/s, server %.0f us CPU/request",
+                    method,
+                    stack,
+                    run.rps,
+                    run.server_cpu_us_per_request,
+                )
+    return runs
+
+
+def _cpus(cpus: frozenset[int] | None) -> list[int] | str:
+    return "any" if cpus is None else sorted(cpus)
+
+
+def _bootstrap_median_interval(
+    samples: Sequence[float], *, resamples: int = 2000, seed: int = 0
+) -> list[float]:
+    """A 95 % percentile-bootstrap interval for the median (seeded: reproducible)."""
+    rng = random.Random(seed)
+    n = len(samples)
+    medians = sorted(_median(rng.choices(samples, k=n)) for _ in range(resamples))
+    return [medians[int(0.025 * resamples)], medians[int(0.975 * resamples) - 1]]
 
 
 def _bench_real_service(ws: Workspace, plan: Plan, log_dir: Path) -> dict[str, Any]:
