@@ -455,6 +455,7 @@ def _bench_stacks(ws: Workspace, plan: Plan, log_dir: Path) -> dict[str, Any]:
                 targets=[Target("median", ">=", RATIO_TARGET, "ratio")],
                 applies=not plan.tiny,
                 extra={
+                    "values": samples,
                     "round_medians": [_median(one_round) for one_round in by_round],
                     "median_95ci": _bootstrap_median_interval(samples),
                 },

@@ -30,6 +30,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import attrs
+
 from ._data import Plan, Workspace, machine_info
 
 __all__ = ["main", "run"]
@@ -97,22 +99,7 @@ def run(
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "command": " ".join(["python -m bench.run", *sys.argv[1:]]),
             "groups": list(groups),
-            "plan": {
-                "sizes": list(plan.sizes),
-                "tiny": plan.tiny,
-                "write_repeats": plan.write_repeats,
-                "load_repeats": plan.load_repeats,
-                "install_batches": plan.install_batches,
-                "install_batch_size": plan.install_batch_size,
-                "refresh_repeats": plan.refresh_repeats,
-                "hot_capacity": plan.hot_capacity,
-                "grpc_rules": plan.grpc_rules,
-                "grpc_pairs": plan.grpc_pairs,
-                "grpc_requests": plan.grpc_requests,
-                "grpc_streams": plan.grpc_streams,
-                "refresh_rpc_calls": plan.refresh_rpc_calls,
-                "idle_window_s": plan.idle_window_s,
-            },
+            "plan": attrs.asdict(plan),
             "machine": machine_info(),
             "statistics": "median over repeats; p99 is nearest-rank (the max below 100 samples)",
         }

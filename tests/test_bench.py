@@ -134,6 +134,13 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
         result = grpc[f"GetRule_server_cpu_us_per_request_{stack}"]
         assert result["median"] > 0
         assert all(rps > 0 for rps in result["requests_per_s"])
+    for method in ("GetRuleStats", "GetRule"):
+        ratio = grpc[f"{method}_cpu_ratio"]
+        plan = meta["plan"]
+        assert ratio["samples"]["n"] == plan["grpc_rounds"] * plan["grpc_pairs"]
+        assert len(ratio["round_medians"]) == plan["grpc_rounds"]
+        low, high = ratio["median_95ci"]
+        assert ratio["samples"]["min"] <= low <= ratio["median"] <= high <= ratio["samples"]["max"]
     assert grpc["idle_cpu_percent"]["median"] >= 0
 
     # Every benchmark with a target shows up in the summary, with its verdict.
