@@ -44,7 +44,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import os
@@ -54,7 +53,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from itertools import islice
 from pathlib import Path
 from typing import IO, Any
@@ -132,9 +131,20 @@ class Placement:
         return cls(frozenset(cpus[-1:]), frozenset(cpus[:1]))
 
 
-def _pinned_to(cpus: frozenset[int] | None) -> Callable[[], None] | None:
-    # Set in the child before exec, so every thread it ever starts inherits it.
-    return None if cpus is None else functools.partial(os.sched_setaffinity, 0, cpus)
+def _pin(pid: int, cpus: frozenset[int] | None) -> None:
+    """Keep every thread of process ``pid`` on ``cpus`` (threads it starts later inherit).
+
+    Called right after the process is spawned, long before its Python start-up could
+    start a thread, and again once it is ready, for any it did start. (Not a
+    ``preexec_fn``: that is unsafe in a parent with threads, as the benchmark process
+    may have.)
+    """
+    if cpus is None:
+        return
+    with contextlib.suppress(FileNotFoundError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+                os.sched_setaffinity(int(tid), cpus)
 
 
 def _env() -> dict[str, str]:
@@ -205,11 +215,12 @@ def bench_server(
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
-            preexec_fn=_pinned_to(cpus),
         )
     try:
+        _pin(proc.pid, cpus)
         assert proc.stdout is not None
         ready = json.loads(_read_line(proc.stdout, proc, f"{mode} server", log))
+        _pin(proc.pid, cpus)
         yield _Server(proc, int(ready["port"]))
     finally:
         code = _stop(proc, what=f"{mode} server")
@@ -357,12 +368,13 @@ def open_client(
             stdout=subprocess.PIPE,
             stderr=err,
             text=True,
-            preexec_fn=_pinned_to(cpus),
         )
     try:
+        _pin(proc.pid, cpus)
         assert proc.stdin is not None and proc.stdout is not None
         if _read_line(proc.stdout, proc, "client", log).strip() != "warm":
             raise RuntimeError("client did not report 'warm'")
+        _pin(proc.pid, cpus)
         yield _Client(proc, server, method, log)
         proc.stdin.write("quit\n")
         proc.stdin.flush()

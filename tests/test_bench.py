@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -147,3 +149,59 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
     summarized = {row["benchmark"] for row in document["summary"]}
     for group, with_target in WITH_TARGETS.items():
         assert {f"{group}.{name}" for name in with_target} <= summarized
+
+
+def _bench_module() -> Any:
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        from bench import grpc_server
+    finally:
+        sys.path.remove(str(REPO_ROOT))
+    return grpc_server
+
+
+def test_pinning_holds_every_thread_of_a_running_process() -> None:
+    grpc_server = _bench_module()
+    cpu = min(os.sched_getaffinity(0))
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); time.sleep(30)"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.5)  # both threads are running
+        grpc_server._pin(proc.pid, frozenset({cpu}))
+        threads = os.listdir(f"/proc/{proc.pid}/task")
+        assert len(threads) == 2
+        assert all(os.sched_getaffinity(int(tid)) == {cpu} for tid in threads)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_process_cpu_counts_every_thread_in_nanoseconds() -> None:
+    grpc_server = _bench_module()
+    code = (
+        "import threading, time\n"
+        "def spin():\n"
+        "    end = time.thread_time() + 0.2\n"
+        "    while time.thread_time() < end: pass\n"
+        "worker = threading.Thread(target=spin); worker.start(); worker.join()\n"
+        "print(time.process_time(), flush=True); time.sleep(30)\n"
+    )
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stdout is not None
+            own = float(proc.stdout.readline())
+            seen = grpc_server.process_cpu_s(proc.pid)
+            # The ended thread's 0.2 s included; finer than the 10 ms of /proc ticks.
+            assert own >= 0.2
+            assert own <= seen <= own + 0.005
+        finally:
+            proc.kill()
+
+
+def test_bootstrap_interval_brackets_the_median() -> None:
+    grpc_server = _bench_module()
+    samples = [0.8, 0.85, 0.9, 0.92, 0.95, 0.97, 1.0, 1.1, 1.3]
+    low, high = grpc_server._bootstrap_median_interval(samples)
+    assert min(samples) <= low <= 0.95 <= high <= max(samples)
+    assert grpc_server._bootstrap_median_interval(samples) == [low, high]  # seeded
+    assert grpc_server._bootstrap_median_interval([1.0] * 5) == [1.0, 1.0]
