@@ -126,6 +126,15 @@ async def test_live_timers_fire_in_order_after_the_heap_is_rebuilt(
     assert fired == [(i, 1.0 + i) for i in range(0, 300, 3)]
 
 
+async def test_closing_the_loop_still_cancels_every_pending_timer() -> None:
+    # trio-asyncio cancels them one by one while iterating its heap; each cancellation
+    # may rebuild the heap.
+    async with open_asyncio_loop() as loop:
+        handles = [loop.call_later(3600.0, lambda: None) for _ in range(300)]
+        await trio.testing.wait_all_tasks_blocked()
+    assert all(handle.cancelled() for handle in handles)
+
+
 async def test_a_loop_without_the_timer_internals_keeps_its_timers_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

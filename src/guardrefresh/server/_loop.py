@@ -109,7 +109,7 @@ def forget_cancelled_timers(loop: trio_asyncio.TrioEventLoop) -> bool:
     Counts cancellations; once they exceed half of a heap of more than 100 timers, the
     heap is rebuilt with only the live ones (asyncio's rule, so memory stays within
     about twice the live timers, at an amortised constant cost per cancellation).
-    Timers still run in due order: the heap is re-formed in place.
+    Timers still run in due order.
     """
     if not isinstance(getattr(loop, "_timers", None), list) or not callable(
         getattr(loop, "_timer_handle_cancelled", None)
@@ -128,9 +128,11 @@ def forget_cancelled_timers(loop: trio_asyncio.TrioEventLoop) -> bool:
         cancelled += 1
         timers: list[asyncio.TimerHandle] = loop._timers
         if len(timers) > _MIN_TIMERS_TO_REBUILD and 2 * cancelled > len(timers):
-            # In place: trio-asyncio's loop task holds the same list.
-            timers[:] = [t for t in timers if not t.cancelled() and t is not handle]
-            heapq.heapify(timers)
+            live = [t for t in timers if not t.cancelled() and t is not handle]
+            heapq.heapify(live)
+            # A new list, not the old one changed in place: trio-asyncio looks the heap
+            # up afresh at each use, but cancels all timers at close by iterating it.
+            loop._timers = live
             cancelled = 0
 
     # An instance attribute shadows the no-op method TimerHandle.cancel() calls.
