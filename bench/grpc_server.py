@@ -17,9 +17,9 @@
   between the stacks back to back (ABBA...): each pair is one ratio sample,
   taken on the same (shared, noisy) machine state.
 
-  These machines are noisy at every time scale: two identical plain servers
-  measured this way differed by 7 % over ten pairs, and single pairs scatter by
-  ±20 %. So the measurement is built to average that out rather than be fooled
+  These machines are noisy at every time scale: two identical plain servers,
+  both up for a whole run and unpinned, differed by 7 % over ten pairs (twice),
+  and single pairs scatter by ±20 %. So the measurement is built to average that out rather than be fooled
   by it: short runs (pairs close in time), many pairs, and fresh server
   processes for each of a few rounds (start order alternating), so that one
   process's luck (memory layout, hash seed, where the scheduler put it) does
