@@ -63,22 +63,33 @@ async def test_ready_callbacks_run_in_one_pass_of_the_loop_task() -> None:
     assert batched == 1
 
 
+class Timeline:
+    """What ran, and when (Trio's clock), since it was made: ``note`` is the callback."""
+
+    def __init__(self) -> None:
+        self.start = trio.current_time()
+        self.seen: list[tuple[object, float]] = []
+
+    def note(self, what: object) -> None:
+        self.seen.append((what, trio.current_time() - self.start))
+
+
 async def test_due_timers_and_ready_callbacks_keep_asyncio_order(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    seen: list[tuple[str, float]] = []
     async with open_asyncio_loop() as loop:
-        start = trio.current_time()
-
-        def note(name: str) -> None:
-            seen.append((name, trio.current_time() - start))
-
-        loop.call_later(2.0, note, "later-2")
-        loop.call_later(1.0, note, "later-1")
-        loop.call_soon(note, "soon-a")
-        loop.call_soon(note, "soon-b")
+        timeline = Timeline()
+        loop.call_later(2.0, timeline.note, "later-2")
+        loop.call_later(1.0, timeline.note, "later-1")
+        loop.call_soon(timeline.note, "soon-a")
+        loop.call_soon(timeline.note, "soon-b")
         await trio.sleep(3.0)
-    assert seen == [("soon-a", 0.0), ("soon-b", 0.0), ("later-1", 1.0), ("later-2", 2.0)]
+    assert timeline.seen == [
+        ("soon-a", 0.0),
+        ("soon-b", 0.0),
+        ("later-1", 1.0),
+        ("later-2", 2.0),
+    ]
 
 
 async def filed_timers(loop: Any, count: int, delay: float) -> list[weakref.ref[Any]]:
@@ -108,22 +119,17 @@ async def test_cancelled_timers_are_forgotten_before_they_are_due(forget: bool) 
 async def test_live_timers_fire_in_order_after_the_heap_is_rebuilt(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    fired: list[tuple[int, float]] = []
     async with open_asyncio_loop() as loop:
-        start = trio.current_time()
-
-        def note(i: int) -> None:
-            fired.append((i, trio.current_time() - start))
-
+        timeline = Timeline()
         # Filed latest first, so that the heap's order is not its filing order.
-        handles = {i: loop.call_later(1.0 + i, note, i) for i in reversed(range(300))}
+        handles = {i: loop.call_later(1.0 + i, timeline.note, i) for i in reversed(range(300))}
         await trio.testing.wait_all_tasks_blocked()
         for i, handle in handles.items():
             if i % 3:
                 handle.cancel()  # 200 of 300: more than half, so the heap is rebuilt
         assert len(loop._timers) < 300
         await trio.sleep(301.0)
-    assert fired == [(i, 1.0 + i) for i in range(0, 300, 3)]
+    assert timeline.seen == [(i, 1.0 + i) for i in range(0, 300, 3)]
 
 
 async def test_closing_the_loop_still_cancels_every_pending_timer() -> None:
