@@ -444,14 +444,16 @@ def _bench_stacks(ws: Workspace, plan: Plan, log_dir: Path) -> dict[str, Any]:
             )
         ]
         ratios = {
-            "cpu": lambda s, p: p.server_cpu_us_per_request / s.server_cpu_us_per_request,
-            "rps": lambda s, p: s.rps / p.rps,
+            "cpu": (
+                "plain_asyncio CPU/request / service CPU/request",
+                lambda s, p: p.server_cpu_us_per_request / s.server_cpu_us_per_request,
+            ),
+            "rps": (
+                "service requests/s / plain_asyncio requests/s",
+                lambda s, p: s.rps / p.rps,
+            ),
         }
-        meaning = {
-            "cpu": "plain_asyncio CPU/request / service CPU/request",
-            "rps": "service requests/s / plain_asyncio requests/s",
-        }
-        for kind, ratio in ratios.items():
+        for kind, (meaning, ratio) in ratios.items():
             by_round = [[ratio(s, p) for s, p in pairs] for pairs in pairs_by_round]
             samples = [r for one_round in by_round for r in one_round]
             results[f"{method}_{kind}_ratio"] = entry(
@@ -460,7 +462,7 @@ def _bench_stacks(ws: Workspace, plan: Plan, log_dir: Path) -> dict[str, Any]:
                     "pairs": len(samples),
                     "rounds": plan.grpc_rounds,
                     "paired": "back-to-back runs; fresh server processes each round",
-                    "ratio": meaning[kind],
+                    "ratio": meaning,
                 },
                 unit="ratio",
                 samples=samples,
