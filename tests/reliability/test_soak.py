@@ -14,8 +14,8 @@ counts the page cache of the memory-mapped store files and is only reported) and
 number of open descriptors. After a warm-up (the first 60% of the run, and past the
 second compaction) the rest is split in quarters: the median RssAnon of the last quarter must be
 within 5% of the first's (medians, because refreshes and compactions make memory a
-saw-tooth), and the descriptor count must stay in a small band, not growing from the
-first quarter to the last.
+saw-tooth), and the descriptor count must stay in a small band, its floor (the fewest
+open in a quarter) not rising from the first quarter to the last.
 
 Runs 120 s by default; longer with ``--soak-seconds N`` or ``GUARDREFRESH_SOAK_SECONDS``
 (see conftest.py and docs/reliability.md).
@@ -48,7 +48,7 @@ MAX_RSS_GROWTH = 0.05
 COMPACTED = r"INFO guardrefresh\.storage\._store: Compacted warm storage"
 #: Samples (seconds) between two RefreshRules calls of the test's own.
 REFRESH_RPC_EVERY = 5
-#: Descriptors come and go with calls in flight (a lock file, a scrape's connection).
+#: Descriptors come and go with calls in flight (the lock file, a compaction's files).
 FD_BAND = 8
 
 
@@ -154,7 +154,14 @@ def test_soak_mixed_load_with_periodic_refresh(
     )
     assert growth < MAX_RSS_GROWTH, f"RSS grew {growth:.1%}: {samples}"
     assert max(fds) - min(fds) <= FD_BAND, fds
-    assert max(fd for *_, fd in last) <= max(fd for *_, fd in first) + 2, fds
+    # A leaked descriptor stays, so a leak raises the floor: the fewest open in a quarter.
+    # Peaks are no evidence: an install holds the lock file, a compaction its temporary
+    # file and both generations' snapshot and journal at once, so a sample that lands on
+    # both reads 3-5 above the floor (a 60 s probe at 50 Hz: mostly 17-19, peaks of 21;
+    # a CI soak sampled a 22).
+    floor_first = min(fd for *_, fd in first)
+    floor_last = min(fd for *_, fd in last)
+    assert floor_last <= floor_first + 1, (floor_first, floor_last, fds)
 
     stored = read_store(warm)
     assert not load.check_store(stored)
