@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -46,7 +45,7 @@ print(json.dumps({"before": before, "freed": freed, "trimmed": rss_anon_kib(),
 
 def fragment_heap(mode: str) -> dict[str, int]:
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(FRAGMENT_HEAP), mode],
+        [sys.executable, "-c", FRAGMENT_HEAP, mode],
         capture_output=True,
         text=True,
         timeout=60,

@@ -27,10 +27,9 @@ def _glibc() -> ctypes.CDLL | None:
         return None
     try:
         libc = ctypes.CDLL(name)
-        # musl has neither
         libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
         libc.malloc_trim.argtypes = [ctypes.c_size_t]
-    except (OSError, AttributeError):
+    except (OSError, AttributeError):  # not glibc (musl has neither function)
         return None
     libc.mallopt.restype = ctypes.c_int
     libc.malloc_trim.restype = ctypes.c_int
