@@ -19,14 +19,15 @@
 
   These machines are noisy at every time scale: two identical plain servers,
   both up for a whole run and unpinned, differed by 7 % over ten pairs (twice),
-  and single pairs scatter by ±20 %. So the measurement is built to average that out rather than be fooled
-  by it: short runs (pairs close in time), many pairs, and fresh server
-  processes for each of a few rounds (start order alternating), so that one
-  process's luck (memory layout, hash seed, where the scheduler put it) does
-  not decide the result. With two or more CPUs, both servers share one CPU and
-  both clients another (only one server works at a time), so the two stacks are
-  placed alike and never compete with their own client. The ratio entries carry
-  each round's median and a bootstrap 95 % interval for the median of all pairs.
+  and single pairs scatter by ±20 %. So the measurement is built to average that
+  out rather than be fooled by it: short runs (pairs close in time), many pairs,
+  and fresh server processes for each of a few rounds (start order
+  alternating), so that one process's luck (memory layout, hash seed, where the
+  scheduler put it) does not decide the result. With two or more CPUs, both
+  servers share one CPU and both clients another (only one server works at a
+  time), so the two stacks are placed alike and never compete with their own
+  client. The ratio entries carry each round's median and a bootstrap 95 %
+  interval for the median of all pairs.
 - ``<Method>_cpu_ratio`` = plain CPU per request / service CPU per request and
   ``<Method>_rps_ratio`` = service requests/s / plain requests/s; target >= 0.9.
 - ``RefreshRules_round_trip_<n>``: client-side latency of sequential
