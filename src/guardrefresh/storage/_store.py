@@ -296,6 +296,8 @@ class WarmStore:
             except _Vanished:
                 continue
             except StoreNotFoundError:
+                if self._seen is None:  # nothing was here for this instance: no store
+                    raise
                 with self._locked():
                     if not self._recreate_if_emptied():
                         raise
