@@ -675,6 +675,8 @@ def test_echo_quotes_and_shortens_client_values() -> None:
     assert echo("x" * MAX_ECHO_CHARS) == repr("x" * 120)
     long = echo("y" * 20_000)
     assert long == "'" + "y" * 120 + "…' (20000 characters)"
+    assert echo(7) == "7" and echo(None) == "None"
+    assert echo(["z" * 200]) == "['" + "z" * 118 + "…"
     assert escape_controls("a\r\n\x1b\u2028\x85b") == "a\\r\\n\\x1b\\u2028\\x85b"
     assert escape_controls("plain, ünï 家族") == "plain, ünï 家族"
 

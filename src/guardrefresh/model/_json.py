@@ -32,7 +32,7 @@ import numpy.typing as npt
 from ._anchors import ANCHOR_DIM, SLOTS, RuleAnchors
 from ._errors import RuleValidationError
 from ._rule import MAX_JSON_DEPTH, ParamScalar, PolicyType, Rule
-from ._text import MAX_ECHO_CHARS, echo
+from ._text import echo
 
 __all__ = ["iter_rules_json", "rule_json_text", "rules_from_json", "rules_to_json"]
 
@@ -129,10 +129,6 @@ def rules_from_json(document: str | bytes) -> list[Rule]:
     return rules
 
 
-def _short(text: str) -> str:
-    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
-
-
 def _kind(value: object) -> str:
     """The JSON name of a parsed value's type, for messages."""
     if value is None:
@@ -215,8 +211,7 @@ def _rule_from_object(obj: object, index: int, defaults: dict[str, str]) -> Rule
         raise ValueError(f"{where} must be an object, got {_kind(obj)}")
     rid = obj.get("rule_id")
     if not isinstance(rid, str) or not rid:
-        shown = echo(rid) if isinstance(rid, str) else _short(repr(rid))
-        got = "is missing" if rid is None else f"must be a non-empty string, got {shown}"
+        got = "is missing" if rid is None else f"must be a non-empty string, got {echo(rid)}"
         raise ValueError(f"{where}: rule_id {got}")
     _check_keys(obj, _RULE_KEYS, where, rid)
     r = _RuleReader(obj, rid)

@@ -29,12 +29,17 @@ MAX_ECHO_NAMES = 10
 _CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 
-def echo(value: str) -> str:
+def echo(value: object) -> str:
     """``repr(value)``, cut to its first :data:`MAX_ECHO_CHARS` characters.
 
-    A longer value is shown as its first characters followed by ``…`` and its
-    length: ``'xxxx…' (20000 characters)``. The result holds no control character.
+    A longer string is shown as its first characters followed by ``…`` and its
+    length: ``'xxxx…' (20000 characters)``. Anything else (betterproto2 decodes a
+    string sent with another wire type as an int) is its ``repr``, cut the same way.
+    The result holds no control character.
     """
+    if not isinstance(value, str):
+        text = escape_controls(repr(value))
+        return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
     if len(value) <= MAX_ECHO_CHARS:
         return repr(value)
     return f"{value[:MAX_ECHO_CHARS] + '…'!r} ({len(value)} characters)"
