@@ -263,6 +263,26 @@ def test_bad_document_is_rejected_with_a_clear_message(text: str | bytes, messag
     assert not isinstance(info.value, RuleValidationError)
 
 
+def test_nesting_deeper_than_the_parser_goes_is_a_clear_error() -> None:
+    text = '{"rules": [{"rule_id": "a", "modification_spec": ' + "[" * 100_000 + "]" * 100_000
+    with pytest.raises(ValueError, match=r"not valid JSON: nested too deeply") as info:
+        rules_from_json(text + "}]}")
+    assert not isinstance(info.value, RuleValidationError)
+
+
+@pytest.mark.parametrize("depth", [65, 500])
+def test_a_modification_spec_object_nested_too_deep_names_the_rule_and_field(depth: int) -> None:
+    doc = minimal_doc()
+    spec: object = 1
+    for _ in range(depth):
+        spec = {"a": spec}
+    doc["rules"][0]["modification_spec"] = spec
+    with pytest.raises(RuleValidationError) as info:
+        rules_from_json(json.dumps(doc))
+    assert info.value.field == "modification_spec"
+    assert f"nested {depth} levels deep; the limit is 64" in str(info.value)
+
+
 def test_duplicate_rule_ids_are_rejected() -> None:
     doc = minimal_doc()
     doc["rules"].append(copy.deepcopy(doc["rules"][0]))

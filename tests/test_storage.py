@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import shutil
 import stat
 import struct
@@ -28,6 +29,7 @@ from guardrefresh.storage import (
     Manifest,
     StorageError,
     StoreDirectoryMissingError,
+    StoreNotFoundError,
     StorePermissionError,
     StoreWriteError,
     TableStat,
@@ -1099,6 +1101,81 @@ def test_a_lost_manifest_is_never_replaced_by_an_empty_store(store_path: Path) -
     with pytest.raises(CorruptStoreError, match=r"manifest .*missing, but data files exist"):
         WarmStore(store_path).open()
     assert not store_path.exists()  # nothing was created over the data
+
+
+def test_a_lost_manifest_under_a_running_store_is_still_refused(store_path: Path) -> None:
+    store = WarmStore(store_path)
+    table = store.append(store.open(), [make_rule("keep")])
+    store_path.unlink()  # the data files stay
+    with pytest.raises(CorruptStoreError, match="missing, but data files exist"):
+        WarmStore(store_path).open()
+    with pytest.raises(StoreNotFoundError):
+        store.load()
+    with pytest.raises(StoreNotFoundError):
+        store.append(table, [make_rule("new")])
+    store.close()
+    assert not store_path.exists()
+
+
+def _empty_the_directory(directory: Path, *, keep_lock: bool) -> None:
+    shutil.rmtree(directory)
+    directory.mkdir(mode=0o700)
+    if keep_lock:
+        (directory / "warm_storage.bin.lock").touch(mode=0o600)
+
+
+@pytest.mark.parametrize("keep_lock", [True, False], ids=["empty-lock-left", "empty"])
+def test_an_emptied_directory_is_started_again_as_an_empty_store(
+    store_path: Path, keep_lock: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = WarmStore(store_path)
+    table = store.append(store.open(), [make_rule("a"), make_rule("b")])
+    before = store.read_manifest()
+    _empty_the_directory(store_path.parent, keep_lock=keep_lock)
+
+    # Seen by a load (a refresh): an empty store, counting on from what was there.
+    emptied = store.load()
+    assert len(emptied) == 0
+    assert emptied.generation == before.generation + 1
+    assert emptied.bridge_version == before.bridge_version + 1
+    assert "was emptied" in caplog.text and "after holding 2 rules" in caplog.text
+
+    # Seen by a write: it lands in a new empty store.
+    table = store.append(emptied, [make_rule("c")])
+    _empty_the_directory(store_path.parent, keep_lock=keep_lock)
+    table = store.append(table, [make_rule("d")])
+    assert list(table.ids()) == ["d"]
+    store.close()
+    again = WarmStore(store_path).load()
+    assert sorted(again.ids()) == ["d"]
+    assert again.bridge_version == before.bridge_version + 4
+
+
+def test_running_out_of_descriptors_while_loading_is_a_storage_error(store_path: Path) -> None:
+    """Real EMFILE: the soft RLIMIT_NOFILE a few descriptors above what is open.
+
+    A load opens the manifest, then each data file, and maps it (mmap duplicates the
+    descriptor); each step in turn meets the limit. Every failure must be a
+    StorageError saying so, never a bare OSError.
+    """
+    store = WarmStore(store_path)
+    store.append(store.open(), [make_rule("a")])
+    store.close()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    messages = []
+    for extra in range(6):
+        reader = WarmStore(store_path)
+        open_now = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + extra, hard))
+        try:
+            assert len(reader.load()) == 1
+        except StorageError as exc:
+            messages.append(str(exc))
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(messages) >= 2, messages  # at the open and at the mapping
+    assert all("too many open files" in m for m in messages), messages
+    assert any(m.startswith("cannot map ") for m in messages), messages
 
 
 def test_loading_where_there_is_no_store_says_so(store_path: Path) -> None:

@@ -31,7 +31,8 @@ import numpy.typing as npt
 
 from ._anchors import ANCHOR_DIM, SLOTS, RuleAnchors
 from ._errors import RuleValidationError
-from ._rule import ParamScalar, PolicyType, Rule
+from ._rule import MAX_JSON_DEPTH, ParamScalar, PolicyType, Rule
+from ._text import echo
 
 __all__ = ["iter_rules_json", "rule_json_text", "rules_from_json", "rules_to_json"]
 
@@ -75,7 +76,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise _DuplicateKeyError(f"duplicate key {key!r} in an object")
+            raise _DuplicateKeyError(f"duplicate key {echo(key)} in an object")
         obj[key] = value
     return obj
 
@@ -97,7 +98,14 @@ def rules_from_json(document: str | bytes) -> list[Rule]:
         doc = json.loads(document, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
     except _DuplicateKeyError as exc:
         raise ValueError(f"{exc}") from None
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # A value in a rule may nest at most MAX_JSON_DEPTH levels (modification_spec);
+        # this is far deeper than that, and Python's parser gave up.
+        raise ValueError(
+            f"not valid JSON: nested too deeply (a modification_spec may nest at most "
+            f"{MAX_JSON_DEPTH} levels)"
+        ) from None
+    except ValueError as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"the top level must be an object, got {_kind(doc)}")
@@ -142,7 +150,7 @@ def _check_keys(obj: dict[str, Any], known: Sequence[str], where: str, rid: str 
             problem = f"unknown key (known keys: {', '.join(known)})"
             if rid:
                 raise RuleValidationError(rid, key, problem)
-            raise ValueError(f"{where}: {key!r}: {problem}")
+            raise ValueError(f"{where}: {echo(key)}: {problem}")
 
 
 def _top_level_text(doc: dict[str, Any], key: str) -> str:
@@ -203,7 +211,7 @@ def _rule_from_object(obj: object, index: int, defaults: dict[str, str]) -> Rule
         raise ValueError(f"{where} must be an object, got {_kind(obj)}")
     rid = obj.get("rule_id")
     if not isinstance(rid, str) or not rid:
-        got = "is missing" if rid is None else f"must be a non-empty string, got {rid!r}"
+        got = "is missing" if rid is None else f"must be a non-empty string, got {echo(rid)}"
         raise ValueError(f"{where}: rule_id {got}")
     _check_keys(obj, _RULE_KEYS, where, rid)
     r = _RuleReader(obj, rid)
@@ -244,7 +252,7 @@ def _params(r: _RuleReader) -> dict[str, ParamScalar]:
             params[key] = tuple(value)
         else:
             raise r.fail(
-                f"params[{key!r}]",
+                f"params[{echo(key)}]",
                 "must be a string, an integer, a number, true/false or a list of strings, "
                 f"got {_kind(value) if not isinstance(value, list) else 'a list with non-strings'}",
             )
@@ -406,7 +414,7 @@ def _spec_text(spec: str) -> str:
             obj = json.loads(spec)
             if isinstance(obj, dict) and _compact_json(obj) == spec:
                 return _dump(obj)
-        except ValueError:  # not JSON, or holds numbers JSON cannot write back (1e400)
+        except (ValueError, RecursionError):  # not JSON, numbers JSON cannot write back (1e400)
             pass
     return _dump(spec)
 

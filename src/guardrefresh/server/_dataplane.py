@@ -24,7 +24,14 @@ import trio_asyncio
 from grpclib import GRPCError, Status
 
 from ..bridge import Bridge, RuleConflictError, RuleNotFoundError, TooManyRulesError
-from ..model import Rule, RuleValidationError, rule_from_proto, rule_to_proto
+from ..model import (
+    Rule,
+    RuleValidationError,
+    check_family_ids,
+    echo,
+    rule_from_proto,
+    rule_to_proto,
+)
 from ..proto import rule_installation as pb
 from ..refresh import (
     RefreshError,
@@ -201,7 +208,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         )
         return pb.InstallRulesResponse(
             success=True,
-            message=f"installed {result.rules_installed} rules for agent {message.agent_id!r}",
+            message=f"installed {result.rules_installed} rules for agent {echo(message.agent_id)}",
             rules_installed=result.rules_installed,
             rules_by_layer=result.rules_by_layer,
             bridge_version=result.bridge_version,
@@ -216,7 +223,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         removed = await trio_asyncio.trio_as_aio(self._bridge.remove_agent_rules)(message.agent_id)
         return pb.RemoveAgentRulesResponse(
             success=True,
-            message=f"removed {removed} rules of agent {message.agent_id!r}",
+            message=f"removed {removed} rules of agent {echo(message.agent_id)}",
             rules_removed=removed,
         )
 
@@ -228,17 +235,15 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             message.agent_id, message.policy_id
         )
         return pb.RemovePolicyResponse(
-            success=True, message=f"removed rule {message.policy_id!r}", rules_removed=removed
+            success=True, message=f"removed rule {echo(message.policy_id)}", rules_removed=removed
         )
 
     @_mapped
     async def refresh_rules(self, message: pb.RefreshRulesRequest) -> pb.RefreshRulesResponse:
-        families = list(message.family_ids)
-        if any(not f for f in families):
-            raise GRPCError(Status.INVALID_ARGUMENT, "family_ids must not contain empty names")
-        if not all(isinstance(f, str) for f in families):
-            # betterproto2 decodes strings sent with another wire type as ints.
-            raise GRPCError(Status.INVALID_ARGUMENT, "malformed RefreshRulesRequest: family_ids")
+        try:
+            families = check_family_ids(message.family_ids)
+        except ValueError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         stats = await trio_asyncio.trio_as_aio(self._refresher.refresh)(
             families, trigger=RefreshTrigger.RPC
         )
@@ -264,7 +269,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             raise GRPCError(Status.INVALID_ARGUMENT, "rule_id is required")
         found = self._bridge.get_rule(message.rule_id)
         if found is None:
-            raise GRPCError(Status.NOT_FOUND, f"no rule {message.rule_id!r}")
+            raise GRPCError(Status.NOT_FOUND, f"no rule {echo(message.rule_id)}")
         rule, tier = found
         return pb.GetRuleResponse(found=True, rule=rule_to_proto(rule), tier=str(tier))
 

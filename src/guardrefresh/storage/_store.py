@@ -223,9 +223,8 @@ class WarmStore:
                     self._create_empty()
         return self.load()
 
-    def _create_empty(self) -> None:
-        generation = 1
-        empty = SegmentColumns.from_rules([], bridge_version=0)
+    def _create_empty(self, generation: int = 1, bridge_version: int = 0) -> None:
+        empty = SegmentColumns.from_rules([], bridge_version=bridge_version)
         empty.table_versions = {}
         snap = segment_bytes(empty)
         atomic_write(self.snapshot_path(generation), [snap])
@@ -236,7 +235,7 @@ class WarmStore:
         )
         manifest = Manifest(
             generation,
-            0,
+            bridge_version,
             0,
             len(snap),
             seg.header_checksum,
@@ -247,6 +246,36 @@ class WarmStore:
         atomic_write(self.path, [manifest.encode()])
         logger.info("Created empty warm storage at %s", self.path)
 
+    def _recreate_if_emptied(self) -> bool:
+        """Start an empty store again where this instance's store was emptied away.
+
+        The caller holds the writers' lock and found no manifest. When this instance
+        has read a store here before and none of its data files is left either (the
+        directory was emptied, or deleted and recreated: at most the lock and working
+        set files remain), the store is recreated empty, counting on from the
+        generation and bridge version it last saw, so neither ever goes back. Returns
+        whether there is a manifest now; data files without one stay refused.
+        """
+        if self.path.exists():
+            return True  # another writer got there first
+        seen = self._seen
+        try:
+            if seen is None or self._data_files():
+                return False
+        except OSError:  # the directory went away again
+            return False
+        self.close()
+        self._create_empty(seen.generation + 1, seen.bridge_version + 1)
+        logger.warning(
+            "Warm storage %s was emptied (manifest and data files gone) after holding %d "
+            "rules: started it again empty at generation %d, bridge version %d",
+            self.path,
+            seen.rule_count,
+            seen.generation + 1,
+            seen.bridge_version + 1,
+        )
+        return True
+
     @staticmethod
     def _journal_header(generation: int) -> bytes:
         head = _JOURNAL_HEADER.pack(JOURNAL_MAGIC, FORMAT_VERSION, 0, 0, generation)
@@ -254,7 +283,9 @@ class WarmStore:
 
     # -- load ----------------------------------------------------------------
     def load(self) -> WarmTable:
-        """Read, verify and merge the whole store. Changes nothing on disk.
+        """Read, verify and merge the whole store. Changes nothing on disk, except
+        that a store this instance read before and whose files have all been
+        removed since is started again empty (see :meth:`_recreate_if_emptied`).
 
         Anchors stay memory-mapped (zero copy); everything is verified against
         its checksum before it is returned.
@@ -263,6 +294,13 @@ class WarmStore:
             try:
                 table, manifest = self._load_once()
             except _Vanished:
+                continue
+            except StoreNotFoundError:
+                if self._seen is None:  # nothing was here for this instance: no store
+                    raise
+                with self._locked():
+                    if not self._recreate_if_emptied():
+                        raise
                 continue
             self._seen = manifest
             return table
@@ -349,7 +387,12 @@ class WarmStore:
                 )
             if length == 0:
                 return memoryview(b""), st.st_size
-            return memoryview(mmap.mmap(fd, length, access=mmap.ACCESS_READ)), st.st_size
+            try:
+                # mmap duplicates the descriptor: EMFILE can strike here, after the open.
+                mapped = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+            except OSError as exc:
+                raise translate_os_error(exc, path, "map") from exc
+            return memoryview(mapped), st.st_size
         finally:
             os.close(fd)
 
@@ -438,7 +481,12 @@ class WarmStore:
         state stays intact on disk (a partly written journal tail is ignored).
         """
         with self._locked():
-            m = self.read_manifest()
+            try:
+                m = self.read_manifest()
+            except StoreNotFoundError:
+                if not self._recreate_if_emptied():
+                    raise
+                m = self.read_manifest()
             if base.generation != m.generation or base.bridge_version != m.bridge_version:
                 base, m = self._load_once()
             version = m.bridge_version + 1
