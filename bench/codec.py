@@ -153,7 +153,7 @@ def _check_same(message: Any) -> bytes:
     data = bytes(message)
     if encode_message(message) != data:
         raise AssertionError(f"compiled bytes of {type(message).__name__} differ")
-    if decode_message(data, type(message)) != message:
+    if decode_message(data, type(message)) != type(message).parse(data):
         raise AssertionError(f"compiled parse of {type(message).__name__} differs")
     return data
 
