@@ -27,7 +27,7 @@ from ._rule import (
     check_family_ids,
     json_depth,
 )
-from ._text import MAX_ECHO_CHARS, echo, echo_names, escape_controls
+from ._text import MAX_ECHO_CHARS, clip, echo, echo_names, escape_controls
 
 __all__ = [
     "ANCHOR_DIM",
@@ -51,6 +51,7 @@ __all__ = [
     "RuleValidationError",
     "Slot",
     "check_family_ids",
+    "clip",
     "echo",
     "echo_names",
     "escape_controls",

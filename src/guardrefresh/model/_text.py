@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-__all__ = ["MAX_ECHO_CHARS", "echo", "echo_names", "escape_controls"]
+__all__ = ["MAX_ECHO_CHARS", "clip", "echo", "echo_names", "escape_controls"]
 
 #: Characters of a client value quoted back; a longer value is cut and marked with "…".
 MAX_ECHO_CHARS = 120
@@ -43,6 +43,16 @@ def echo(value: object) -> str:
     if len(value) <= MAX_ECHO_CHARS:
         return repr(value)
     return f"{value[:MAX_ECHO_CHARS] + '…'!r} ({len(value)} characters)"
+
+
+def clip(value: object) -> str:
+    """``value`` as text, unquoted, in one line and cut like :func:`echo`.
+
+    For messages worded as the original data plane worded them ("Policy not found:
+    ID"), where quotes would change the text a person or a script compares with.
+    """
+    text = escape_controls(value if isinstance(value, str) else repr(value))
+    return text if len(text) <= MAX_ECHO_CHARS else text[:MAX_ECHO_CHARS] + "…"
 
 
 def echo_names(names: Sequence[str], *, empty: str = "none") -> str:

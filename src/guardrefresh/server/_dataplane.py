@@ -23,11 +23,18 @@ import trio
 import trio_asyncio
 from grpclib import GRPCError, Status
 
-from ..bridge import Bridge, RuleConflictError, RuleNotFoundError, TooManyRulesError
+from ..bridge import (
+    GLOBAL_LAYER,
+    Bridge,
+    RuleConflictError,
+    RuleNotFoundError,
+    TooManyRulesError,
+)
 from ..model import (
     Rule,
     RuleValidationError,
     check_family_ids,
+    clip,
     echo,
     rule_from_proto,
     rule_to_proto,
@@ -208,7 +215,11 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         )
         return pb.InstallRulesResponse(
             success=True,
-            message=f"installed {result.rules_installed} rules for agent {echo(message.agent_id)}",
+            # Messages as the original data plane wrote them: people read them.
+            message=(
+                f"Successfully installed {result.rules_installed} rules for agent "
+                f"{clip(message.agent_id)}"
+            ),
             rules_installed=result.rules_installed,
             rules_by_layer=result.rules_by_layer,
             bridge_version=result.bridge_version,
@@ -223,7 +234,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         removed = await trio_asyncio.trio_as_aio(self._bridge.remove_agent_rules)(message.agent_id)
         return pb.RemoveAgentRulesResponse(
             success=True,
-            message=f"removed {removed} rules of agent {echo(message.agent_id)}",
+            message=f"Removed {removed} rules for agent {clip(message.agent_id)}",
             rules_removed=removed,
         )
 
@@ -235,7 +246,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             message.agent_id, message.policy_id
         )
         return pb.RemovePolicyResponse(
-            success=True, message=f"removed rule {echo(message.policy_id)}", rules_removed=removed
+            success=True, message=f"Removed policy {clip(message.policy_id)}", rules_removed=removed
         )
 
     @_mapped
@@ -249,7 +260,10 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         )
         return pb.RefreshRulesResponse(
             success=True,
-            message="unchanged" if stats.unchanged else f"refreshed {stats.rules_refreshed} rules",
+            message=(
+                f"Refreshed {stats.rules_refreshed} rules in {round(stats.duration_ms)}ms"
+                + (" (unchanged)" if stats.unchanged else "")
+            ),
             rules_refreshed=stats.rules_refreshed,
             duration_ms=round(stats.duration_ms),
             timestamp_ms=stats.timestamp_ms,
@@ -285,7 +299,8 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             table_stats=[
                 pb.TableStats(
                     family_id=t.family_id,
-                    layer_id=t.layer_id,
+                    # As the original data plane labels rules without a layer.
+                    layer_id=t.layer_id or GLOBAL_LAYER,
                     version=t.version,
                     rule_count=t.rule_count,
                     global_count=t.global_count,
