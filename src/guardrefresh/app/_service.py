@@ -17,6 +17,7 @@ import trio
 
 from ..bridge import Bridge
 from ..config import ConfigError, ServiceConfig
+from ..enforce import EnforcementEngine, IntentEncoder, open_intent_encoder
 from ..metrics import ServiceMetrics, refresh_error_reason, serve_metrics
 from ..refresh import (
     RefreshError,
@@ -26,7 +27,7 @@ from ..refresh import (
     RefreshTrigger,
     open_refresh_service,
 )
-from ..server import GrpcHost, open_asyncio_loop
+from ..server import EnforceHandler, GrpcHost, open_asyncio_loop
 from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
@@ -69,8 +70,9 @@ async def serve_service(
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
+            open_intent_encoder(config.enforce.management_plane_url) as encoder,
         ):
-            await _supervise(config, bridge, refresher, task_status)
+            await _supervise(config, bridge, refresher, encoder, task_status)
     finally:
         bridge.close()
 
@@ -113,6 +115,7 @@ async def _supervise(
     config: ServiceConfig,
     bridge: Bridge,
     refresher: RefreshService,
+    encoder: IntentEncoder,
     task_status: trio.TaskStatus[int],
 ) -> None:
     ssl_context, auth = _security(config)
@@ -133,7 +136,12 @@ async def _supervise(
     _tune_garbage_collector()
     scheduler = RefreshScheduler(refresher, config.scheduler)
     staleness_limit = config.health.staleness_limit(config.scheduler.refresh_interval)
-    dataplane = DataPlaneService(bridge, refresher, scheduler, staleness_limit_s=staleness_limit)
+    enforcer = EnforceHandler(
+        EnforcementEngine(bridge), encoder, observers=[metrics.enforce.observe]
+    )
+    dataplane = DataPlaneService(
+        bridge, refresher, scheduler, staleness_limit_s=staleness_limit, enforcer=enforcer
+    )
     metrics.add_grpc_services([dataplane])
     metrics.bind(
         hot_cache_stats=bridge.cache.stats,
@@ -183,6 +191,13 @@ async def _supervise(
             if auth is not None:
                 logger.info(
                     "Admin token required for changes%s", " and reads" if auth.protect_reads else ""
+                )
+            if encoder.endpoint is not None:
+                logger.info("Enforce encodes intents without a vector at %s", encoder.endpoint)
+            else:
+                logger.info(
+                    "No management plane URL: Enforce requests without an intent_vector "
+                    "are denied (fail-closed)"
                 )
             # Scripts and tests wait for this line: keep its shape.
             logger.info("Listening on %s:%d", config.server.host, port)

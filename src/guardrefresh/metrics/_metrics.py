@@ -29,6 +29,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .._version import __version__
+from ._enforce import EnforceMetrics
 from ..storage import (
     CorruptStoreError,
     StorageError,
@@ -475,6 +476,12 @@ class ServiceMetrics:
             ["version"],
             registry=r,
         ).labels(version=__version__).set(1)
+
+        # Deferred like the refresh import below: keeps this module's imports light.
+        from ..enforce import ENCODE_FAILURE_REASONS
+
+        #: Enforce decisions, latency, rules evaluated, encoder failures.
+        self.enforce = EnforceMetrics(r, ENCODE_FAILURE_REASONS)
 
         # Known label values start at 0, so rate() and increase() see the first event.
         for reason in REFRESH_ERROR_REASONS:

@@ -1,8 +1,8 @@
 """The ``rule_installation.DataPlane`` gRPC service.
 
 Handlers run on the asyncio side of the trio-asyncio loop, on the Trio
-thread. Reads (GetRule, GetRuleStats, GetRefreshStatus) touch the bridge
-directly: no lock, no crossing. Only calls that must await Trio work
+thread. Reads (GetRule, GetRuleStats, GetRefreshStatus, Enforce with a vector)
+touch the bridge directly: no lock, no crossing. Only calls that must await Trio work
 (installs, removals, refreshes) cross with ``trio_as_aio``.
 
 Every refusal is a gRPC status with a message a person can act on; a handler
@@ -24,6 +24,7 @@ import trio_asyncio
 from grpclib import GRPCError, Status
 
 from ..bridge import Bridge, RuleConflictError, RuleNotFoundError, TooManyRulesError
+from ..enforce import EnforcementEngine, IntentEncoder
 from ..model import Rule, RuleValidationError, rule_from_proto, rule_to_proto
 from ..proto import rule_installation as pb
 from ..refresh import (
@@ -34,6 +35,7 @@ from ..refresh import (
     RefreshTrigger,
 )
 from ..storage import StorageError
+from ._enforce import EnforceHandler
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +156,15 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         *,
         staleness_limit_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
+        enforcer: EnforceHandler | None = None,
     ) -> None:
+        #: Decides Enforce requests; by default without a management plane encoder
+        #: (requests without a vector are denied, fail-closed).
+        self.enforcer = (
+            enforcer
+            if enforcer is not None
+            else EnforceHandler(EnforcementEngine(bridge), IntentEncoder(None, None))
+        )
         self._bridge = bridge
         self._refresher = refresher
         self._scheduler = scheduler
@@ -320,10 +330,11 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             max_staleness_s=max_staleness,
         )
 
-    # -- declared, not implemented yet -----------------------------------------
+    @_mapped
     async def enforce(self, message: pb.EnforceRequest) -> pb.EnforceResponse:
-        raise GRPCError(Status.UNIMPLEMENTED, "Enforce is not implemented by this data plane yet")
+        return await self.enforcer.enforce(message)
 
+    # -- declared, not implemented yet -----------------------------------------
     async def query_telemetry(self, message: pb.QueryTelemetryRequest) -> pb.QueryTelemetryResponse:
         raise GRPCError(
             Status.UNIMPLEMENTED, "QueryTelemetry is not implemented by this data plane yet"
