@@ -92,9 +92,7 @@ def parse_intent(text: str) -> Intent:
         raise IntentError(f"intent_event_json: {exc}") from None
     _check_depth(document)
     if not isinstance(document, dict):
-        raise IntentError(
-            f"intent_event_json must be a JSON object, got {_type_name(document)}"
-        )
+        raise IntentError(f"intent_event_json must be a JSON object, got {_type_name(document)}")
     return _intent(text, document)
 
 

@@ -53,7 +53,9 @@ class EnforceOutcomeLike(Protocol):
 class EnforceMetrics:
     """Counters and histograms of Enforce, registered in the service's registry."""
 
-    def __init__(self, registry: CollectorRegistry, encode_failure_reasons: tuple[str, ...]) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, encode_failure_reasons: tuple[str, ...]
+    ) -> None:
         self._reasons = frozenset(encode_failure_reasons)
         self._decisions = Counter(
             "guardrefresh_enforce_total",
@@ -96,7 +98,9 @@ class EnforceMetrics:
     def observe(self, outcome: EnforceOutcomeLike) -> None:
         """One decided request. :exc:`ValueError` for an unknown decision or reason."""
         if outcome.decision_name not in DECISION_NAMES:
-            raise ValueError(f"decision must be one of {DECISION_NAMES}, got {outcome.decision_name!r}")
+            raise ValueError(
+                f"decision must be one of {DECISION_NAMES}, got {outcome.decision_name!r}"
+            )
         failure = outcome.encode_failure
         if failure is not None and failure not in self._reasons:
             raise ValueError(f"unknown encode failure reason {failure!r}")

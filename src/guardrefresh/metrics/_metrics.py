@@ -29,7 +29,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from .._version import __version__
-from ._enforce import EnforceMetrics
 from ..storage import (
     CorruptStoreError,
     StorageError,
@@ -40,6 +39,7 @@ from ..storage import (
     UnsafeStoreError,
     UnsupportedVersionError,
 )
+from ._enforce import EnforceMetrics
 
 __all__ = [
     "GRPC_TYPES",
