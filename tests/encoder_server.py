@@ -2,8 +2,8 @@
 
 stdlib ``http.server`` in a daemon thread on 127.0.0.1 (port 0). What it answers is set
 per test through :class:`EncoderServer` (``mode``); it records the bodies it received.
-Used in-process (tests/test_enforce_encoder.py) and as a separate process by the
-end-to-end tests (``python tests/encoder_server.py MODE`` prints ``PORT <n>``).
+The service under test, in its own process, reaches it over loopback like the real
+management plane.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 #: What every good answer holds: a vector the tests can recognise.
@@ -25,9 +24,17 @@ class EncoderServer:
     """Modes: ``ok`` (VECTOR), ``status_503``, ``short`` (127 values), ``slow`` (answers after
     ``slow_s``), ``not_json``, ``nan``, ``vector_of`` (answers ``vector`` as given)."""
 
-    def __init__(self, mode: str = "ok", *, slow_s: float = 3.0) -> None:
+    def __init__(
+        self,
+        mode: str = "ok",
+        *,
+        slow_s: float = 3.0,
+        vector_for: Callable[[Any], list[float]] | None = None,
+    ) -> None:
         self.mode = mode
         self.slow_s = slow_s
+        #: In mode ``ok``, computes the answer from the posted JSON (default: VECTOR).
+        self.vector_for = vector_for
         self.vector: list[Any] = list(VECTOR)
         self.bodies: list[bytes] = []
         self.paths: list[str] = []
@@ -67,6 +74,9 @@ class EncoderServer:
                     self._answer(200, json.dumps({"vector": [float("nan")] * 128}).encode())
                 elif mode == "vector_of":
                     self._answer(200, json.dumps({"vector": owner.vector}).encode())
+                elif owner.vector_for is not None:
+                    vector = owner.vector_for(json.loads(body))
+                    self._answer(200, json.dumps({"vector": vector}).encode())
                 else:
                     self._answer(200, json.dumps({"vector": VECTOR}).encode())
 
@@ -104,10 +114,3 @@ def running_encoder(mode: str = "ok", **kwargs: Any) -> Iterator[EncoderServer]:
         yield server
     finally:
         server.stop()
-
-
-if __name__ == "__main__":
-    # A separate process for end-to-end tests: serve until stdin closes.
-    with running_encoder(sys.argv[1] if len(sys.argv) > 1 else "ok") as server:
-        print(f"PORT {server.port}", flush=True)
-        sys.stdin.read()
