@@ -23,7 +23,13 @@ import trio
 import trio_asyncio
 from grpclib import GRPCError, Status
 
-from ..bridge import Bridge, RuleConflictError, RuleNotFoundError, TooManyRulesError
+from ..bridge import (
+    GLOBAL_LAYER,
+    Bridge,
+    RuleConflictError,
+    RuleNotFoundError,
+    TooManyRulesError,
+)
 from ..enforce import EnforcementEngine, IntentEncoder
 from ..model import Rule, RuleValidationError, rule_from_proto, rule_to_proto
 from ..proto import rule_installation as pb
@@ -211,7 +217,11 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         )
         return pb.InstallRulesResponse(
             success=True,
-            message=f"installed {result.rules_installed} rules for agent {message.agent_id!r}",
+            # Messages as the original data plane wrote them: people read them.
+            message=(
+                f"Successfully installed {result.rules_installed} rules for agent "
+                f"{message.agent_id}"
+            ),
             rules_installed=result.rules_installed,
             rules_by_layer=result.rules_by_layer,
             bridge_version=result.bridge_version,
@@ -226,7 +236,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         removed = await trio_asyncio.trio_as_aio(self._bridge.remove_agent_rules)(message.agent_id)
         return pb.RemoveAgentRulesResponse(
             success=True,
-            message=f"removed {removed} rules of agent {message.agent_id!r}",
+            message=f"Removed {removed} rules for agent {message.agent_id}",
             rules_removed=removed,
         )
 
@@ -238,7 +248,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             message.agent_id, message.policy_id
         )
         return pb.RemovePolicyResponse(
-            success=True, message=f"removed rule {message.policy_id!r}", rules_removed=removed
+            success=True, message=f"Removed policy {message.policy_id}", rules_removed=removed
         )
 
     @_mapped
@@ -254,7 +264,10 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         )
         return pb.RefreshRulesResponse(
             success=True,
-            message="unchanged" if stats.unchanged else f"refreshed {stats.rules_refreshed} rules",
+            message=(
+                f"Refreshed {stats.rules_refreshed} rules in {round(stats.duration_ms)}ms"
+                + (" (unchanged)" if stats.unchanged else "")
+            ),
             rules_refreshed=stats.rules_refreshed,
             duration_ms=round(stats.duration_ms),
             timestamp_ms=stats.timestamp_ms,
@@ -290,7 +303,8 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             table_stats=[
                 pb.TableStats(
                     family_id=t.family_id,
-                    layer_id=t.layer_id,
+                    # As the original data plane labels rules without a layer.
+                    layer_id=t.layer_id or GLOBAL_LAYER,
                     version=t.version,
                     rule_count=t.rule_count,
                     global_count=t.global_count,

@@ -213,11 +213,16 @@ class EnforceHandler:
                 failure = exc
             encode_us = _us(encode_start, self._clock_ns())
 
-        eval_start = self._clock_ns()
+        query_start = eval_start = self._clock_ns()
         if vector is None:
             assert failure is not None
             result = deny_result(str(failure))
         else:
+            # Selecting the rules in scope is usually a lookup of a prepared set; it is
+            # rebuilt after installs and removals. Timed apart for telemetry: evaluate()
+            # finds the set prepared by this call.
+            self.engine.evaluation_set(intent.tenant_id, intent.layer)
+            eval_start = self._clock_ns()
             result = self.engine.evaluate(
                 vector, tenant_id=intent.tenant_id, layer=intent.layer, drift_score=drift
             )
@@ -230,7 +235,7 @@ class EnforceHandler:
                 drift_score=drift,
                 encoded=encoded,
                 encode_us=encode_us,
-                rule_query_us=0,
+                rule_query_us=_us(query_start, eval_start),
                 evaluation_us=_us(eval_start, end),
                 total_us=_us(start, end),
                 encode_failure=None if failure is None else failure.reason,
@@ -245,7 +250,8 @@ class EnforceHandler:
             raise _invalid("malformed EnforceRequest: intent_event_json")
         try:
             if len(text) > PARSE_IN_THREAD_BYTES:
-                return await trio_asyncio.trio_as_aio(_parse_in_thread)(text)
+                intent: Intent = await trio_asyncio.trio_as_aio(_parse_in_thread)(text)
+                return intent
             return parse_intent(text)
         except IntentError as exc:
             raise _invalid(str(exc)) from None
