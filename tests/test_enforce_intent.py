@@ -224,3 +224,10 @@ def test_any_text_parses_or_raises_intent_error(raw: str) -> None:
         parse_intent(raw)
     except IntentError as exc:
         assert str(exc).startswith("intent_event_json")
+
+
+def test_problems_are_reported_in_the_schema_order() -> None:
+    with pytest.raises(IntentError, match="missing field 'schemaVersion'"):
+        parse_intent('{"id": "x"}')
+    with pytest.raises(IntentError, match="missing field 'id'"):
+        parse_intent("{}")

@@ -231,36 +231,47 @@ def _required(value: float | None) -> float:
 
 
 def _intent(raw: str, document: dict[str, Any]) -> Intent:
+    # Checked in the schema's field order, so the first problem reported is predictable.
     top = _Fields(document, "")
-    actor = top.object("actor")
-    resource = top.object("resource")
-    data = top.object("data")
-    risk = top.object("risk")
-    assert actor is not None and resource is not None and data is not None and risk is not None
-    # context and tool_params are free-form (serde_json::Value in the original): any
-    # JSON, checked only for depth, kept in ``raw``.
-    rate = top.object("rate_limit_context", required=False)
-    layer = top.optional_text("layer")
-    return Intent(
-        raw=raw,
-        id=top.text("id"),
-        schema_version=top.text("schemaVersion"),
-        tenant_id=top.text("tenantId"),
-        timestamp=_required(top.number("timestamp")),
-        actor_id=actor.text("id"),
-        actor_type=actor.text("type"),
-        action=top.text("action"),
+    fields: dict[str, Any] = {
+        "id": top.text("id"),
+        "schema_version": top.text("schemaVersion"),
+        "tenant_id": top.text("tenantId"),
+        "timestamp": _required(top.number("timestamp")),
+    }
+    actor = _present(top.object("actor"))
+    fields.update(actor_id=actor.text("id"), actor_type=actor.text("type"))
+    fields["action"] = top.text("action")
+    resource = _present(top.object("resource"))
+    fields.update(
         resource_type=resource.text("type"),
         resource_name=resource.optional_text("name"),
         resource_location=resource.optional_text("location"),
+    )
+    data = _present(top.object("data"))
+    fields.update(
         data_sensitivity=data.strings("sensitivity"),
         data_pii=data.boolean("pii", required=False),
         data_volume=data.optional_text("volume"),
-        risk_authn=risk.text("authn"),
-        layer=layer or None,
+    )
+    fields["risk_authn"] = _present(top.object("risk")).text("authn")
+    # context and tool_params are free-form (serde_json::Value in the original): any
+    # JSON, checked only for depth, kept in ``raw``.
+    fields.update(
+        layer=top.optional_text("layer") or None,
         tool_name=top.optional_text("tool_name"),
         tool_method=top.optional_text("tool_method"),
-        rate_limit_agent_id=None if rate is None else rate.text("agent_id"),
-        rate_limit_window_start=None if rate is None else rate.number("window_start"),
-        rate_limit_call_count=None if rate is None else rate.integer("call_count"),
     )
+    rate = top.object("rate_limit_context", required=False)
+    if rate is not None:
+        fields.update(
+            rate_limit_agent_id=rate.text("agent_id"),
+            rate_limit_window_start=rate.number("window_start"),
+            rate_limit_call_count=rate.integer("call_count"),
+        )
+    return Intent(raw=raw, **fields)
+
+
+def _present(fields: _Fields | None) -> _Fields:
+    assert fields is not None  # object() raises for a missing required field
+    return fields
