@@ -754,7 +754,8 @@ def _enforce_rules(tenant: str) -> tuple[list[Rule], list[float], list[float]]:
         make_rule(
             f"{tenant}-{kind.value}",
             agent_id=tenant,
-            layer="L1",
+            # A layer of their own: other tests install global rules in L1.
+            layer="L-enforce",
             policy_type=kind,
             priority=10,
             drift_threshold=0.0,
@@ -790,12 +791,12 @@ def enforce_tenant(target: str, tmp_path_factory: pytest.TempPathFactory) -> dic
 def test_enforce_prints_the_decision_and_the_evidence(
     capsys: pytest.CaptureFixture[str], target: str, enforce_tenant: dict[str, Path]
 ) -> None:
-    common = ("--tenant", "cli-tenant", "--layer", "L1", "--target", target)
+    common = ("--tenant", "cli-tenant", "--layer", "L-enforce", "--target", target)
     code, out, err = cli(capsys, "enforce", "--vector-file", enforce_tenant["forbid"], *common)
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert re.fullmatch(
-        r"DENY \(decision 0\) for tenant 'cli-tenant', layer 'L1'; request \S+", lines[0]
+        r"DENY \(decision 0\) for tenant 'cli-tenant', layer 'L-enforce'; request \S+", lines[0]
     )
     assert lines[1] == "rules evaluated: 1; drift triggered: no"
     assert lines[2] == "slice similarities (action/resource/data/risk): 1.000 1.000 1.000 1.000"
@@ -833,7 +834,10 @@ def test_enforce_scope_and_fail_closed(
     tmp_path: Path,
 ) -> None:
     # Another tenant, or another layer: nothing in scope, DENY without evidence.
-    for scope in (("--tenant", "someone-else"), ("--tenant", "cli-tenant", "--layer", "L2")):
+    for scope in (
+        ("--tenant", "someone-else", "--layer", "L-enforce"),
+        ("--tenant", "cli-tenant", "--layer", "L-other"),
+    ):
         code, out, err = cli(
             capsys, "enforce", "--vector-file", enforce_tenant["allow"], *scope, "--target", target
         )
@@ -853,10 +857,12 @@ def test_enforce_scope_and_fail_closed(
         )
     )  # fmt: skip
     code, out, err = cli(
-        capsys, "enforce", "--intent", intent, "--tenant", "cli-tenant", "--target", target
-    )
+        capsys, "enforce", "--intent", intent, "--tenant", "cli-tenant", "--layer", "L-enforce",
+        "--target", target,
+    )  # fmt: skip
     assert (code, err) == (0, "")
-    assert out.startswith("DENY (decision 0) for tenant 'cli-tenant', every layer")
+    assert out.startswith("DENY (decision 0) for tenant 'cli-tenant', layer 'L-enforce'")
+    assert "rules evaluated: 0" in out
 
 
 @pytest.mark.parametrize(
