@@ -1,7 +1,13 @@
 """gRPC hosting: grpclib services served inside Trio with a graceful drain, and the DataPlane."""
 
 from ._dataplane import DataPlaneService
-from ._enforce import EnforceHandler, EnforceObserver, EnforceOutcome, enforce_response
+from ._enforce import (
+    EnforceHandler,
+    EnforceObserver,
+    EnforceOutcome,
+    enforce_response,
+    enforce_response_bytes,
+)
 from ._host import DEFAULT_EXEMPT_METHODS, SHUTDOWN_MESSAGE, DrainReport, GrpcHost
 from ._loop import open_asyncio_loop
 
@@ -15,5 +21,6 @@ __all__ = [
     "EnforceOutcome",
     "GrpcHost",
     "enforce_response",
+    "enforce_response_bytes",
     "open_asyncio_loop",
 ]

@@ -85,6 +85,7 @@ def _mapped(
 
 
 INSTALL_RULES = "/rule_installation.DataPlane/InstallRules"
+ENFORCE = "/rule_installation.DataPlane/Enforce"
 
 
 class RawRequest:
@@ -105,6 +106,12 @@ class RawRequest:
 
     def SerializeToString(self) -> bytes:
         return self.data
+
+
+class RawResponse(RawRequest):
+    """A response the handler has serialized itself (grpclib's codec sends the bytes)."""
+
+    __slots__ = ()
 
 
 def parse_install_request(data: bytes) -> tuple[pb.InstallRulesRequest, list[Rule]]:
@@ -185,7 +192,18 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             RawRequest,
             pb.InstallRulesResponse,
         )
+        # Enforce answers can carry thousands of evidence entries: parsed and built in
+        # C (EnforceHandler.enforce_bytes) instead of betterproto2's pure Python.
+        mapping[ENFORCE] = grpclib.const.Handler(
+            self._rpc_enforce, grpclib.const.Cardinality.UNARY_UNARY, RawRequest, RawResponse
+        )
         return mapping
+
+    async def _rpc_enforce(self, stream: grpclib.server.Stream[RawRequest, RawResponse]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.enforce_bytes(request.data)
+        await stream.send_message(RawResponse(response))
 
     async def _rpc_install_rules(
         self, stream: grpclib.server.Stream[RawRequest, pb.InstallRulesResponse]
@@ -347,6 +365,10 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
     @_mapped
     async def enforce(self, message: pb.EnforceRequest) -> pb.EnforceResponse:
         return await self.enforcer.enforce(message)
+
+    @_mapped
+    async def enforce_bytes(self, data: bytes) -> bytes:
+        return await self.enforcer.enforce_bytes(data)
 
     # -- declared, not implemented yet -----------------------------------------
     async def query_telemetry(self, message: pb.QueryTelemetryRequest) -> pb.QueryTelemetryResponse:
