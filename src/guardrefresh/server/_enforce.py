@@ -250,7 +250,7 @@ class EnforceHandler:
         Raises :class:`GRPCError` INVALID_ARGUMENT for bad input.
         """
         result, request_id = await self.decide(message)
-        return result, request_id
+        return enforce_response(result, request_id)
 
     async def enforce_bytes(self, data: bytes) -> bytes:
         """Decide one serialized ``EnforceRequest``; returns the serialized response.
