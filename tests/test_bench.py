@@ -48,6 +48,17 @@ EXPECTED = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     ],
+    "codec": [
+        f"{message}_{how}"
+        for message, ways in (
+            ("EnforceResponse_encode", ("via_dict", "upb_direct")),
+            ("EnforceResponse_parse", ()),
+            ("GetRuleResponse_encode", ()),
+            ("EnforceRequest_parse", ()),
+            ("InstallRulesRequest_parse", ()),
+        )
+        for how in ("betterproto2", "compiled", "speedup", *ways)
+    ],
 }
 
 #: Benchmarks that carry a target in a full run; --tiny records it with met = None.
@@ -63,6 +74,7 @@ WITH_TARGETS = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     },
+    "codec": set(),
 }
 
 
@@ -144,6 +156,11 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
         low, high = ratio["median_95ci"]
         assert ratio["samples"]["min"] <= low <= ratio["median"] <= high <= ratio["samples"]["max"]
     assert grpc["idle_cpu_percent"]["median"] >= 0
+    codec = document["codec"]
+    encoded = codec["EnforceResponse_encode_compiled"]
+    assert encoded["parameters"]["evidence"] == 50 and encoded["parameters"]["bytes"] > 0
+    assert encoded["samples"]["n"] == meta["plan"]["codec_repeats"]
+    assert codec["GetRuleResponse_encode_betterproto2"]["parameters"]["anchor_floats"] == 2048
 
     # Every benchmark with a target shows up in the summary, with its verdict.
     summarized = {row["benchmark"] for row in document["summary"]}

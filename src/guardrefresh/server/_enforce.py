@@ -36,7 +36,6 @@ import numpy as np
 import numpy.typing as npt
 import trio
 import trio_asyncio
-from google.protobuf import message_factory
 from google.protobuf.message import DecodeError
 from grpclib import GRPCError, Status
 
@@ -52,6 +51,7 @@ from ..enforce import (
     parse_intent,
 )
 from ..proto import rule_installation as pb
+from ._codec import upb_class
 
 __all__ = [
     "EnforceHandler",
@@ -184,8 +184,8 @@ def enforce_response(result: EnforcementResult, request_id: str) -> pb.EnforceRe
     )
 
 
-_UPB_REQUEST: Final = message_factory.GetMessageClass(pb.EnforceRequest.DESCRIPTOR)
-_UPB_RESPONSE: Final = message_factory.GetMessageClass(pb.EnforceResponse.DESCRIPTOR)
+_UPB_REQUEST: Final = upb_class(pb.EnforceRequest)
+_UPB_RESPONSE: Final = upb_class(pb.EnforceResponse)
 
 
 def enforce_response_bytes(result: EnforcementResult, request_id: str) -> bytes:
