@@ -59,6 +59,12 @@ EXPECTED = {
         )
         for how in ("betterproto2", "compiled", "speedup", *ways)
     ],
+    # --tiny runs 20 and 50 rules in scope (100 and 1,000 in a full run).
+    "enforce_grpc": [
+        "Enforce_latency_20_rules",
+        "Enforce_latency_50_rules",
+        "Enforce_throughput_20_rules_8_clients",
+    ],
 }
 
 #: Benchmarks that carry a target in a full run; --tiny records it with met = None.
@@ -75,6 +81,7 @@ WITH_TARGETS = {
         "idle_cpu_percent",
     },
     "codec": set(),
+    "enforce_grpc": {"Enforce_latency_20_rules", "Enforce_latency_50_rules"},
 }
 
 
@@ -127,6 +134,9 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
             assert result["p99"] == samples["p99"], where
             # Tiny sizes are not the sizes the targets are stated for.
             assert result["met"] is None, where
+            if group == "enforce_grpc" and "throughput" in name:
+                cpu = result["server_cpu_us_per_request"]
+                assert _number(cpu["median"]) and cpu["median"] > 0, where
             if name in WITH_TARGETS[group]:
                 assert result["targets"], where
                 for target in result["targets"]:

@@ -167,6 +167,18 @@ def test_get_and_mark_of_missing_key_changes_nothing() -> None:
     assert lru_first(cache) == keys
 
 
+def test_mark_many_marks_hits_in_order_and_returns_misses() -> None:
+    cache = make(5)
+    keys = fill(cache, 5)
+    before = cache.stats()
+    assert cache.mark_many(["k3", "nope", "k0", "k3", "gone"]) == ["nope", "gone"]
+    assert lru_first(cache) == ["k1", "k2", "k4", "k0", "k3"]
+    stats = cache.stats()
+    assert (stats.hits - before.hits, stats.misses - before.misses) == (3, 2)
+    assert cache.mark_many([]) == []
+    assert sorted(keys) == sorted(lru_first(cache))  # nothing inserted or evicted
+
+
 def test_stats_count_hits_and_misses() -> None:
     cache = make(4)
     fill(cache, 4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import attrs
@@ -127,6 +127,21 @@ class Bridge:
             return None
         self.cache.insert(rule_id, ref)
         return ref.rule, Tier.WARM
+
+    def mark_used(self, rule_ids: Iterable[str]) -> int:
+        """Record that a decision read these rules (all must be live in warm storage).
+
+        Hot ones become the most recently used, in the order given; the others are
+        promoted from warm storage into the hot cache (which may evict its least
+        recently used entries). Returns how many were promoted.
+        """
+        missing = self.cache.mark_many(rule_ids)
+        if not missing:
+            return 0
+        table = self.table
+        refs = [(key, ref) for key in missing if (ref := table.ref(key)) is not None]
+        self.cache.insert_many(refs)
+        return len(refs)
 
     def rule_stats(self) -> RuleStats:
         return RuleStats(self.table.bridge_version, self.table.table_stats())

@@ -1,8 +1,8 @@
 """The ``rule_installation.DataPlane`` gRPC service.
 
 Handlers run on the asyncio side of the trio-asyncio loop, on the Trio
-thread. Reads (GetRule, GetRuleStats, GetRefreshStatus) touch the bridge
-directly: no lock, no crossing. Only calls that must await Trio work
+thread. Reads (GetRule, GetRuleStats, GetRefreshStatus, Enforce with a vector)
+touch the bridge directly: no lock, no crossing. Only calls that must await Trio work
 (installs, removals, refreshes) cross with ``trio_as_aio``.
 
 Every refusal is a gRPC status with a message a person can act on; a handler
@@ -30,6 +30,7 @@ from ..bridge import (
     RuleNotFoundError,
     TooManyRulesError,
 )
+from ..enforce import EnforcementEngine, IntentEncoder
 from ..model import (
     Rule,
     RuleValidationError,
@@ -48,6 +49,7 @@ from ..refresh import (
     RefreshTrigger,
 )
 from ..storage import StorageError
+from ._enforce import EnforceHandler
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +93,7 @@ def _mapped(
 
 
 INSTALL_RULES = "/rule_installation.DataPlane/InstallRules"
+ENFORCE = "/rule_installation.DataPlane/Enforce"
 
 
 class RawRequest:
@@ -111,6 +114,12 @@ class RawRequest:
 
     def SerializeToString(self) -> bytes:
         return self.data
+
+
+class RawResponse(RawRequest):
+    """A response the handler has serialized itself (grpclib's codec sends the bytes)."""
+
+    __slots__ = ()
 
 
 def parse_install_request(data: bytes) -> tuple[pb.InstallRulesRequest, list[Rule]]:
@@ -168,7 +177,15 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         *,
         staleness_limit_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
+        enforcer: EnforceHandler | None = None,
     ) -> None:
+        #: Decides Enforce requests; by default without a management plane encoder
+        #: (requests without a vector are denied, fail-closed).
+        self.enforcer = (
+            enforcer
+            if enforcer is not None
+            else EnforceHandler(EnforcementEngine(bridge), IntentEncoder(None, None))
+        )
         self._bridge = bridge
         self._refresher = refresher
         self._scheduler = scheduler
@@ -183,7 +200,18 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             RawRequest,
             pb.InstallRulesResponse,
         )
+        # Enforce answers can carry thousands of evidence entries: parsed and built in
+        # C (EnforceHandler.enforce_bytes) instead of betterproto2's pure Python.
+        mapping[ENFORCE] = grpclib.const.Handler(
+            self._rpc_enforce, grpclib.const.Cardinality.UNARY_UNARY, RawRequest, RawResponse
+        )
         return mapping
+
+    async def _rpc_enforce(self, stream: grpclib.server.Stream[RawRequest, RawResponse]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.enforce_bytes(request.data)
+        await stream.send_message(RawResponse(response))
 
     async def _rpc_install_rules(
         self, stream: grpclib.server.Stream[RawRequest, pb.InstallRulesResponse]
@@ -340,10 +368,15 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             max_staleness_s=max_staleness,
         )
 
-    # -- declared, not implemented yet -----------------------------------------
+    @_mapped
     async def enforce(self, message: pb.EnforceRequest) -> pb.EnforceResponse:
-        raise GRPCError(Status.UNIMPLEMENTED, "Enforce is not implemented by this data plane yet")
+        return await self.enforcer.enforce(message)
 
+    @_mapped
+    async def enforce_bytes(self, data: bytes) -> bytes:
+        return await self.enforcer.enforce_bytes(data)
+
+    # -- declared, not implemented yet -----------------------------------------
     async def query_telemetry(self, message: pb.QueryTelemetryRequest) -> pb.QueryTelemetryResponse:
         raise GRPCError(
             Status.UNIMPLEMENTED, "QueryTelemetry is not implemented by this data plane yet"

@@ -414,11 +414,23 @@ class Segment:
     def digest(self, row: int) -> int:
         return int(self.digests.item(row))
 
+    def _extras(self, row: int) -> dict[str, Any]:
+        start, end = int(self.extras_offsets[row]), int(self.extras_offsets[row + 1])
+        doc: dict[str, Any] = json.loads(bytes(self.extras[start:end])) if end > start else {}
+        return doc
+
+    def params_and_spec(self, row: int) -> tuple[dict[str, ParamScalar], str]:
+        """The params and modification_spec of one rule, without materialising it."""
+        doc = self._extras(row)
+        params: dict[str, ParamScalar] = {
+            k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("p", {}).items()
+        }
+        return params, doc.get("m", "")
+
     def rule(self, row: int) -> Rule:
         """Materialise one rule. Its anchor block stays a view of the buffer."""
         f = self.fixed[row]
-        start, end = int(self.extras_offsets[row]), int(self.extras_offsets[row + 1])
-        doc: dict[str, Any] = json.loads(bytes(self.extras[start:end])) if end > start else {}
+        doc = self._extras(row)
         params: dict[str, ParamScalar] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("p", {}).items()
         }
