@@ -1,0 +1,73 @@
+"""Enforcement telemetry: every Enforce call recorded as a session in SQLite, read back.
+
+:func:`open_telemetry` runs the store (writer thread, read connection) for a block;
+:class:`EnforcementSession` is one record; :class:`SessionQuery` filters pages.
+"""
+
+from ._database import SCHEMA_VERSION, TelemetryDatabaseError, open_database
+from ._query import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    InvalidQueryError,
+    QueryPage,
+    SessionQuery,
+    SessionReader,
+    SessionSummary,
+    TelemetryUnavailableError,
+)
+from ._recorder import DEFAULT_QUEUE_CAPACITY, TelemetryRecorder
+from ._service import Telemetry, TelemetryStats, open_telemetry
+from ._session import (
+    BLOCK,
+    DECISION_NAMES,
+    INTENT_JSON_LIMIT,
+    PASS,
+    Durations,
+    EnforcementResultLike,
+    EnforcementSession,
+    EvidenceLike,
+    RuleEvaluation,
+    cap_intent_json,
+    decision_name_of,
+    intent_identity,
+    intent_summary,
+    legacy_decision,
+)
+from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, SessionWriter, session_row
+
+__all__ = [
+    "BLOCK",
+    "COMMIT_BUCKETS",
+    "DECISION_NAMES",
+    "DEFAULT_LIMIT",
+    "DEFAULT_QUEUE_CAPACITY",
+    "INTENT_JSON_LIMIT",
+    "MAX_LIMIT",
+    "PASS",
+    "PRUNE_STEP_BUDGET_S",
+    "SCHEMA_VERSION",
+    "Durations",
+    "EnforcementResultLike",
+    "EnforcementSession",
+    "EvidenceLike",
+    "InvalidQueryError",
+    "QueryPage",
+    "RuleEvaluation",
+    "SessionQuery",
+    "SessionReader",
+    "SessionSummary",
+    "SessionWriter",
+    "Telemetry",
+    "TelemetryDatabaseError",
+    "TelemetryRecorder",
+    "TelemetryStats",
+    "TelemetryUnavailableError",
+    "cap_intent_json",
+    "decision_name_of",
+    "intent_identity",
+    "intent_summary",
+    "legacy_decision",
+    "open_database",
+    "open_telemetry",
+    "session_row",
+]
