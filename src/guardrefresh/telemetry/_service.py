@@ -159,10 +159,12 @@ async def open_telemetry(
 
 
 async def _run_writer(writer: SessionWriter) -> None:
-    # Not abandoned on cancellation: the thread must finish writing the queue, and it
-    # returns promptly once stop() was called.
+    # Shielded, and the thread not abandoned: even when the block is cancelled before this
+    # task first runs, the thread starts and writes the queue; it returns promptly once
+    # stop() was called (open_telemetry's finally does).
     try:
-        await trio.to_thread.run_sync(writer.run, limiter=trio.CapacityLimiter(1))
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(writer.run, limiter=trio.CapacityLimiter(1))
     except Exception:
         # A bug in the writer must not take Enforce down with it: recording stops
         # (sessions are counted as dropped from now on), the service goes on.

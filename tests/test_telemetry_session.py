@@ -1,0 +1,183 @@
+"""The session record: the original's JSON field names, decisions, intent capping, identity."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+from telemetry_support import Evidence, Result, make_session
+
+from guardrefresh.telemetry import (
+    DECISION_NAMES,
+    INTENT_JSON_LIMIT,
+    Durations,
+    EnforcementSession,
+    cap_intent_json,
+    decision_name_of,
+    intent_identity,
+    intent_summary,
+    legacy_decision,
+)
+
+# The fields of the original data plane's EnforcementSession and its parts (session.rs):
+# a tool built for it deserialises our documents only if every one of them is present.
+ORIGINAL_SESSION_FIELDS = {
+    "session_id", "timestamp_ms", "layer", "agent_id", "tenant_id", "intent_json",
+    "intent_vector", "events", "rules_evaluated", "final_decision", "final_similarities",
+    "duration_us", "performance", "error",
+}  # fmt: skip
+ORIGINAL_RULE_FIELDS = {
+    "rule_id", "rule_family", "priority", "description", "started_at_us", "duration_us",
+    "decision", "slice_similarities", "thresholds", "anchor_counts", "short_circuited",
+    "slice_details",
+}  # fmt: skip
+ORIGINAL_SLICE_FIELDS = {
+    "slice_name", "similarity", "threshold", "passed", "anchor_count", "best_anchor_idx",
+}  # fmt: skip
+ORIGINAL_PERFORMANCE_FIELDS = {
+    "encoding_duration_us", "rule_query_duration_us", "evaluation_duration_us",
+    "total_duration_us", "rules_queried", "rules_evaluated", "short_circuited",
+}  # fmt: skip
+
+
+def test_document_carries_every_original_field_with_the_original_types() -> None:
+    session = make_session("req-1", decision="DENY", rules=3, total_us=2500)
+    doc = json.loads(session.to_json())
+    assert doc.keys() >= ORIGINAL_SESSION_FIELDS
+    assert doc["session_id"] == "req-1"
+    assert doc["tenant_id"] == "tenant-a" and doc["agent_id"] == "agent-a"
+    assert doc["layer"] == "L4"
+    assert doc["final_decision"] == 0 and doc["decision_name"] == "DENY"
+    assert doc["duration_us"] == 2500
+    assert doc["final_similarities"] == pytest.approx([0.9, 0.8, 0.7, 0.6])
+    assert json.loads(doc["intent_json"])["tool_name"] == "web_search"
+    assert doc["performance"].keys() >= ORIGINAL_PERFORMANCE_FIELDS
+    assert doc["performance"] == {
+        "encoding_duration_us": 100,
+        "rule_query_duration_us": 20,
+        "evaluation_duration_us": 300,
+        "total_duration_us": 2500,
+        "rules_queried": 3,
+        "rules_evaluated": 3,
+        "short_circuited": False,
+    }
+    assert len(doc["rules_evaluated"]) == 3
+    for rule in doc["rules_evaluated"]:
+        assert rule.keys() >= ORIGINAL_RULE_FIELDS
+        assert len(rule["slice_similarities"]) == 4 and len(rule["thresholds"]) == 4
+        assert len(rule["anchor_counts"]) == 4
+        for detail in rule["slice_details"]:
+            assert detail.keys() >= ORIGINAL_SLICE_FIELDS
+    last = doc["rules_evaluated"][-1]
+    assert last["rule_id"] == "deciding-deny" and last["decision"] == 1
+    assert last["scoring_mode"] == "min" and last["triggering_slice"] == "action"
+    assert doc["deciding_rule_id"] == "deciding-deny"
+    # Tagged events, as the original's serde enum: {"type": "final_decision", ...}.
+    assert doc["events"][-1]["type"] == "final_decision"
+    assert doc["events"][-1]["decision"] == 0
+    assert doc["drift_score"] == 0.25 and doc["drift_triggered"] is False
+    assert doc["error"] is None and doc["intent_truncated"] is False
+
+
+@pytest.mark.parametrize(
+    ("name", "legacy"),
+    [("ALLOW", 1), ("MODIFY", 1), ("DENY", 0), ("STEP_UP", 0), ("DEFER", 0)],
+)
+def test_final_decision_is_the_originals_zero_one(name: str, legacy: int) -> None:
+    assert legacy_decision(name) == legacy
+    assert make_session("s", decision=name).final_decision == legacy
+
+
+def test_decision_names_from_strings_enums_and_legacy_ints() -> None:
+    import enum
+
+    class Decision(enum.Enum):
+        ALLOW = "allow"
+        STEP_UP = "step_up"
+
+    assert decision_name_of("deny") == "DENY"
+    assert decision_name_of("step-up") == "STEP_UP"
+    assert decision_name_of(Decision.STEP_UP) == "STEP_UP"
+    assert decision_name_of(Decision.ALLOW) == "ALLOW"
+    assert decision_name_of(1) == "ALLOW" and decision_name_of(0) == "DENY"
+    # What cannot be understood never reads as allowed.
+    assert decision_name_of("maybe") == "DENY"
+    assert decision_name_of(None) == "DENY"
+    assert set(DECISION_NAMES) == {"ALLOW", "DENY", "MODIFY", "STEP_UP", "DEFER"}
+
+
+def test_a_fail_closed_call_without_result_is_a_deny_with_its_error() -> None:
+    session = EnforcementSession.from_outcome(
+        session_id="req-9",
+        intent_json='{"action": "read"}',
+        tenant_id="t",
+        error="encoder unavailable: connection refused",
+        durations=Durations(total_us=42),
+    )
+    doc = json.loads(session.to_json())
+    assert doc["final_decision"] == 0 and doc["decision_name"] == "DENY"
+    assert doc["rules_evaluated"] == [] and doc["final_similarities"] is None
+    assert doc["error"] == "encoder unavailable: connection refused"
+    assert [e["type"] for e in doc["events"]] == ["error", "final_decision"]
+    assert doc["deciding_rule_id"] == ""
+    assert session.summary() == "read"
+
+
+def test_modified_params_and_empty_session_id() -> None:
+    result = Result(
+        decision="MODIFY",
+        evidence=[Evidence("r1", decision=1)],
+        modified_params={"redact": ["ssn"]},
+        drift_triggered=True,
+    )
+    session = EnforcementSession.from_outcome(session_id="", intent_json="{}", result=result)
+    assert len(session.session_id) == 36  # a fresh UUID
+    doc = json.loads(session.to_json())
+    assert json.loads(doc["modified_params"]) == {"redact": ["ssn"]}
+    assert doc["drift_triggered"] is True and doc["final_decision"] == 1
+
+
+def test_intent_json_is_capped_at_16_kib_on_a_character_boundary() -> None:
+    short = '{"a": "é"}'
+    assert cap_intent_json(short) == (short, False)
+    long = '{"note": "' + "é" * INTENT_JSON_LIMIT + '"}'
+    capped, truncated = cap_intent_json(long)
+    assert truncated
+    assert len(capped.encode()) <= INTENT_JSON_LIMIT
+    assert long.startswith(capped)
+    session = make_session("big", intent_extra="x" * (2 * INTENT_JSON_LIMIT))
+    doc = json.loads(session.to_json())
+    assert doc["intent_truncated"] is True
+    assert len(doc["intent_json"].encode()) == INTENT_JSON_LIMIT
+
+
+def test_intent_summary_and_identity() -> None:
+    assert intent_summary('{"tool_name": "web_search", "action": "read"}') == "web_search"
+    assert intent_summary('{"action": "read"}') == "read"
+    assert intent_summary("not json") == "unknown"
+    assert intent_summary('["a"]') == "unknown"
+    intent = {
+        "tenant_id": "t1",
+        "layer": "L4",
+        "rate_limit_context": {"agentId": "rl-agent"},
+        "actor": {"id": "actor-1"},
+    }
+    assert intent_identity(intent) == ("t1", "rl-agent", "L4")
+    assert intent_identity({"actor": {"id": "actor-1"}}) == ("", "actor-1", "")
+    assert intent_identity({"rate_limit_context": {"agentId": 5}, "actor": "x"}) == ("", "", "")
+
+
+def test_non_finite_similarities_become_null_so_strict_parsers_accept_the_json() -> None:
+    result = Result(decision="DENY", slice_similarities=(math.nan, 1.0, math.inf, 0.0))
+    session = EnforcementSession.from_outcome(session_id="n", intent_json="{}", result=result)
+    text = session.to_json()
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON: {c}"))
+    assert doc["final_similarities"] == [None, 1.0, None, 0.0]
+
+
+def test_bad_values_are_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="decision_name"):
+        EnforcementSession(session_id="x", timestamp_ms=0, decision_name="MAYBE")
+    with pytest.raises(ValueError, match="total_us"):
+        Durations(total_us=-1)
