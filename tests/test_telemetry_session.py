@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import attrs
 import pytest
 from telemetry_support import Evidence, Result, make_session
 
@@ -13,11 +14,13 @@ from guardrefresh.telemetry import (
     INTENT_JSON_LIMIT,
     Durations,
     EnforcementSession,
+    EnforceRecorder,
     cap_intent_json,
     decision_name_of,
     intent_identity,
     intent_summary,
     legacy_decision,
+    session_from_outcome,
 )
 
 # The fields of the original data plane's EnforcementSession and its parts (session.rs):
@@ -181,3 +184,62 @@ def test_bad_values_are_refused_at_construction() -> None:
         EnforcementSession(session_id="x", timestamp_ms=0, decision_name="MAYBE")
     with pytest.raises(ValueError, match="total_us"):
         Durations(total_us=-1)
+
+
+@attrs.frozen
+class _Intent:
+    raw: str
+    action: str = "read"
+    tool_name: str | None = "web_search"
+
+
+@attrs.frozen(kw_only=True)
+class _Outcome:
+    """Shaped like the Enforce handler's outcome (what observers receive)."""
+
+    request_id: str
+    intent: _Intent
+    tenant_id: str = "tenant-a"
+    agent_id: str = "agent-a"
+    layer: str | None = None
+    drift_score: float = 0.5
+    encode_us: int = 700
+    rule_query_us: int = 30
+    evaluation_us: int = 400
+    total_us: int = 1_250
+    error: str = ""
+    result: Result
+
+
+def test_an_enforce_outcome_becomes_a_session_keyed_by_the_request_id() -> None:
+    recorded: list[EnforcementSession] = []
+
+    class Sink:
+        def record(self, session: EnforcementSession) -> bool:
+            recorded.append(session)
+            return True
+
+    result = Result(decision="STEP_UP", evidence=[Evidence("r-step", decision=1)])
+    outcome = _Outcome(request_id="req-42", intent=_Intent(raw='{"id": "i"}'), result=result)
+    EnforceRecorder(Sink())(outcome)
+    (session,) = recorded
+    assert session.session_id == "req-42"
+    assert session.decision_name == "STEP_UP" and session.final_decision == 0
+    assert session.deciding_rule_id == "r-step"
+    assert session.layer == "" and session.summary() == "web_search"
+    assert session.durations == Durations(
+        encode_us=700, rule_query_us=30, evaluation_us=400, total_us=1_250
+    )
+    assert session.error is None and session.intent_json == '{"id": "i"}'
+    fixed = session_from_outcome(
+        _Outcome(
+            request_id="req-43",
+            intent=_Intent(raw="{}", tool_name=None),
+            error="no rules in scope",
+            total_us=5_000,
+            result=Result(decision="DENY"),
+        ),
+        now_ms=1_000_000,
+    )
+    assert fixed.timestamp_ms == 1_000_000 - 5  # arrival: the end minus the duration
+    assert fixed.summary() == "read" and fixed.error == "no rules in scope"

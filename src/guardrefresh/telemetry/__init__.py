@@ -5,6 +5,13 @@
 """
 
 from ._database import SCHEMA_VERSION, TelemetryDatabaseError, open_database
+from ._observer import (
+    EnforceOutcomeLike,
+    EnforceRecorder,
+    IntentLike,
+    SessionSink,
+    session_from_outcome,
+)
 from ._query import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -47,14 +54,18 @@ __all__ = [
     "PRUNE_STEP_BUDGET_S",
     "SCHEMA_VERSION",
     "Durations",
+    "EnforceOutcomeLike",
+    "EnforceRecorder",
     "EnforcementResultLike",
     "EnforcementSession",
     "EvidenceLike",
+    "IntentLike",
     "InvalidQueryError",
     "QueryPage",
     "RuleEvaluation",
     "SessionQuery",
     "SessionReader",
+    "SessionSink",
     "SessionSummary",
     "SessionWriter",
     "Telemetry",
@@ -69,5 +80,6 @@ __all__ = [
     "legacy_decision",
     "open_database",
     "open_telemetry",
+    "session_from_outcome",
     "session_row",
 ]

@@ -337,8 +337,10 @@ class EnforcementSession:
             params_text = params
         else:
             params_text = json.dumps(params, separators=(",", ":"), default=str)
+        # The engine's own name when it has one (a result may carry both).
+        name = getattr(result, "decision_name", None)
         return cls(
-            decision_name=decision_name_of(result.decision),
+            decision_name=decision_name_of(name if name else result.decision),
             drift_triggered=bool(result.drift_triggered),
             modified_params=params_text,
             final_similarities=_floats(result.slice_similarities),
