@@ -238,8 +238,9 @@ async def test_unimplemented_calls_answer_unimplemented(
         (
             "query_telemetry",
             "QueryTelemetry",
-            pb.QueryTelemetryRequest(),
-            pb2.QueryTelemetryRequest(),
+            # As the management plane sends it: decision=0 is a present filter.
+            pb.QueryTelemetryRequest(decision=0, limit=50),
+            pb2.QueryTelemetryRequest(decision=0, limit=50),
         ),
         (
             "get_session",
