@@ -29,6 +29,7 @@ from ..config import (
 )
 from ._client import CLIENT_COMMANDS
 from ._logging import configure_logging
+from ._sessions import SESSION_COMMANDS
 from ._warm import WARM_COMMANDS
 
 __all__ = ["Command", "main"]
@@ -38,9 +39,12 @@ logger = logging.getLogger(__name__)
 #: A subcommand: called with the arguments after its name, returns the exit code.
 Command = Callable[[Sequence[str]], int]
 
-#: Subcommands by name: ``status``, ``refresh``, ``install``, ``get``, ``remove-policy``
-#: and ``remove-agent`` talk to a running service; ``warm ...`` works on the files.
-_COMMANDS: Mapping[str, Command] = types.MappingProxyType({**CLIENT_COMMANDS, **WARM_COMMANDS})
+#: Subcommands by name: ``status``, ``refresh``, ``install``, ``get``, ``remove-policy``,
+#: ``remove-agent``, ``sessions`` and ``session`` talk to a running service; ``warm ...``
+#: works on the files.
+_COMMANDS: Mapping[str, Command] = types.MappingProxyType(
+    {**CLIENT_COMMANDS, **SESSION_COMMANDS, **WARM_COMMANDS}
+)
 
 _EXIT_BAD_CONFIG = 2
 

@@ -16,6 +16,7 @@ from ._metrics import (
     grpc_code_name,
     refresh_error_reason,
 )
+from ._telemetry import TelemetryStatsLike
 
 __all__ = [
     "GRPC_TYPES",
@@ -27,6 +28,7 @@ __all__ = [
     "RefreshStatsLike",
     "SchedulerStatusLike",
     "ServiceMetrics",
+    "TelemetryStatsLike",
     "grpc_code_name",
     "refresh_error_reason",
     "serve_metrics",
