@@ -388,3 +388,31 @@ def test_an_unreadable_database_gives_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(TelemetryUnavailableError, match="does not exist"):
         reader.query(SessionQuery())
     assert not os.path.exists(tmp_path / "missing.db")  # reading never creates it
+
+
+async def test_metrics_expose_the_telemetry_counters(db: Path) -> None:
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from guardrefresh.metrics import ServiceMetrics
+
+    metrics = ServiceMetrics()
+    async with open_telemetry(db, batch_window_s=0.01, queue_capacity=5) as telemetry:
+        metrics.bind_telemetry(telemetry.stats)
+        for i in range(8):  # three more than the queue holds: dropped
+            telemetry.record(make_session(f"m{i}"))
+        # The writer is a thread: wait for it from one too.
+        await trio.to_thread.run_sync(wait_for, lambda: telemetry.stats().recorded == 5)
+        samples = {
+            (sample.name, sample.labels.get("le")): sample.value
+            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+            for sample in family.samples
+        }
+    assert samples[("guardrefresh_telemetry_sessions_recorded_total", None)] == 5
+    assert samples[("guardrefresh_telemetry_dropped_total", None)] == 3
+    assert samples[("guardrefresh_telemetry_queue_depth", None)] == 0
+    assert samples[("guardrefresh_telemetry_pruned_total", None)] == 0
+    assert samples[("guardrefresh_telemetry_database_bytes", None)] > 0
+    assert samples[("guardrefresh_telemetry_healthy", None)] == 1
+    assert samples[("guardrefresh_telemetry_batch_commit_seconds_count", None)] >= 1
+    assert samples[("guardrefresh_telemetry_batch_commit_seconds_bucket", "+Inf")] >= 1
