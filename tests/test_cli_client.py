@@ -201,11 +201,13 @@ def test_install_overrides_and_json(
     assert answer["success"] is True
     assert answer["rules_installed"] == 2
     assert answer["rules_by_layer"] == {"Lx": 2}
-    assert answer["message"] == "installed 2 rules for agent 'ov-agent'"
+    assert answer["message"] == "Successfully installed 2 rules for agent ov-agent"
     # The rules belong to the --agent, not to the file's installer.
     code, out, err = cli(capsys, "remove-policy", "from-file", "ov-1", "--target", target)
     assert code == 1
-    assert_one_error_line(err, "NOT_FOUND: agent 'from-file' has no rule 'ov-1'")
+    assert_one_error_line(
+        err, "FAILED_PRECONDITION: Policy ov-1 does not belong to agent from-file"
+    )
     code, out, err = cli(capsys, "remove-policy", "ov-agent", "ov-1", "--target", target)
     assert (code, out, err) == (0, "removed rule 'ov-1' of agent 'ov-agent'\n", "")
 
@@ -337,7 +339,7 @@ def test_remove_policy_then_get_is_not_found(
     assert (code, err) == (0, "")
     assert json.loads(out) == {
         "success": True,
-        "message": "removed rule 'rp-1'",
+        "message": "Removed policy rp-1",
         "rules_removed": 1,
     }
     code, out, err = cli(capsys, "get", "rp-1", "--target", target)

@@ -128,9 +128,27 @@ WIRE_CASES: list[tuple[str, Callable[[pb.RuleInstance], None], str, str]] = [
         "got 0",
     ),
     ("17-anchors", _slot("data", [vec()] * 17, 17), "anchors.data_anchors", "at most 16"),
-    ("count-too-high", _slot("resource", [vec(), vec()], 3), "anchors.resource_count", "disagrees"),
-    ("count-too-low", _slot("action", [vec(), vec()], 1), "anchors.action_count", "disagrees"),
-    ("count-without-vectors", _slot("data", [], 1), "anchors.data_count", "disagrees"),
+    (
+        "count-too-high",
+        _slot("resource", [vec(), vec()], 3),
+        "anchors.resource_count",
+        "count 3 exceeds the 2 resource anchor vectors sent",
+    ),
+    ("count-negative", _slot("action", [vec(), vec()], -1), "anchors.action_count", "got -1"),
+    ("count-without-vectors", _slot("data", [], 1), "anchors.data_count", "exceeds"),
+    ("nan-in-padding", _slot("data", [vec(), vec(NAN)], 1), "anchors.data_anchors[1]", "finite"),
+    (
+        "narrow-padding",
+        _slot("action", [vec(), vec(width=31)], 0),
+        "anchors.action_anchors[1]",
+        "31",
+    ),
+    (
+        "17-padded",
+        _slot("risk", [vec()] * 17, 1),
+        "anchors.risk_anchors",
+        "at most 16 anchors, got 17",
+    ),
     ("anchor-nan", _set_anchor("action", 0, vec(NAN)), "anchors.action_anchors[0]", "finite"),
     ("anchor-inf", _set_anchor("resource", 0, vec(INF)), "anchors.resource_anchors[0]", "finite"),
     ("anchor-one-nan", _nan_in_component(NAN), "anchors.risk_anchors[1]", "finite"),
@@ -235,6 +253,76 @@ def test_sixteen_anchors_per_slot_is_the_limit() -> None:
     assert rule.anchors.slot(3)[15].tolist() == [15.0] * ANCHOR_DIM
 
 
+def _padded_payload(counts: tuple[int, int, int, int], padding: float) -> pb.RuleAnchorsPayload:
+    """16 vectors per slot with ``counts`` real anchors, as the management plane sends them."""
+
+    def slot(s: int) -> list[pb.AnchorVector]:
+        return [
+            vec(float(s * 100 + i + 1)) if i < counts[s] else vec(padding)
+            for i in range(MAX_ANCHORS)
+        ]
+
+    return pb.RuleAnchorsPayload(
+        action_anchors=slot(0),
+        action_count=counts[0],
+        resource_anchors=slot(1),
+        resource_count=counts[1],
+        data_anchors=slot(2),
+        data_count=counts[2],
+        risk_anchors=slot(3),
+        risk_count=counts[3],
+    )
+
+
+@pytest.mark.parametrize("padding", [0.0, 7.5], ids=["zero-padding", "non-zero-padding"])
+def test_padded_slots_are_accepted_and_only_the_counted_anchors_are_scored(
+    padding: float,
+) -> None:
+    msg = wire()
+    msg.anchors = _padded_payload((1, 0, 16, 3), padding)
+    rule = rule_from_proto(through_bytes(msg))
+    assert rule.anchors.counts == (1, 0, 16, 3)
+    assert rule.anchors.sent == (16, 16, 16, 16)
+    # The scored view is the first `count` vectors only.
+    assert rule.anchors.slot(0).tolist() == [[1.0] * ANCHOR_DIM]
+    assert rule.anchors.slot(1).shape == (0, ANCHOR_DIM)
+    assert rule.anchors.slot(3)[:, 0].tolist() == [301.0, 302.0, 303.0]
+    # Padding is kept as sent.
+    assert rule.anchors.sent_slot(3)[3:].tolist() == [[padding] * ANCHOR_DIM] * 13
+    # And the rule goes back on the wire exactly as it came.
+    assert rule_to_proto(rule) == msg
+    assert bytes(rule_to_proto(rule)) == bytes(msg)
+
+
+def test_padding_is_part_of_rule_equality() -> None:
+    plain = make_anchors((1, 0, 0, 0))
+    padded = make_anchors((1, 0, 0, 0), sent=(3, 0, 0, 0))
+    zero_padded = RuleAnchors.from_slots(
+        [[plain.slot(0)[0].tolist(), [0.0] * ANCHOR_DIM], [], [], []], (1, 0, 0, 0)
+    )
+    assert padded.counts == plain.counts and padded.sent == (3, 0, 0, 0)
+    assert np.array_equal(padded.slot(0), plain.slot(0))
+    # Same scored anchors, different rules as installed: GetRule must tell them apart.
+    assert padded != plain
+    assert zero_padded != plain
+    assert zero_padded.sent == (2, 0, 0, 0)
+
+
+def test_counts_default_to_every_vector_sent() -> None:
+    anchors = RuleAnchors.from_slots([[[1.0] * ANCHOR_DIM] * 2, [], [], []])
+    assert anchors.counts == anchors.sent == (2, 0, 0, 0)
+    assert RuleAnchors(anchors.vectors, (1, 0, 0, 0)).sent == (1, 0, 0, 0)
+
+
+def test_stored_blocks_check_count_against_vectors_sent() -> None:
+    block = make_anchors((2, 0, 0, 0)).vectors
+    RuleAnchors(block, (1, 0, 0, 0), (2, 0, 0, 0)).validate("r")
+    for counts, sent in (((3, 0, 0, 0), (2, 0, 0, 0)), ((0, 0, 0, 0), (0, 0, 0, 17))):
+        with pytest.raises(RuleValidationError) as info:
+            RuleAnchors(block, counts, sent).validate("r")
+        assert "count <= vectors sent <= 16" in str(info.value)
+
+
 def test_float32_overflow_in_anchor_is_rejected() -> None:
     # 1e39 is a finite double but not a finite float32: the block stores float32.
     msg = wire()
@@ -330,7 +418,7 @@ RULE_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "bad-anchor-count",
         {"anchors": RuleAnchors(make_anchors().vectors, (17, 0, 0, 0))},
         "anchors.action_count",
-        "must be 0..16, got 17",
+        "got count 17 of 17 vectors",
     ),
     (
         "bad-anchor-shape",

@@ -243,3 +243,25 @@ def test_an_enforce_outcome_becomes_a_session_keyed_by_the_request_id() -> None:
     )
     assert fixed.timestamp_ms == 1_000_000 - 5  # arrival: the end minus the duration
     assert fixed.summary() == "read" and fixed.error == "no rules in scope"
+
+
+def test_the_engines_result_type_is_recorded_as_it_decided() -> None:
+    from guardrefresh.enforce import Decision, EnforcementResult, RuleEvidence
+
+    evidence = (
+        RuleEvidence("r1", "one", 1, (0.9, 0.8, 0.7, 0.6), "action", "3", (0.5,) * 4, "min"),
+        RuleEvidence("r2", "two", 0, (0.1, 0.2, 0.3, 0.4), "risk", "", (0.5,) * 4, "weighted-avg"),
+    )
+    result = EnforcementResult(
+        Decision.MODIFY,
+        (0.9, 0.8, 0.7, 0.6),
+        evidence,
+        modified_params='{"x": 1}',
+        deciding_rule="r1",
+    )
+    session = EnforcementSession.from_outcome(session_id="e", intent_json="{}", result=result)
+    assert session.decision_name == "MODIFY" and session.final_decision == 1
+    assert session.deciding_rule_id == "r1"  # the engine's word, not the last matching rule
+    assert [r.anchor_matched for r in session.rules] == ["3", ""]
+    assert decision_name_of(Decision.MODIFY) == "MODIFY"
+    assert decision_name_of(Decision.DEFER) == "DEFER"

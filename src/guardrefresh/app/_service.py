@@ -19,6 +19,7 @@ import trio
 
 from ..bridge import Bridge
 from ..config import ConfigError, ServiceConfig
+from ..enforce import EnforcementEngine, IntentEncoder, open_intent_encoder
 from ..metrics import ServiceMetrics, refresh_error_reason, serve_metrics
 from ..refresh import (
     RefreshError,
@@ -28,12 +29,12 @@ from ..refresh import (
     RefreshTrigger,
     open_refresh_service,
 )
-from ..server import GrpcHost, open_asyncio_loop
+from ..server import EnforceHandler, EnforceObserver, GrpcHost, open_asyncio_loop
 from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
 from ..storage import StorageError
-from ..telemetry import Telemetry, open_telemetry
+from ..telemetry import EnforceRecorder, Telemetry, open_telemetry
 from ._memory import release_free_memory, tune_allocator
 
 logger = logging.getLogger(__name__)
@@ -72,11 +73,12 @@ async def serve_service(
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
+            open_intent_encoder(config.enforce.management_plane_url) as encoder,
             # Entered before the server starts and left after it has drained: every
             # session of an answered Enforce call is written before the process exits.
             _open_telemetry(config) as telemetry,
         ):
-            await _supervise(config, bridge, refresher, telemetry, task_status)
+            await _supervise(config, bridge, refresher, encoder, telemetry, task_status)
     finally:
         bridge.close()
 
@@ -144,6 +146,7 @@ async def _supervise(
     config: ServiceConfig,
     bridge: Bridge,
     refresher: RefreshService,
+    encoder: IntentEncoder,
     telemetry: Telemetry | None,
     task_status: trio.TaskStatus[int],
 ) -> None:
@@ -165,8 +168,17 @@ async def _supervise(
     _tune_garbage_collector()
     scheduler = RefreshScheduler(refresher, config.scheduler)
     staleness_limit = config.health.staleness_limit(config.scheduler.refresh_interval)
+    observers: list[EnforceObserver] = [metrics.enforce.observe]
+    if telemetry is not None:
+        observers.append(EnforceRecorder(telemetry))
+    enforcer = EnforceHandler(EnforcementEngine(bridge), encoder, observers=observers)
     dataplane = DataPlaneService(
-        bridge, refresher, scheduler, staleness_limit_s=staleness_limit, telemetry=telemetry
+        bridge,
+        refresher,
+        scheduler,
+        staleness_limit_s=staleness_limit,
+        enforcer=enforcer,
+        telemetry=telemetry,
     )
     metrics.add_grpc_services([dataplane])
     if telemetry is not None:
@@ -219,6 +231,13 @@ async def _supervise(
             if auth is not None:
                 logger.info(
                     "Admin token required for changes%s", " and reads" if auth.protect_reads else ""
+                )
+            if encoder.endpoint is not None:
+                logger.info("Enforce encodes intents without a vector at %s", encoder.endpoint)
+            else:
+                logger.info(
+                    "No management plane URL: Enforce requests without an intent_vector "
+                    "are denied (fail-closed)"
                 )
             # Scripts and tests wait for this line: keep its shape.
             logger.info("Listening on %s:%d", config.server.host, port)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import attrs
@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOT_CAPACITY = 10_000
 DEFAULT_MAX_RULES_PER_INSTALL = 10_000
+#: How counts by layer name rules without a layer (the original data plane's label).
+GLOBAL_LAYER = "global"
 
 
 class Tier(enum.StrEnum):
@@ -126,6 +128,21 @@ class Bridge:
         self.cache.insert(rule_id, ref)
         return ref.rule, Tier.WARM
 
+    def mark_used(self, rule_ids: Iterable[str]) -> int:
+        """Record that a decision read these rules (all must be live in warm storage).
+
+        Hot ones become the most recently used, in the order given; the others are
+        promoted from warm storage into the hot cache (which may evict its least
+        recently used entries). Returns how many were promoted.
+        """
+        missing = self.cache.mark_many(rule_ids)
+        if not missing:
+            return 0
+        table = self.table
+        refs = [(key, ref) for key in missing if (ref := table.ref(key)) is not None]
+        self.cache.insert_many(refs)
+        return len(refs)
+
     def rule_stats(self) -> RuleStats:
         return RuleStats(self.table.bridge_version, self.table.table_stats())
 
@@ -157,7 +174,7 @@ class Bridge:
                     )
             if stamped:
                 await self._commit(stamped, ())
-        by_layer = Counter(rule.layer for rule in stamped)
+        by_layer = Counter(rule.layer or GLOBAL_LAYER for rule in stamped)
         logger.info(
             "Installed %d rules for agent %r (config %r): bridge version %d",
             len(stamped),
@@ -173,11 +190,18 @@ class Bridge:
         return InstallResult(len(stamped), dict(by_layer), self.table.bridge_version)
 
     async def remove_policy(self, agent_id: str, policy_id: str) -> int:
-        """Remove rule ``policy_id`` of ``agent_id``. Raises :class:`RuleNotFoundError`."""
+        """Remove rule ``policy_id`` of ``agent_id``.
+
+        Raises :class:`RuleNotFoundError` when there is no such rule and
+        :class:`RuleConflictError` when it belongs to another agent (messages as
+        the original data plane worded them).
+        """
         async with self.write_lock:
             ref = self.table.ref(policy_id)
-            if ref is None or not self._belongs(ref, agent_id):
-                raise RuleNotFoundError(f"agent {agent_id!r} has no rule {policy_id!r}")
+            if ref is None:
+                raise RuleNotFoundError(f"Policy not found: {policy_id}")
+            if not self._belongs(ref, agent_id):
+                raise RuleConflictError(f"Policy {policy_id} does not belong to agent {agent_id}")
             await self._commit((), (policy_id,))
         logger.info(
             "Removed rule %r of agent %r: bridge version %d",

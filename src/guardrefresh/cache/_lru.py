@@ -144,6 +144,28 @@ class HotCache(Generic[V]):
         data.move_to_end(key)
         return value
 
+    def mark_many(self, keys: Iterable[str]) -> list[str]:
+        """:meth:`get_and_mark` each key in order, without returning values.
+
+        Counts a hit for every cached key (which becomes the most recently used, the last
+        one given ending up on top) and a miss for every other one.
+
+        Returns:
+            The keys that were not cached, in the order given.
+        """
+        move = self._data.move_to_end
+        missing: list[str] = []
+        seen = 0
+        for key in keys:
+            seen += 1
+            try:
+                move(key)
+            except KeyError:
+                missing.append(key)
+        self._hits += seen - len(missing)
+        self._misses += len(missing)
+        return missing
+
     def peek(self, key: str) -> V | None:
         """Return the value of *key*, or ``None``, without counting or marking.
 

@@ -28,6 +28,7 @@ from ..config import (
     version_text,
 )
 from ._client import CLIENT_COMMANDS
+from ._enforce import enforce_command
 from ._logging import configure_logging
 from ._sessions import SESSION_COMMANDS
 from ._warm import WARM_COMMANDS
@@ -40,10 +41,10 @@ logger = logging.getLogger(__name__)
 Command = Callable[[Sequence[str]], int]
 
 #: Subcommands by name: ``status``, ``refresh``, ``install``, ``get``, ``remove-policy``,
-#: ``remove-agent``, ``sessions`` and ``session`` talk to a running service; ``warm ...``
-#: works on the files.
+#: ``remove-agent``, ``enforce``, ``sessions`` and ``session`` talk to a running service;
+#: ``warm ...`` works on the files.
 _COMMANDS: Mapping[str, Command] = types.MappingProxyType(
-    {**CLIENT_COMMANDS, **SESSION_COMMANDS, **WARM_COMMANDS}
+    {**CLIENT_COMMANDS, "enforce": enforce_command, **SESSION_COMMANDS, **WARM_COMMANDS}
 )
 
 _EXIT_BAD_CONFIG = 2

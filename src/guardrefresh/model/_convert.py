@@ -48,7 +48,8 @@ def rule_to_proto(rule: Rule) -> pb.RuleInstance:
     a = rule.anchors
 
     def vectors(slot: int) -> list[pb.AnchorVector]:
-        return [pb.AnchorVector(values=row.tolist()) for row in a.slot(slot)]
+        # Padding included: a rule reads back exactly as it was installed.
+        return [pb.AnchorVector(values=row.tolist()) for row in a.sent_slot(slot)]
 
     return pb.RuleInstance(
         rule_id=rule.rule_id,

@@ -4,7 +4,8 @@ The format is documented in ``docs/rules-json.md``. In short::
 
     {"agent_id": "...", "config_id": "...", "owner": "...",
      "rules": [{"rule_id": "...", "policy_type": "forbidden", ...,
-                "anchors": {"action": [[32 numbers], ...], "resource": [...], ...}}]}
+                "anchors": {"action": [[32 numbers], ...], "resource": [...], ...,
+                            "action_count": 1}}]}
 
 The top-level ``agent_id``, ``config_id`` and ``owner`` say who installs the rules
 (``Rule.installed_by``, ``.config_id``, ``.owner``); a rule may override them with its
@@ -61,6 +62,8 @@ _EXACT_POW10 = 22
 #: Rules whose floats are shortened in one numpy pass when writing a document.
 _BATCH = 256
 _INDENT = "  "
+#: Optional keys of the anchors object: how many of a slot's vectors are scored anchors.
+_COUNT_KEYS = tuple(f"{slot}_count" for slot in SLOTS)
 
 
 # ------------------------------------------------------------------------- reading ---
@@ -256,16 +259,22 @@ def _anchors(r: _RuleReader) -> RuleAnchors:
     if not isinstance(raw, dict):
         raise r.fail("anchors", f"must be an object, got {_kind(raw)}")
     for key in raw:
-        if key not in SLOTS:
-            raise r.fail(f"anchors.{key}", f"unknown slot (slots: {', '.join(SLOTS)})")
+        if key not in SLOTS and key not in _COUNT_KEYS:
+            known = ", ".join((*SLOTS, *_COUNT_KEYS))
+            raise r.fail(f"anchors.{key}", f"unknown key (known keys: {known})")
     slots: list[list[list[float]]] = []
-    for name in SLOTS:
+    counts: list[int] = []
+    for name, count_key in zip(SLOTS, _COUNT_KEYS, strict=True):
         vectors = raw.get(name, [])
         if not isinstance(vectors, list):
             raise r.fail(f"anchors.{name}", f"must be a list of vectors, got {_kind(vectors)}")
         slots.append([r.numbers(f"anchors.{name}[{i}]", v) for i, v in enumerate(vectors)])
+        count = raw.get(count_key, len(vectors))
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise r.fail(f"anchors.{count_key}", f"must be an integer, got {_kind(count)}")
+        counts.append(count)
     try:
-        return RuleAnchors.from_slots(slots, rule_id=r.rid)
+        return RuleAnchors.from_slots(slots, counts, rule_id=r.rid)
     except RuleValidationError as exc:
         # The model names wire fields ("anchors.action_anchors[0]"); name the JSON ones.
         field = re.sub(r"^anchors\.(\w+)_anchors", r"anchors.\1", exc.field)
@@ -343,7 +352,7 @@ def _floats_of(rules: Sequence[Rule]) -> list[_Floats]:
     parts: list[npt.NDArray[np.float32]] = []
     for rule in rules:
         parts.append(np.asarray([rule.drift_threshold, *rule.slice_weights], dtype=np.float32))
-        parts.extend(rule.anchors.slot(s).reshape(-1) for s in range(len(SLOTS)))
+        parts.extend(rule.anchors.sent_slot(s).reshape(-1) for s in range(len(SLOTS)))
     flat: list[float] = _shortest_f32(np.concatenate(parts)) if parts else []
     out: list[_Floats] = []
     pos = 0
@@ -351,11 +360,11 @@ def _floats_of(rules: Sequence[Rule]) -> list[_Floats]:
         weights = flat[pos + 1 : pos + 1 + len(rule.slice_weights)]
         drift, pos = flat[pos], pos + 1 + len(weights)
         slots = []
-        for count in rule.anchors.counts:
+        for sent in rule.anchors.sent:
             slots.append(
-                [flat[pos + i * ANCHOR_DIM : pos + (i + 1) * ANCHOR_DIM] for i in range(count)]
+                [flat[pos + i * ANCHOR_DIM : pos + (i + 1) * ANCHOR_DIM] for i in range(sent)]
             )
-            pos += count * ANCHOR_DIM
+            pos += sent * ANCHOR_DIM
         out.append((drift, weights, slots))
     return out
 
@@ -377,7 +386,7 @@ def _rule_text(rule: Rule, floats: _Floats, *, level: int, common: dict[str, str
         ("modification_spec", _spec_text(rule.modification_spec)),
         ("slice_weights", _dump(weights)),
         ("params", _dump({k: _param_json(v) for k, v in rule.params.items()})),
-        ("anchors", _anchors_text(slots, level + 1)),
+        ("anchors", _anchors_text(slots, rule.anchors.counts, level + 1)),
     ]
     for doc_key, attr in _INSTALL_FIELDS:
         value = getattr(rule, attr)
@@ -411,7 +420,7 @@ def _spec_text(spec: str) -> str:
     return _dump(spec)
 
 
-def _anchors_text(slots: list[list[list[float]]], level: int) -> str:
+def _anchors_text(slots: list[list[list[float]]], counts: Sequence[int], level: int) -> str:
     pad = _INDENT * (level + 1)
     parts = []
     for name, vectors in zip(SLOTS, slots, strict=True):
@@ -423,6 +432,12 @@ def _anchors_text(slots: list[list[list[float]]], level: int) -> str:
             f"{pad}{_INDENT}[{', '.join(map(float.__repr__, row))}]" for row in vectors
         )
         parts.append(f"{pad}{_dump(name)}: [\n{rows}\n{pad}]")
+    # A count is written only when some vectors are padding (the list length otherwise).
+    parts.extend(
+        f"{pad}{_dump(key)}: {count}"
+        for key, count, vectors in zip(_COUNT_KEYS, counts, slots, strict=True)
+        if count != len(vectors)
+    )
     return "{\n" + ",\n".join(parts) + "\n" + _INDENT * level + "}"
 
 

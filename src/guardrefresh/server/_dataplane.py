@@ -1,8 +1,8 @@
 """The ``rule_installation.DataPlane`` gRPC service.
 
 Handlers run on the asyncio side of the trio-asyncio loop, on the Trio
-thread. Reads (GetRule, GetRuleStats, GetRefreshStatus) touch the bridge
-directly: no lock, no crossing. Only calls that must await Trio work
+thread. Reads (GetRule, GetRuleStats, GetRefreshStatus, Enforce with a vector)
+touch the bridge directly: no lock, no crossing. Only calls that must await Trio work
 (installs, removals, refreshes) cross with ``trio_as_aio``.
 
 Every refusal is a gRPC status with a message a person can act on; a handler
@@ -23,7 +23,14 @@ import trio
 import trio_asyncio
 from grpclib import GRPCError, Status
 
-from ..bridge import Bridge, RuleConflictError, RuleNotFoundError, TooManyRulesError
+from ..bridge import (
+    GLOBAL_LAYER,
+    Bridge,
+    RuleConflictError,
+    RuleNotFoundError,
+    TooManyRulesError,
+)
+from ..enforce import EnforcementEngine, IntentEncoder
 from ..model import Rule, RuleValidationError, rule_from_proto, rule_to_proto
 from ..proto import rule_installation as pb
 from ..refresh import (
@@ -41,6 +48,7 @@ from ..telemetry import (
     Telemetry,
     TelemetryUnavailableError,
 )
+from ._enforce import EnforceHandler
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +170,15 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         staleness_limit_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
+        enforcer: EnforceHandler | None = None,
     ) -> None:
+        #: Decides Enforce requests; by default without a management plane encoder
+        #: (requests without a vector are denied, fail-closed).
+        self.enforcer = (
+            enforcer
+            if enforcer is not None
+            else EnforceHandler(EnforcementEngine(bridge), IntentEncoder(None, None))
+        )
         self._bridge = bridge
         self._telemetry = telemetry
         self._refresher = refresher
@@ -210,7 +226,11 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         )
         return pb.InstallRulesResponse(
             success=True,
-            message=f"installed {result.rules_installed} rules for agent {message.agent_id!r}",
+            # Messages as the original data plane wrote them: people read them.
+            message=(
+                f"Successfully installed {result.rules_installed} rules for agent "
+                f"{message.agent_id}"
+            ),
             rules_installed=result.rules_installed,
             rules_by_layer=result.rules_by_layer,
             bridge_version=result.bridge_version,
@@ -225,7 +245,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         removed = await trio_asyncio.trio_as_aio(self._bridge.remove_agent_rules)(message.agent_id)
         return pb.RemoveAgentRulesResponse(
             success=True,
-            message=f"removed {removed} rules of agent {message.agent_id!r}",
+            message=f"Removed {removed} rules for agent {message.agent_id}",
             rules_removed=removed,
         )
 
@@ -237,7 +257,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             message.agent_id, message.policy_id
         )
         return pb.RemovePolicyResponse(
-            success=True, message=f"removed rule {message.policy_id!r}", rules_removed=removed
+            success=True, message=f"Removed policy {message.policy_id}", rules_removed=removed
         )
 
     @_mapped
@@ -253,7 +273,10 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         )
         return pb.RefreshRulesResponse(
             success=True,
-            message="unchanged" if stats.unchanged else f"refreshed {stats.rules_refreshed} rules",
+            message=(
+                f"Refreshed {stats.rules_refreshed} rules in {round(stats.duration_ms)}ms"
+                + (" (unchanged)" if stats.unchanged else "")
+            ),
             rules_refreshed=stats.rules_refreshed,
             duration_ms=round(stats.duration_ms),
             timestamp_ms=stats.timestamp_ms,
@@ -289,7 +312,8 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             table_stats=[
                 pb.TableStats(
                     family_id=t.family_id,
-                    layer_id=t.layer_id,
+                    # As the original data plane labels rules without a layer.
+                    layer_id=t.layer_id or GLOBAL_LAYER,
                     version=t.version,
                     rule_count=t.rule_count,
                     global_count=t.global_count,
@@ -329,9 +353,9 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             max_staleness_s=max_staleness,
         )
 
-    # -- declared, not implemented yet -----------------------------------------
+    @_mapped
     async def enforce(self, message: pb.EnforceRequest) -> pb.EnforceResponse:
-        raise GRPCError(Status.UNIMPLEMENTED, "Enforce is not implemented by this data plane yet")
+        return await self.enforcer.enforce(message)
 
     # -- telemetry (reads in worker threads, through Trio) ------------------------
     def _telemetry_or_refuse(self) -> Telemetry:

@@ -62,6 +62,7 @@ from ._fs import (
 )
 from ._segment import (
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     Segment,
     SegmentColumns,
     decode_segment,
@@ -93,6 +94,9 @@ class Manifest:
     journal_size: int
     journal_checksum: int
     updated_at_ms: int
+    #: The version the file carried when read; a manifest is always written as
+    #: FORMAT_VERSION (this build writes only that). Not part of equality.
+    format_version: int = attrs.field(default=FORMAT_VERSION, eq=False)
 
     def encode(self) -> bytes:
         body = _MANIFEST.pack(
@@ -117,8 +121,8 @@ class Manifest:
         # The version first: a newer build's manifest may well have another size.
         if len(raw) >= 10 and raw[:8] == MANIFEST_MAGIC:
             (version,) = struct.unpack_from("<H", raw, 8)
-            if version != FORMAT_VERSION:
-                raise UnsupportedVersionError(path, version, FORMAT_VERSION)
+            if version not in READABLE_VERSIONS:
+                raise UnsupportedVersionError(path, version, READABLE_VERSIONS)
         if len(raw) != _MANIFEST.size:
             raise CorruptStoreError(
                 path,
@@ -132,12 +136,12 @@ class Manifest:
             raise CorruptStoreError(
                 path, "manifest", 0, "bad magic (not a guardrefresh warm store)"
             )
-        if version != FORMAT_VERSION:
-            raise UnsupportedVersionError(path, version, FORMAT_VERSION)
+        if version not in READABLE_VERSIONS:
+            raise UnsupportedVersionError(path, version, READABLE_VERSIONS)
         if xxhash.xxh3_64_intdigest(raw[:-8]) != checksum:
             raise CorruptStoreError(path, "manifest", 0, "checksum mismatch")
         # magic, version, flags, reserved | the fields of this class | checksum
-        return cls(*fields[4:-1])
+        return attrs.evolve(cls(*fields[4:-1]), format_version=version)
 
 
 @attrs.frozen
@@ -397,10 +401,13 @@ class WarmStore:
         magic, version, _f, _r, generation = _JOURNAL_HEADER.unpack_from(view, 0)
         if magic != JOURNAL_MAGIC:
             raise CorruptStoreError(path, "journal header", 0, "bad magic")
-        if version != FORMAT_VERSION:
-            # Under a manifest of this version: damage (see decode_segment).
+        if version not in READABLE_VERSIONS:
+            # Under a manifest this build reads: damage (see decode_segment).
             raise CorruptStoreError(
-                path, "journal header", 8, f"format version {version}, expected {FORMAT_VERSION}"
+                path,
+                "journal header",
+                8,
+                f"format version {version}, expected one of {READABLE_VERSIONS}",
             )
         if generation != m.generation:
             raise CorruptStoreError(
@@ -464,6 +471,7 @@ class WarmStore:
             hasher.update(record)
             new = attrs.evolve(
                 m,
+                format_version=FORMAT_VERSION,
                 bridge_version=version,
                 rule_count=len(table),
                 journal_size=m.journal_size + len(record),

@@ -198,6 +198,13 @@ class WarmTable:
             for row in np.flatnonzero(mask).tolist():
                 yield RuleRef(seg, row)
 
+    def live_segments(self) -> Iterator[tuple[Segment, npt.NDArray[np.bool_]]]:
+        """Each segment, oldest first, with the mask of its rows that are live here.
+
+        The masks are shared with other tables: read them, never write them.
+        """
+        return zip(self.segments, self._live, strict=True)
+
     def family_names(self) -> set[str]:
         names: set[str] = set()
         for seg, live in zip(self.segments, self._live, strict=True):

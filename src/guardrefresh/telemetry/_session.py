@@ -11,6 +11,7 @@ plus a few additions (``decision_name``, ``drift_score``, ``drift_triggered``,
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import time
@@ -59,7 +60,7 @@ def decision_name_of(decision: object) -> str:
     """
     if isinstance(decision, bool):
         return "ALLOW" if decision else "DENY"
-    if isinstance(decision, int):
+    if isinstance(decision, int) and not isinstance(decision, enum.Enum):
         return "ALLOW" if decision == PASS else "DENY"
     name = getattr(decision, "name", decision)
     if isinstance(name, str):
@@ -274,6 +275,8 @@ class EnforcementSession:
     intent_truncated: bool = False
     #: ``tool_name`` or ``action`` of the intent when the caller already knows it.
     intent_summary: str | None = None
+    #: The deciding rule as the engine named it ("" for none); None: inferred.
+    deciding_rule: str | None = None
 
     @property
     def final_decision(self) -> int:
@@ -282,11 +285,11 @@ class EnforcementSession:
 
     @property
     def deciding_rule_id(self) -> str:
-        """The rule that decided: the last evaluated one if it matched, else ``""``.
-
-        The engine stops at the first rule whose match settles the decision (a
-        forbidden or context rule); a default decision after no match has no rule.
+        """The rule that decided, as the engine said; else the last evaluated one if it
+        matched (the engine stops at the first match that settles the decision), else ``""``.
         """
+        if self.deciding_rule is not None:
+            return self.deciding_rule
         if self.rules and self.rules[-1].decision == PASS:
             return self.rules[-1].rule_id
         return ""
@@ -339,8 +342,10 @@ class EnforcementSession:
             params_text = json.dumps(params, separators=(",", ":"), default=str)
         # The engine's own name when it has one (a result may carry both).
         name = getattr(result, "decision_name", None)
+        deciding = getattr(result, "deciding_rule", None)
         return cls(
             decision_name=decision_name_of(name if name else result.decision),
+            deciding_rule=deciding if isinstance(deciding, str) else None,
             drift_triggered=bool(result.drift_triggered),
             modified_params=params_text,
             final_similarities=_floats(result.slice_similarities),
