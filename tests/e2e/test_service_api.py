@@ -244,7 +244,6 @@ async def test_unimplemented_calls_answer_unimplemented(
 ) -> None:
     pb2 = grpcio_modules.pb2
     calls = (
-        ("enforce", "Enforce", pb.EnforceRequest(request_id="x"), pb2.EnforceRequest()),
         (
             "query_telemetry",
             "QueryTelemetry",

@@ -28,6 +28,7 @@ from .management_plane import (
     vector_of_intent_json,
 )
 from .service import DataPlaneClient, in_thread, open_grpcio_client, open_service
+from .test_service_metrics import free_port, scrape, value
 
 TENANT_A = "tenant-a"
 TENANT_B = "tenant-b"
@@ -277,13 +278,16 @@ async def test_fail_closed_without_encoder_and_with_encoder_down(
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{holder.getsockname()[1]}"
-        for args, reason in (
-            ((), "no management plane URL is configured"),
-            (("--management-plane-url", down), "/encode/intent failed"),
+        for args, reason, label in (
+            ((), "no management plane URL is configured", "not_configured"),
+            (("--management-plane-url", down), "/encode/intent failed", "unreachable"),
         ):
-            workdir = tmp_path / ("down" if args else "none")
+            workdir = tmp_path / label
             workdir.mkdir()
-            async with open_service(workdir, *args, "--log-level", "DEBUG") as service:
+            metrics_port = free_port()
+            async with open_service(
+                workdir, *args, "--log-level", "DEBUG", "--metrics-port", str(metrics_port)
+            ) as service:
                 async with open_grpcio_client(grpcio_modules, service.port) as client:
                     await install_like_the_management_plane(client, pb2, BOUNDARIES_B)
                     for _ in range(3):
@@ -301,8 +305,15 @@ async def test_fail_closed_without_encoder_and_with_encoder_down(
                         client.call, "Enforce", enforce_request(pb2, DELETE_B, 0.0)
                     )
                     assert allowed.decision_name == "ALLOW"
+                samples = await scrape(metrics_port)
                 await service.wait_for_log(reason)
                 assert await service.stop() == 0
+            # Counted by decision and by reason; every decision timed.
+            assert value(samples, "guardrefresh_enforce_total", decision="DENY") == 3
+            assert value(samples, "guardrefresh_enforce_total", decision="ALLOW") == 1
+            assert value(samples, "guardrefresh_enforce_encode_failures_total", reason=label) == 3
+            assert value(samples, "guardrefresh_enforce_duration_seconds_count") == 4
+            assert value(samples, "guardrefresh_enforce_rules_evaluated_sum") == 1
             # One WARNING for the three failures (rate-limited); one DEBUG line per decision.
             warnings = [
                 line for line in service.log.splitlines() if "Intent encoding failed" in line

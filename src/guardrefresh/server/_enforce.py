@@ -200,6 +200,9 @@ class EnforceHandler:
         intent = await self._intent(message.intent_event_json)
         drift = _drift(message.drift_score)
         vector = request_vector(message.intent_vector)
+        if not isinstance(message.request_id, str):
+            # betterproto2 decodes a field sent with another wire type as an int.
+            raise _invalid("malformed EnforceRequest: request_id")
         request_id = message.request_id or str(uuid.uuid4())
 
         encoded = vector is None
