@@ -48,6 +48,13 @@ EXPECTED = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     ],
+    "telemetry": [
+        "ingest_dropped_per_s",
+        "ingest_writer_cpu_us_per_session",
+        "query_tenant_decision_last_hour_50",
+        "query_newest_50",
+        "query_deep_page",
+    ],
 }
 
 #: Benchmarks that carry a target in a full run; --tiny records it with met = None.
@@ -63,6 +70,7 @@ WITH_TARGETS = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     },
+    "telemetry": {"ingest_dropped_per_s", "query_tenant_decision_last_hour_50", "query_newest_50"},
 }
 
 

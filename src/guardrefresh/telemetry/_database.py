@@ -39,6 +39,7 @@ FILE_MODE: Final = 0o600
 DIR_MODE: Final = 0o700
 #: How long a connection waits for another one's write lock before it gives up.
 BUSY_TIMEOUT_MS: Final = 5000
+PAGE_SIZE: Final = 16384
 
 _SCHEMA: Final = """
 CREATE TABLE sessions (
@@ -190,6 +191,9 @@ def move_aside(path: Path, reason: str) -> Path:
 
 
 def _initialise(conn: sqlite3.Connection) -> None:
+    # A session row is 2-3 KB: in 4 KiB pages only one fits, wasting a third of the file.
+    # Takes effect only on a new, empty database (before WAL is switched on).
+    conn.execute(f"PRAGMA page_size = {PAGE_SIZE}")
     mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
     if str(mode).lower() != "wal":
         raise TelemetryDatabaseError(f"cannot switch the telemetry database to WAL (got {mode})")

@@ -68,6 +68,11 @@ class Telemetry:
     def path(self) -> Path:
         return self._writer.path
 
+    @property
+    def writer(self) -> SessionWriter:
+        """The writer (its counters and thread, for benchmarks and diagnostics)."""
+        return self._writer
+
     def record(self, session: EnforcementSession) -> bool:
         """Queue ``session`` for writing; O(1), never blocks. False if it was dropped."""
         return self._recorder.record(session)

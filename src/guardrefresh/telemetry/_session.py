@@ -45,7 +45,6 @@ BLOCK: Final = 0
 PASS: Final = 1
 #: The intent JSON kept in a session, in UTF-8 bytes; longer ones are cut and marked.
 INTENT_JSON_LIMIT: Final = 16 * 1024
-_SLICES: Final = ("action", "resource", "data", "risk")
 
 
 def legacy_decision(name: str) -> int:
@@ -223,17 +222,10 @@ class RuleEvaluation:
             "thresholds": list(self.thresholds),
             "anchor_counts": [0, 0, 0, 0],
             "short_circuited": False,
-            "slice_details": [
-                {
-                    "slice_name": name,
-                    "similarity": sim,
-                    "threshold": thr,
-                    "passed": sim >= thr,
-                    "anchor_count": 0,
-                    "best_anchor_idx": None,
-                }
-                for name, sim, thr in zip(_SLICES, self.similarities, self.thresholds, strict=False)
-            ],
+            # Derivable from the similarities and thresholds (the CLI derives "passed");
+            # left empty, as the original does without detail tracking, to keep 1M
+            # sessions compact.
+            "slice_details": [],
             # Additions.
             "rule_name": self.rule_name,
             "scoring_mode": self.scoring_mode,

@@ -144,6 +144,9 @@ class SessionWriter:
         self._last_warning = -float("inf")
         self._suppressed = 0
         self._dropped_since_healthy = 0
+        #: ``threading.get_ident()`` of the thread running :meth:`run` (its CPU clock
+        #: is what the benchmark reads), None before it started.
+        self.thread_ident: int | None = None
 
     # --------------------------------------------------------------- lifecycle ---
 
@@ -175,6 +178,7 @@ class SessionWriter:
         for a writer that is gone (it is counted as dropped instead).
         """
         recorder = self.recorder
+        self.thread_ident = threading.get_ident()
         try:
             if self._conn is None:
                 self.open()
@@ -186,14 +190,14 @@ class SessionWriter:
                     recorder.batch_ready.wait(self.batch_window_s)
                 recorder.batch_ready.clear()
                 while recorder.depth:
-                    self._write(recorder.take(recorder.batch_size))
+                    self.write(recorder.take(recorder.batch_size))
                 if self._stopping.is_set():
                     break
                 self._housekeeping()
         finally:
             recorder.close()
             # A session recorded between the last take and close() would wait forever.
-            self._write(recorder.take(recorder.depth))
+            self.write(recorder.take(recorder.depth))
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None
@@ -205,7 +209,9 @@ class SessionWriter:
 
     # ------------------------------------------------------------------ writes ---
 
-    def _write(self, batch: Sequence[EnforcementSession]) -> None:
+    def write(self, batch: Sequence[EnforcementSession]) -> None:
+        """Commit ``batch`` in one transaction now (blocking; from the writer's thread, or
+        instead of :meth:`run`). A failure drops and counts the batch, never raises."""
         if not batch:
             return
         if self._conn is None and (time.monotonic() < self._next_open or not self.open()):
