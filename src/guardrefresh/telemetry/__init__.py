@@ -4,6 +4,7 @@
 :class:`EnforcementSession` is one record; :class:`SessionQuery` filters pages.
 """
 
+from ._checkpoint import CHECKPOINT_WAL_BYTES, Checkpointer
 from ._database import SCHEMA_VERSION, TelemetryDatabaseError, open_database
 from ._observer import (
     EnforceOutcomeLike,
@@ -44,6 +45,7 @@ from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, SessionWriter, session
 
 __all__ = [
     "BLOCK",
+    "CHECKPOINT_WAL_BYTES",
     "COMMIT_BUCKETS",
     "DECISION_NAMES",
     "DEFAULT_LIMIT",
@@ -53,6 +55,7 @@ __all__ = [
     "PASS",
     "PRUNE_STEP_BUDGET_S",
     "SCHEMA_VERSION",
+    "Checkpointer",
     "Durations",
     "EnforceOutcomeLike",
     "EnforceRecorder",

@@ -19,6 +19,7 @@ from typing import Final
 import attrs
 import trio
 
+from ._checkpoint import Checkpointer
 from ._query import QueryPage, SessionQuery, SessionReader
 from ._recorder import DEFAULT_QUEUE_CAPACITY, TelemetryRecorder
 from ._session import EnforcementSession
@@ -133,6 +134,7 @@ async def open_telemetry(
         nonlocal generation
         generation += 1
 
+    checkpointer = Checkpointer(path)
     writer = SessionWriter(
         path,
         recorder,
@@ -141,6 +143,7 @@ async def open_telemetry(
         max_sessions=max_sessions,
         prune_interval_s=prune_interval_s,
         on_reopen=reopened,
+        request_checkpoint=checkpointer.request,
     )
     reader = SessionReader(path, generation=lambda: generation)
     with trio.CancelScope(shield=True):
@@ -148,7 +151,8 @@ async def open_telemetry(
         await trio.to_thread.run_sync(writer.open)
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_run_writer, writer)
+            nursery.start_soon(_run_writer, writer, checkpointer)
+            nursery.start_soon(_run_checkpointer, checkpointer)
             try:
                 yield Telemetry(recorder, writer, reader)
             finally:
@@ -163,7 +167,13 @@ async def open_telemetry(
         )
 
 
-async def _run_writer(writer: SessionWriter) -> None:
+async def _run_checkpointer(checkpointer: Checkpointer) -> None:
+    with trio.CancelScope(shield=True):
+        # Returns once _run_writer has stopped it (after the writer's last commit).
+        await trio.to_thread.run_sync(checkpointer.run, limiter=trio.CapacityLimiter(1))
+
+
+async def _run_writer(writer: SessionWriter, checkpointer: Checkpointer) -> None:
     # Shielded, and the thread not abandoned: even when the block is cancelled before this
     # task first runs, the thread starts and writes the queue; it returns promptly once
     # stop() was called (open_telemetry's finally does).
@@ -174,3 +184,5 @@ async def _run_writer(writer: SessionWriter) -> None:
         # A bug in the writer must not take Enforce down with it: recording stops
         # (sessions are counted as dropped from now on), the service goes on.
         logger.exception("Telemetry writer failed; recording is off until restart")
+    finally:
+        checkpointer.stop()

@@ -23,12 +23,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Final
 
+from ._checkpoint import CHECKPOINT_WAL_BYTES
 from ._database import (
     TelemetryDatabaseError,
     database_bytes,
     is_corruption,
     move_aside,
     open_database,
+    sibling_files,
     transaction,
 )
 from ._recorder import TelemetryRecorder
@@ -126,6 +128,7 @@ class SessionWriter:
         prune_interval_s: float = 10.0,
         wall_clock: Callable[[], float] = time.time,
         on_reopen: Callable[[], None] | None = None,
+        request_checkpoint: Callable[[], None] | None = None,
     ) -> None:
         self.path = path
         self.recorder = recorder
@@ -136,6 +139,10 @@ class SessionWriter:
         self.counters = WriterCounters()
         self._wall_clock = wall_clock
         self._on_reopen = on_reopen
+        #: With a checkpointer, this connection never checkpoints (its fsync would stall
+        #: the writer): it asks the checkpointer instead when the WAL has grown.
+        self._request_checkpoint = request_checkpoint
+        self._wal = sibling_files(path)[0]
         self._conn: sqlite3.Connection | None = None
         self._stopping = threading.Event()
         self._next_open = 0.0
@@ -147,6 +154,7 @@ class SessionWriter:
         #: ``threading.get_ident()`` of the thread running :meth:`run` (its CPU clock
         #: is what the benchmark reads), None before it started.
         self.thread_ident: int | None = None
+        self.checkpoints_requested = 0
 
     # --------------------------------------------------------------- lifecycle ---
 
@@ -159,6 +167,10 @@ class SessionWriter:
             self._next_open = time.monotonic() + self.reopen_interval_s
             return False
         self._next_prune = 0.0
+        if self._request_checkpoint is not None:
+            self._conn.execute("PRAGMA wal_autocheckpoint = 0")
+        # After a checkpoint, a WAL larger than this is cut back when it restarts.
+        self._conn.execute(f"PRAGMA journal_size_limit = {4 * CHECKPOINT_WAL_BYTES}")
         self.counters.database_bytes = database_bytes(self.path)
         if self._on_reopen is not None:
             self._on_reopen()
@@ -236,7 +248,16 @@ class SessionWriter:
         self.counters.observe_commit(time.perf_counter() - started)
         self.counters.committed += len(batch)
         self.counters.database_bytes = database_bytes(self.path)
+        if self._request_checkpoint is not None and self._wal_bytes() > CHECKPOINT_WAL_BYTES:
+            self.checkpoints_requested += 1
+            self._request_checkpoint()
         self._recovered()
+
+    def _wal_bytes(self) -> int:
+        try:
+            return self._wal.stat().st_size
+        except OSError:
+            return 0
 
     def _failed(self, exc: sqlite3.Error) -> None:
         if not is_corruption(exc) or self._conn is None:
