@@ -2,8 +2,8 @@
 
 SQLite's automatic checkpoint runs inside the commit that crosses the threshold, in the
 committing connection: it copies the WAL into the database and fsyncs it. On a busy disk
-that fsync took seconds and stalled the writer long enough for the queue to fill (measured:
-2,180 sessions dropped in one second of a 2,000/s run). The writer's connection therefore
+that fsync can take seconds, long enough for the queue to fill (a 2,000/s benchmark run
+dropped 2,180 sessions in one second with it; none with this). The writer's connection therefore
 has automatic checkpoints off, and :class:`Checkpointer` runs passive checkpoints (they
 never block the writer) whenever the writer says the WAL has grown past
 :data:`CHECKPOINT_WAL_BYTES`.
