@@ -6,6 +6,7 @@
 
 from ._checkpoint import CHECKPOINT_WAL_BYTES, Checkpointer
 from ._database import SCHEMA_VERSION, TelemetryDatabaseError, open_database
+from ._intent import INTENT_JSON_LIMIT, cap_intent_json, intent_identity, intent_summary
 from ._observer import (
     EnforceOutcomeLike,
     EnforceRecorder,
@@ -28,17 +29,13 @@ from ._service import Telemetry, TelemetryStats, open_telemetry
 from ._session import (
     BLOCK,
     DECISION_NAMES,
-    INTENT_JSON_LIMIT,
     PASS,
     Durations,
     EnforcementResultLike,
     EnforcementSession,
     EvidenceLike,
     RuleEvaluation,
-    cap_intent_json,
     decision_name_of,
-    intent_identity,
-    intent_summary,
     legacy_decision,
 )
 from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, SessionWriter, session_row

@@ -16,25 +16,23 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, Protocol
 
 import attrs
 
+from ._intent import cap_intent_json, intent_summary
+
 __all__ = [
     "BLOCK",
     "DECISION_NAMES",
-    "INTENT_JSON_LIMIT",
     "PASS",
     "Durations",
     "EnforcementResultLike",
     "EnforcementSession",
     "EvidenceLike",
     "RuleEvaluation",
-    "cap_intent_json",
     "decision_name_of",
-    "intent_identity",
-    "intent_summary",
     "legacy_decision",
 ]
 
@@ -43,8 +41,6 @@ DECISION_NAMES: Final = ("ALLOW", "DENY", "MODIFY", "STEP_UP", "DEFER")
 #: The original's 0/1 decision: ``final_decision`` and the per-rule ``decision``.
 BLOCK: Final = 0
 PASS: Final = 1
-#: The intent JSON kept in a session, in UTF-8 bytes; longer ones are cut and marked.
-INTENT_JSON_LIMIT: Final = 16 * 1024
 
 
 def legacy_decision(name: str) -> int:
@@ -70,56 +66,6 @@ def decision_name_of(decision: object) -> str:
         if isinstance(value, str) and value.upper() in DECISION_NAMES:
             return value.upper()
     return "DENY"
-
-
-def cap_intent_json(text: str) -> tuple[str, bool]:
-    """``(text, False)``, or its first :data:`INTENT_JSON_LIMIT` bytes and True.
-
-    The cut falls on a character boundary; the result is no longer valid JSON, which is
-    why the session says ``intent_truncated``.
-    """
-    if len(text) <= INTENT_JSON_LIMIT // 4:  # 4 bytes per character at most: surely short
-        return text, False
-    data = text.encode("utf-8", "surrogatepass")
-    if len(data) <= INTENT_JSON_LIMIT:
-        return text, False
-    return data[:INTENT_JSON_LIMIT].decode("utf-8", "ignore"), True
-
-
-def intent_summary(intent_json: str) -> str:
-    """``tool_name``, else ``action``, of an intent JSON; ``"unknown"`` otherwise (as the original)."""
-    try:
-        intent = json.loads(intent_json)
-    except (ValueError, RecursionError):
-        return "unknown"
-    if isinstance(intent, dict):
-        for key in ("tool_name", "action"):
-            value = intent.get(key)
-            if isinstance(value, str):
-                return value
-    return "unknown"
-
-
-def intent_identity(intent: Mapping[str, Any]) -> tuple[str, str, str]:
-    """``(tenant, agent, layer)`` of a parsed intent event.
-
-    The agent is ``rate_limit_context.agentId`` (``agent_id`` accepted too), else
-    ``actor.id``; missing values are ``""``.
-    """
-
-    def text(value: object) -> str:
-        return value if isinstance(value, str) else ""
-
-    tenant = text(intent.get("tenant_id")) or text(intent.get("tenantId"))
-    agent = ""
-    context = intent.get("rate_limit_context")
-    if isinstance(context, Mapping):
-        agent = text(context.get("agentId")) or text(context.get("agent_id"))
-    if not agent:
-        actor = intent.get("actor")
-        if isinstance(actor, Mapping):
-            agent = text(actor.get("id"))
-    return tenant, agent, text(intent.get("layer"))
 
 
 def _floats(values: Sequence[float]) -> tuple[float, ...]:
