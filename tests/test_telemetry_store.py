@@ -424,7 +424,7 @@ async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded(db: Pa
     wal = db.with_name(db.name + "-wal")
     sizes = []
     async with open_telemetry(db, batch_window_s=0.01) as telemetry:
-        for round_ in range(6):
+        for round_ in range(12):
             for i in range(400):  # ~6.5 MB of sessions per round (16 KiB intents)
                 telemetry.record(make_session(f"c{round_}-{i}", intent_extra="y" * 16_000))
             await trio.to_thread.run_sync(
@@ -433,8 +433,8 @@ async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded(db: Pa
             sizes.append(wal.stat().st_size)
         checkpoints = telemetry.writer.checkpoints_requested
     assert checkpoints >= 1
-    # Checkpointed and restarted: the WAL never grew with everything written (~40 MB).
+    # Checkpointed and restarted: the WAL did not grow with everything written (~80 MB).
     assert max(sizes) < 3 * CHECKPOINT_WAL_BYTES, sizes
     assert not wal.exists() or wal.stat().st_size == 0  # the last close checkpoints it all
     with contextlib.closing(sqlite3.connect(db)) as conn:
-        assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 2400
+        assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 4800
