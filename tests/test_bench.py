@@ -65,6 +65,13 @@ EXPECTED = {
         "Enforce_latency_50_rules",
         "Enforce_throughput_20_rules_8_clients",
     ],
+    "telemetry": [
+        "ingest_dropped_per_s",
+        "ingest_writer_cpu_us_per_session",
+        "query_tenant_decision_last_hour_50",
+        "query_newest_50",
+        "query_deep_page",
+    ],
 }
 
 #: Benchmarks that carry a target in a full run; --tiny records it with met = None.
@@ -82,6 +89,7 @@ WITH_TARGETS = {
     },
     "codec": set(),
     "enforce_grpc": {"Enforce_latency_20_rules", "Enforce_latency_50_rules"},
+    "telemetry": {"ingest_dropped_per_s", "query_tenant_decision_last_hour_50", "query_newest_50"},
 }
 
 

@@ -25,6 +25,7 @@ from guardrefresh.config import (
     ServiceConfig,
     Setting,
     StorageConfig,
+    TelemetryConfig,
     UsageError,
     format_help,
     load_config,
@@ -65,6 +66,12 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "security.tls_client_ca": (pathlib.Path("ca.pem"), pathlib.Path("/etc/ca.pem")),
     "security.admin_token_file": (pathlib.Path("token"), pathlib.Path("/run/token")),
     "security.auth_reads": (True, False),
+    "telemetry.enabled": (False, True),
+    "telemetry.db": (pathlib.Path("t.db"), pathlib.Path("/srv/tele metry.db")),
+    "telemetry.retention": (3600.0, 0.5),
+    "telemetry.max_sessions": (1, 5_000_000),
+    "telemetry.batch_window": (1.0, 0.001),
+    "telemetry.queue_size": (1, 1_000_000),
 }
 
 SECTION_CLASSES = {
@@ -76,6 +83,7 @@ SECTION_CLASSES = {
     "health": HealthConfig,
     "enforce": EnforceConfig,
     "security": SecurityConfig,
+    "telemetry": TelemetryConfig,
 }
 
 
@@ -675,6 +683,7 @@ def test_render_round_trips_defaults(tmp_path: pathlib.Path) -> None:
         "health",
         "enforce",
         "security",
+        "telemetry",
     }
     assert {(section, key) for section in document for key in document[section]} == {
         (s.section, s.key) for s in SETTINGS
@@ -744,3 +753,13 @@ def test_security_combinations_are_checked_before_start(
 def test_staleness_limit_defaults_to_twice_the_interval() -> None:
     assert HealthConfig().staleness_limit(21600) == 43200
     assert HealthConfig(max_staleness=90.0).staleness_limit(21600) == 90.0
+
+
+def test_telemetry_database_defaults_to_the_warm_storage_directory() -> None:
+    config = load(["--warm-storage", "/srv/guard/warm.bin"])
+    assert config.telemetry.database_path(config.storage.warm_storage) == pathlib.Path(
+        "/srv/guard/telemetry.db"
+    )
+    config = load(["--warm-storage", "/srv/guard/warm.bin", "--telemetry-db", "/var/t.db"])
+    assert config.telemetry.database_path(config.storage.warm_storage) == pathlib.Path("/var/t.db")
+    assert not load(["--no-telemetry"]).telemetry.enabled

@@ -32,6 +32,8 @@ ADDED_MESSAGES = {
     ".rule_installation.RefreshStatsMessage",
 }
 ADDED_FIELDS = {
+    ".rule_installation.QueryTelemetryRequest": {"decision_name"},
+    ".rule_installation.EnforcementSessionSummary": {"decision_name", "deciding_rule_id"},
     ".rule_installation.RefreshRulesRequest": {"family_ids"},
     ".rule_installation.RefreshRulesResponse": {
         "timestamp_ms",

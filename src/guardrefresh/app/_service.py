@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import gc
@@ -11,6 +12,7 @@ import signal
 import ssl
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import threadpoolctl
@@ -28,11 +30,12 @@ from ..refresh import (
     RefreshTrigger,
     open_refresh_service,
 )
-from ..server import EnforceHandler, GrpcHost, open_asyncio_loop
+from ..server import EnforceHandler, EnforceObserver, GrpcHost, open_asyncio_loop
 from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
 from ..storage import StorageError
+from ..telemetry import EnforceRecorder, Telemetry, open_telemetry
 from ._memory import release_free_memory, tune_allocator
 
 logger = logging.getLogger(__name__)
@@ -72,10 +75,38 @@ async def serve_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
             open_intent_encoder(config.enforce.management_plane_url) as encoder,
+            # Entered before the server starts and left after it has drained: every
+            # session of an answered Enforce call is written before the process exits.
+            _open_telemetry(config) as telemetry,
         ):
-            await _supervise(config, bridge, refresher, encoder, task_status)
+            await _supervise(config, bridge, refresher, encoder, telemetry, task_status)
     finally:
         bridge.close()
+
+
+@contextlib.asynccontextmanager
+async def _open_telemetry(config: ServiceConfig) -> AsyncIterator[Telemetry | None]:
+    """The telemetry store, or None with --no-telemetry."""
+    settings = config.telemetry
+    if not settings.enabled:
+        logger.info("Telemetry is off (--no-telemetry): Enforce decisions are not recorded")
+        yield None
+        return
+    path = settings.database_path(Path(config.storage.warm_storage))
+    async with open_telemetry(
+        path,
+        batch_window_s=settings.batch_window,
+        retention_s=settings.retention,
+        max_sessions=settings.max_sessions,
+        queue_capacity=settings.queue_size,
+    ) as telemetry:
+        logger.info(
+            "Telemetry: recording Enforce sessions in %s (kept %ss, at most %d)",
+            path,
+            f"{settings.retention:g}",
+            settings.max_sessions,
+        )
+        yield telemetry
 
 
 class _RefreshMetrics:
@@ -117,6 +148,7 @@ async def _supervise(
     bridge: Bridge,
     refresher: RefreshService,
     encoder: IntentEncoder,
+    telemetry: Telemetry | None,
     task_status: trio.TaskStatus[int],
 ) -> None:
     ssl_context, auth = _security(config)
@@ -137,13 +169,21 @@ async def _supervise(
     _tune_garbage_collector()
     scheduler = RefreshScheduler(refresher, config.scheduler)
     staleness_limit = config.health.staleness_limit(config.scheduler.refresh_interval)
-    enforcer = EnforceHandler(
-        EnforcementEngine(bridge), encoder, observers=[metrics.enforce.observe]
-    )
+    observers: list[EnforceObserver] = [metrics.enforce.observe]
+    if telemetry is not None:
+        observers.append(EnforceRecorder(telemetry))
+    enforcer = EnforceHandler(EnforcementEngine(bridge), encoder, observers=observers)
     dataplane = DataPlaneService(
-        bridge, refresher, scheduler, staleness_limit_s=staleness_limit, enforcer=enforcer
+        bridge,
+        refresher,
+        scheduler,
+        staleness_limit_s=staleness_limit,
+        enforcer=enforcer,
+        telemetry=telemetry,
     )
     metrics.add_grpc_services([dataplane])
+    if telemetry is not None:
+        metrics.bind_telemetry(telemetry.stats)
     metrics.bind(
         hot_cache_stats=bridge.cache.stats,
         warm_rules=lambda: len(bridge.table),

@@ -30,6 +30,7 @@ from ..config import (
 from ._client import CLIENT_COMMANDS
 from ._enforce import enforce_command
 from ._logging import configure_logging
+from ._sessions import SESSION_COMMANDS
 from ._warm import WARM_COMMANDS
 
 __all__ = ["Command", "main"]
@@ -40,9 +41,10 @@ logger = logging.getLogger(__name__)
 Command = Callable[[Sequence[str]], int]
 
 #: Subcommands by name: ``status``, ``refresh``, ``install``, ``get``, ``remove-policy``,
-#: ``remove-agent`` and ``enforce`` talk to a running service; ``warm ...`` works on the files.
+#: ``remove-agent``, ``enforce``, ``sessions`` and ``session`` talk to a running service;
+#: ``warm ...`` works on the files.
 _COMMANDS: Mapping[str, Command] = types.MappingProxyType(
-    {**CLIENT_COMMANDS, "enforce": enforce_command, **WARM_COMMANDS}
+    {**CLIENT_COMMANDS, "enforce": enforce_command, **SESSION_COMMANDS, **WARM_COMMANDS}
 )
 
 _EXIT_BAD_CONFIG = 2

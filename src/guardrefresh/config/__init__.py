@@ -26,6 +26,7 @@ from ._service import (
     ServerConfig,
     ServiceConfig,
     StorageConfig,
+    TelemetryConfig,
 )
 from ._settings import CONFIG_ENV, DEFAULT_ORIGIN, ENV_PREFIX, SETTINGS, Setting
 
@@ -46,6 +47,7 @@ __all__ = [
     "ServiceConfig",
     "Setting",
     "StorageConfig",
+    "TelemetryConfig",
     "UsageError",
     "build_parser",
     "format_help",

@@ -21,6 +21,7 @@ __all__ = [
     "ServerConfig",
     "ServiceConfig",
     "StorageConfig",
+    "TelemetryConfig",
     "build_section",
     "setting_values",
 ]
@@ -53,6 +54,7 @@ _METRICS = _validator("metrics")
 _HEALTH = _validator("health")
 _ENFORCE = _validator("enforce")
 _SECURITY = _validator("security")
+_TELEMETRY = _validator("telemetry")
 
 
 @attrs.frozen(kw_only=True)
@@ -161,6 +163,26 @@ class SecurityConfig:
 
 
 @attrs.frozen(kw_only=True)
+class TelemetryConfig:
+    """Recording Enforce decisions: on or off, where, how long, how much, how batched."""
+
+    enabled: bool = attrs.field(default=_default("telemetry.enabled"), validator=_TELEMETRY)
+    db: pathlib.Path | None = attrs.field(default=_default("telemetry.db"), validator=_TELEMETRY)
+    retention: float = attrs.field(default=_default("telemetry.retention"), validator=_TELEMETRY)
+    max_sessions: int = attrs.field(
+        default=_default("telemetry.max_sessions"), validator=_TELEMETRY
+    )
+    batch_window: float = attrs.field(
+        default=_default("telemetry.batch_window"), validator=_TELEMETRY
+    )
+    queue_size: int = attrs.field(default=_default("telemetry.queue_size"), validator=_TELEMETRY)
+
+    def database_path(self, warm_storage: pathlib.Path) -> pathlib.Path:
+        """``db``, or ``telemetry.db`` next to the warm storage file when unset."""
+        return self.db if self.db is not None else warm_storage.with_name("telemetry.db")
+
+
+@attrs.frozen(kw_only=True)
 class ServiceConfig:
     """The whole configuration of one service process.
 
@@ -194,6 +216,9 @@ class ServiceConfig:
     security: SecurityConfig = attrs.field(
         factory=SecurityConfig, validator=attrs.validators.instance_of(SecurityConfig)
     )
+    telemetry: TelemetryConfig = attrs.field(
+        factory=TelemetryConfig, validator=attrs.validators.instance_of(TelemetryConfig)
+    )
 
 
 #: The class of each section; its keyword arguments are the section's setting keys.
@@ -206,6 +231,7 @@ SECTION_CLASSES: Mapping[str, Callable[..., object]] = {
     "health": HealthConfig,
     "enforce": EnforceConfig,
     "security": SecurityConfig,
+    "telemetry": TelemetryConfig,
 }
 assert tuple(SECTION_CLASSES) == SECTIONS
 

@@ -629,6 +629,71 @@ SETTINGS: tuple[Setting[Any], ...] = (
         default=False,
         help="With --admin-token-file, require the token on read-only RPCs too.",
     ),
+    # [telemetry]
+    Setting(
+        section="telemetry",
+        key="enabled",
+        flag="--telemetry",
+        env="GUARDREFRESH_TELEMETRY_ENABLED",
+        kind=BOOLEAN,
+        default=True,
+        help="Record every Enforce decision as a session (QueryTelemetry, GetSession, "
+        "guardrefresh sessions); with --no-telemetry nothing is recorded and "
+        "QueryTelemetry answers FAILED_PRECONDITION.",
+    ),
+    Setting(
+        section="telemetry",
+        key="db",
+        flag="--telemetry-db",
+        env="GUARDREFRESH_TELEMETRY_DB",
+        kind=OPTIONAL_PATH,
+        default=None,
+        help="SQLite file of the enforcement sessions; empty = telemetry.db in the "
+        "directory of --warm-storage.",
+    ),
+    Setting(
+        section="telemetry",
+        key="retention",
+        flag="--telemetry-retention",
+        env="GUARDREFRESH_TELEMETRY_RETENTION",
+        kind=SECONDS,
+        default=7 * 86400.0,
+        constraint=_above(0),
+        help="Seconds a session is kept (604800 = 7 days); older ones are deleted in the "
+        "background.",
+    ),
+    Setting(
+        section="telemetry",
+        key="max_sessions",
+        flag="--telemetry-max-sessions",
+        env="GUARDREFRESH_TELEMETRY_MAX_SESSIONS",
+        kind=INTEGER,
+        default=1_000_000,
+        constraint=_at_least(1),
+        help="Most sessions kept; beyond it the oldest are deleted in the background.",
+    ),
+    Setting(
+        section="telemetry",
+        key="batch_window",
+        flag="--telemetry-batch-window",
+        env="GUARDREFRESH_TELEMETRY_BATCH_WINDOW",
+        kind=SECONDS,
+        default=0.25,
+        constraint=_between(0.001, 1),
+        help="Seconds the writer lets sessions gather before committing them in one "
+        "transaction; a crash (SIGKILL) loses at most this window.",
+    ),
+    Setting(
+        section="telemetry",
+        key="queue_size",
+        flag="--telemetry-queue-size",
+        env="GUARDREFRESH_TELEMETRY_QUEUE_SIZE",
+        kind=INTEGER,
+        default=10_000,
+        constraint=_between(1, 1_000_000),
+        help="Sessions waiting for the writer at most; when full, new ones are dropped "
+        "and counted (guardrefresh_telemetry_dropped_total), Enforce never waits.",
+    ),
 )
 
 #: The sections in table order (the order of ``--help`` and ``--print-config``).

@@ -17,6 +17,7 @@ from ._metrics import (
     grpc_code_name,
     refresh_error_reason,
 )
+from ._telemetry import TelemetryStatsLike
 
 __all__ = [
     "DECISION_NAMES",
@@ -31,6 +32,7 @@ __all__ = [
     "RefreshStatsLike",
     "SchedulerStatusLike",
     "ServiceMetrics",
+    "TelemetryStatsLike",
     "grpc_code_name",
     "refresh_error_reason",
     "serve_metrics",

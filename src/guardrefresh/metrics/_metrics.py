@@ -40,6 +40,7 @@ from ..storage import (
     UnsupportedVersionError,
 )
 from ._enforce import EnforceMetrics
+from ._telemetry import TelemetryCollector, TelemetryStatsLike
 
 __all__ = [
     "GRPC_TYPES",
@@ -531,6 +532,11 @@ class ServiceMetrics:
         )
         self.registry.register(_StateCollector(self, state))
         self._bound = state
+
+    def bind_telemetry(self, stats: Callable[[], TelemetryStatsLike]) -> None:
+        """Expose the telemetry store's counters (``guardrefresh_telemetry_*``), read at
+        each scrape from ``stats`` (cheap: a snapshot of counters, no I/O)."""
+        self.registry.register(TelemetryCollector(stats))
 
     def add_grpc_services(self, services: Iterable[object]) -> None:
         """Learn the ``grpc_type`` of each method of these grpclib servables and start

@@ -49,6 +49,13 @@ from ..refresh import (
     RefreshTrigger,
 )
 from ..storage import StorageError
+from ..telemetry import (
+    InvalidQueryError,
+    SessionQuery,
+    SessionSummary,
+    Telemetry,
+    TelemetryUnavailableError,
+)
 from ._enforce import EnforceHandler
 
 logger = logging.getLogger(__name__)
@@ -177,6 +184,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         *,
         staleness_limit_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
         enforcer: EnforceHandler | None = None,
     ) -> None:
         #: Decides Enforce requests; by default without a management plane encoder
@@ -187,6 +195,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             else EnforceHandler(EnforcementEngine(bridge), IntentEncoder(None, None))
         )
         self._bridge = bridge
+        self._telemetry = telemetry
         self._refresher = refresher
         self._scheduler = scheduler
         self._staleness_limit_s = staleness_limit_s
@@ -376,13 +385,67 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
     async def enforce_bytes(self, data: bytes) -> bytes:
         return await self.enforcer.enforce_bytes(data)
 
-    # -- declared, not implemented yet -----------------------------------------
+    # -- telemetry (reads in worker threads, through Trio) ------------------------
+    def _telemetry_or_refuse(self) -> Telemetry:
+        if self._telemetry is None:
+            raise GRPCError(
+                Status.FAILED_PRECONDITION,
+                "telemetry is turned off on this data plane (--no-telemetry): "
+                "no enforcement sessions are recorded",
+            )
+        return self._telemetry
+
+    @_mapped
     async def query_telemetry(self, message: pb.QueryTelemetryRequest) -> pb.QueryTelemetryResponse:
-        raise GRPCError(
-            Status.UNIMPLEMENTED, "QueryTelemetry is not implemented by this data plane yet"
+        telemetry = self._telemetry_or_refuse()
+        try:
+            query = SessionQuery(
+                agent_id=message.agent_id,
+                tenant_id=message.tenant_id,
+                decision=message.decision,
+                decision_name=message.decision_name,
+                layer=message.layer,
+                start_time_ms=message.start_time_ms,
+                end_time_ms=message.end_time_ms,
+                limit=message.limit,
+                offset=message.offset,
+            )
+        except InvalidQueryError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
+        try:
+            page = await trio_asyncio.trio_as_aio(telemetry.query)(query)
+        except TelemetryUnavailableError as exc:
+            raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
+        return pb.QueryTelemetryResponse(
+            sessions=[summary_message(s) for s in page.sessions],
+            total_count=min(page.total_count, 2**31 - 1),
         )
 
+    @_mapped
     async def get_session(self, message: pb.GetSessionRequest) -> pb.GetSessionResponse:
-        raise GRPCError(
-            Status.UNIMPLEMENTED, "GetSession is not implemented by this data plane yet"
-        )
+        telemetry = self._telemetry_or_refuse()
+        if not isinstance(message.session_id, str) or not message.session_id:
+            raise GRPCError(Status.INVALID_ARGUMENT, "session_id is required")
+        try:
+            document = await trio_asyncio.trio_as_aio(telemetry.get)(message.session_id)
+        except TelemetryUnavailableError as exc:
+            raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
+        if document is None:
+            raise GRPCError(Status.NOT_FOUND, f"Session not found: {clip(message.session_id)}")
+        return pb.GetSessionResponse(session_json=document)
+
+
+def summary_message(summary: SessionSummary) -> pb.EnforcementSessionSummary:
+    return pb.EnforcementSessionSummary(
+        session_id=summary.session_id,
+        agent_id=summary.agent_id,
+        tenant_id=summary.tenant_id,
+        layer=summary.layer,
+        timestamp_ms=summary.timestamp_ms,
+        final_decision=summary.final_decision,
+        rules_evaluated_count=summary.rules_evaluated_count,
+        duration_us=summary.duration_us,
+        intent_summary=summary.intent_summary,
+        decision_name=summary.decision_name,
+        deciding_rule_id=summary.deciding_rule_id,
+    )

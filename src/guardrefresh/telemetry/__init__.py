@@ -1,0 +1,85 @@
+"""Enforcement telemetry: every Enforce call recorded as a session in SQLite, read back.
+
+:func:`open_telemetry` runs the store (writer thread, read connection) for a block;
+:class:`EnforcementSession` is one record; :class:`SessionQuery` filters pages.
+"""
+
+from ._checkpoint import CHECKPOINT_WAL_BYTES, Checkpointer
+from ._database import SCHEMA_VERSION, TelemetryDatabaseError, open_database
+from ._intent import INTENT_JSON_LIMIT, cap_intent_json, intent_identity, intent_summary
+from ._observer import (
+    EnforceOutcomeLike,
+    EnforceRecorder,
+    IntentLike,
+    SessionSink,
+    session_from_outcome,
+)
+from ._query import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    InvalidQueryError,
+    QueryPage,
+    SessionQuery,
+    SessionReader,
+    SessionSummary,
+    TelemetryUnavailableError,
+)
+from ._recorder import DEFAULT_QUEUE_CAPACITY, TelemetryRecorder
+from ._service import Telemetry, TelemetryStats, open_telemetry
+from ._session import (
+    BLOCK,
+    DECISION_NAMES,
+    PASS,
+    Durations,
+    EnforcementResultLike,
+    EnforcementSession,
+    EvidenceLike,
+    RuleEvaluation,
+    decision_name_of,
+    legacy_decision,
+)
+from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, SessionWriter, session_row
+
+__all__ = [
+    "BLOCK",
+    "CHECKPOINT_WAL_BYTES",
+    "COMMIT_BUCKETS",
+    "DECISION_NAMES",
+    "DEFAULT_LIMIT",
+    "DEFAULT_QUEUE_CAPACITY",
+    "INTENT_JSON_LIMIT",
+    "MAX_LIMIT",
+    "PASS",
+    "PRUNE_STEP_BUDGET_S",
+    "SCHEMA_VERSION",
+    "Checkpointer",
+    "Durations",
+    "EnforceOutcomeLike",
+    "EnforceRecorder",
+    "EnforcementResultLike",
+    "EnforcementSession",
+    "EvidenceLike",
+    "IntentLike",
+    "InvalidQueryError",
+    "QueryPage",
+    "RuleEvaluation",
+    "SessionQuery",
+    "SessionReader",
+    "SessionSink",
+    "SessionSummary",
+    "SessionWriter",
+    "Telemetry",
+    "TelemetryDatabaseError",
+    "TelemetryRecorder",
+    "TelemetryStats",
+    "TelemetryUnavailableError",
+    "cap_intent_json",
+    "decision_name_of",
+    "intent_identity",
+    "intent_summary",
+    "legacy_decision",
+    "open_database",
+    "open_telemetry",
+    "session_from_outcome",
+    "session_row",
+]

@@ -1,0 +1,148 @@
+"""Enforce decisions become sessions: recorded, queryable, and flushed on SIGTERM.
+
+Real ``python -m guardrefresh`` processes, grpcio as the client, the management plane's
+rules (from ``test_service_enforce``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import types
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .service import DataPlaneClient, in_thread, open_grpcio_client, open_service
+from .test_service_enforce import (
+    BOUNDARIES_A,
+    EXPECTED,
+    TENANT_A,
+    enforce_request,
+    install_like_the_management_plane,
+)
+
+WAIT_S = 10.0
+
+
+async def _query(client: DataPlaneClient, pb2: types.ModuleType, **fields: Any) -> Any:
+    return await in_thread(client.call, "QueryTelemetry", pb2.QueryTelemetryRequest(**fields))
+
+
+async def _wait_total(client: DataPlaneClient, pb2: types.ModuleType, total: int) -> Any:
+    """The unfiltered page once ``total`` sessions are committed (the batch window)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        page = await _query(client, pb2, limit=500)
+        if page.total_count >= total or time.monotonic() > deadline:
+            return page
+        await in_thread(time.sleep, 0.05)
+
+
+async def test_every_enforce_decision_is_recorded_as_a_session(
+    tmp_path: Path, grpcio_modules: types.SimpleNamespace
+) -> None:
+    pb2 = grpcio_modules.pb2
+    async with (
+        open_service(tmp_path) as service,
+        open_grpcio_client(grpcio_modules, service.port) as client,
+    ):
+        await install_like_the_management_plane(client, pb2, BOUNDARIES_A)
+        responses = []
+        for i, (c, drift, *_) in enumerate(EXPECTED):
+            request = enforce_request(pb2, c, drift)
+            # Unique ids: two of the calls share one (a reused request_id is one session).
+            request.request_id = f"decision-{i}"
+            responses.append(await in_thread(client.call, "Enforce", request))
+        # A fail-closed one: no vector and no management plane URL to encode it.
+        fail_closed_call = attrs.evolve(EXPECTED[0][0], id="no-encoder")
+        responses.append(
+            await in_thread(
+                client.call,
+                "Enforce",
+                enforce_request(pb2, fail_closed_call, 0.0, with_vector=False),
+            )
+        )
+        page = await _wait_total(client, pb2, len(responses))
+        assert page.total_count == len(responses)
+        for response in responses:
+            got = await in_thread(
+                client.call, "GetSession", pb2.GetSessionRequest(session_id=response.request_id)
+            )
+            session = json.loads(got.session_json)
+            assert session["session_id"] == response.request_id
+            assert session["decision_name"] == response.decision_name
+            assert session["final_decision"] == response.decision
+            assert session["drift_triggered"] == response.drift_triggered
+            assert [r["rule_id"] for r in session["rules_evaluated"]] == [
+                e.rule_id for e in response.evidence
+            ]
+            for rule, evidence in zip(session["rules_evaluated"], response.evidence, strict=True):
+                assert rule["decision"] == evidence.decision
+                assert rule["slice_similarities"] == list(evidence.similarities)
+                assert rule["thresholds"] == list(evidence.thresholds)
+                assert rule["scoring_mode"] == evidence.scoring_mode
+            assert session["agent_id"] == "agent-7"
+            assert session["tenant_id"] in (TENANT_A, "tenant-b")
+            perf = session["performance"]
+            assert perf["total_duration_us"] >= perf["evaluation_duration_us"] >= 0
+            assert json.loads(session["intent_json"])["tenantId"] == session["tenant_id"]
+        failed = json.loads(
+            (
+                await in_thread(
+                    client.call,
+                    "GetSession",
+                    pb2.GetSessionRequest(session_id=responses[-1].request_id),
+                )
+            ).session_json
+        )
+        assert failed["decision_name"] == "DENY" and failed["error"]
+        assert failed["rules_evaluated"] == []
+        # "What did tenant A get denied?" by the original's filter and by name.
+        blocked = await _query(client, pb2, tenant_id=TENANT_A, decision=0)
+        tenants = [c.tenant_id for c, *_ in EXPECTED] + [fail_closed_call.tenant_id]
+        want = [
+            r.request_id
+            for r, tenant in zip(responses, tenants, strict=True)
+            if r.decision == 0 and tenant == TENANT_A
+        ]
+        assert len(want) > 3
+        assert sorted(s.session_id for s in blocked.sessions) == sorted(want)
+        denied = await _query(client, pb2, tenant_id=TENANT_A, decision_name="DENY")
+        by_id = {s.session_id: s for s in denied.sessions}
+        assert by_id[responses[0].request_id].deciding_rule_id == "fb-delete"
+        assert set(by_id) == {
+            r.request_id
+            for r, tenant in zip(responses, tenants, strict=True)
+            if r.decision_name == "DENY" and tenant == TENANT_A
+        }
+
+
+async def test_sessions_of_the_last_second_before_sigterm_survive_a_restart(
+    tmp_path: Path, grpcio_modules: types.SimpleNamespace
+) -> None:
+    pb2 = grpcio_modules.pb2
+    # With a one-second window, only the flush on shutdown can have written the last ones.
+    window = ("--telemetry-batch-window", "1")
+    request_ids = []
+    async with open_service(tmp_path, *window) as service:
+        async with open_grpcio_client(grpcio_modules, service.port) as client:
+            await install_like_the_management_plane(client, pb2, BOUNDARIES_A)
+            started = time.monotonic()
+            for i in range(40):
+                c, drift, *_ = EXPECTED[i % len(EXPECTED)]
+                request = enforce_request(pb2, c, drift)
+                request.request_id = f"last-second-{i}"
+                response = await in_thread(client.call, "Enforce", request)
+                request_ids.append(response.request_id)
+            assert time.monotonic() - started < 5
+        assert await service.stop(signal.SIGTERM) == 0
+        assert "Telemetry stopped: 40 sessions written, 0 dropped" in service.log
+    async with (
+        open_service(tmp_path) as service,
+        open_grpcio_client(grpcio_modules, service.port) as client,
+    ):
+        page = await _query(client, pb2, limit=500)
+        assert sorted(s.session_id for s in page.sessions) == sorted(request_ids)
