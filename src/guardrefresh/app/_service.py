@@ -26,11 +26,12 @@ from ..refresh import (
     RefreshTrigger,
     open_refresh_service,
 )
-from ..server import GrpcHost, open_asyncio_loop
+from ..server import EdgeLimits, GrpcHost, max_connections_for, open_asyncio_loop
 from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
 from ..storage import StorageError
+from ._limits import raise_fd_limit
 from ._memory import release_free_memory, tune_allocator
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ async def serve_service(
     SERVING from then on). Raises :class:`StartupError` when it cannot start.
     """
     config.security.check()
+    fd_limit = raise_fd_limit()
     try:
         bridge = await Bridge.open(
             Path(config.storage.warm_storage),
@@ -70,7 +72,7 @@ async def serve_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
         ):
-            await _supervise(config, bridge, refresher, task_status)
+            await _supervise(config, bridge, refresher, _edge_limits(config, fd_limit), task_status)
     finally:
         bridge.close()
 
@@ -109,10 +111,19 @@ def _security(config: ServiceConfig) -> tuple[ssl.SSLContext | None, AdminAuth |
     return context, auth
 
 
+def _edge_limits(config: ServiceConfig, fd_limit: int) -> EdgeLimits:
+    server = config.server
+    return EdgeLimits(
+        max_connections=server.max_connections or max_connections_for(fd_limit),
+        idle_timeout_s=server.idle_timeout or math.inf,
+    )
+
+
 async def _supervise(
     config: ServiceConfig,
     bridge: Bridge,
     refresher: RefreshService,
+    edge_limits: EdgeLimits,
     task_status: trio.TaskStatus[int],
 ) -> None:
     ssl_context, auth = _security(config)
@@ -151,6 +162,7 @@ async def _supervise(
         ssl=ssl_context,
         on_call_done=metrics.observe_rpc,
         authorize=auth.check if auth is not None else None,
+        edge_limits=edge_limits,
     )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:

@@ -10,6 +10,12 @@ access, so that an upgrade breaks in one place; :func:`check_internals` runs bef
 server binds and ``tests/test_grpc_host.py`` has a canary test for each attribute, so a
 breaking upgrade fails loudly rather than silently losing the drain. grpclib is pinned
 exactly (``grpclib==0.4.9``), h2 to its major (``h2>=4.1,<5``).
+
+The connection guard (``_connections``) reaches the same per-connection objects for the
+HTTP/2 edge: grpclib raises ``NotImplementedError`` on frame types it has no handler for
+(RFC 9113 says they MUST be ignored), offers no hook to see stream resets (rapid reset,
+CVE-2023-44487) and none to send GOAWAY: :func:`ignore_unknown_frames`,
+:func:`observe_stream_resets` and :func:`send_goaway`.
 """
 
 from __future__ import annotations
@@ -30,6 +36,9 @@ import grpclib.utils
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import AlternativeServiceAvailable, StreamReset, UnknownFrameReceived
+from h2.exceptions import ProtocolError
 from h2.utilities import SizeLimitDict
 
 __all__ = [
@@ -39,10 +48,13 @@ __all__ = [
     "check_internals",
     "close_listener",
     "closed_streams_remembered",
+    "ignore_unknown_frames",
     "limit_request_size",
     "listening_port",
+    "observe_stream_resets",
     "open_streams",
     "remember_closed_streams",
+    "send_goaway",
     "trailers_sent",
     "wrap_protocol_factory",
 ]
@@ -88,6 +100,17 @@ def check_internals(server: grpclib.server.Server) -> None:
     closed = getattr(H2Connection(), "_closed_streams", None)
     if not isinstance(closed, SizeLimitDict) or not hasattr(closed, "_size_limit"):
         problems.append("h2 H2Connection._closed_streams is not a SizeLimitDict")
+    # protocol.EventsProcessor.processors: the dict from h2 event class to handler that
+    # process() looks each event up in (KeyError -> NotImplementedError).
+    processors = getattr(grpclib.protocol.EventsProcessor(None, None), "processors", None)
+    if not isinstance(processors, dict) or StreamReset not in processors:
+        problems.append("protocol.EventsProcessor.processors is not a dict of h2 events")
+    # protocol.H2Protocol.connection / .processor: set by connection_made().
+    annotations = getattr(grpclib.protocol.H2Protocol, "__annotations__", {})
+    if not {"connection", "processor"} <= set(annotations):
+        problems.append("protocol.H2Protocol has no connection/processor attributes")
+    if not callable(getattr(grpclib.protocol.Connection, "flush", None)):
+        problems.append("protocol.Connection.flush is missing")
     if problems:
         raise RuntimeError(
             "guardrefresh.server relies on grpclib internals that changed: " + "; ".join(problems)
@@ -278,3 +301,69 @@ def limit_request_size(stream: grpclib.server.Stream[Any, Any], max_bytes: int) 
         return await read(size)
 
     h2_stream.recv_data = guarded_recv_data
+
+
+def _processors(protocol: asyncio.Protocol) -> dict[type[Any], Callable[[Any], None]]:
+    # H2Protocol.processor: the EventsProcessor set by connection_made(); its
+    # ``processors`` dict maps each h2 event class to its handler, and process()
+    # raises NotImplementedError for a class that is not in it. Changing the dict
+    # of this one connection's processor leaves other connections alone.
+    processors = protocol.processor.processors  # type: ignore[attr-defined]
+    if not isinstance(processors, dict):
+        raise RuntimeError(f"grpclib EventsProcessor.processors is {processors!r}, not a dict")
+    return processors
+
+
+def _ignore(_event: object) -> None:
+    pass
+
+
+def ignore_unknown_frames(protocol: asyncio.Protocol) -> None:
+    """Make one server connection ignore frames of unknown types, and ALTSVC frames.
+
+    ``protocol`` is the connection's ``H2Protocol``, after ``connection_made()``. h2
+    reports an extension frame as ``UnknownFrameReceived`` (and an ALTSVC frame a
+    client has no business sending as ``AlternativeServiceAvailable``); grpclib has
+    no handler for either and raises ``NotImplementedError`` from ``data_received``.
+    RFC 9113 section 5.5: implementations MUST ignore unknown frame types.
+    """
+    processors = _processors(protocol)
+    processors[UnknownFrameReceived] = _ignore
+    processors[AlternativeServiceAvailable] = _ignore
+
+
+def observe_stream_resets(protocol: asyncio.Protocol, observe: Callable[[], None]) -> None:
+    """Call ``observe()`` for every RST_STREAM the client sends on this connection.
+
+    ``protocol`` is the connection's ``H2Protocol``, after ``connection_made()``.
+    ``observe`` runs after grpclib handled the reset (cancelled the call), inside
+    ``data_received``; it must not raise.
+    """
+    processors = _processors(protocol)
+    handle = processors[StreamReset]
+
+    def process_stream_reset(event: StreamReset) -> None:
+        handle(event)
+        if event.remote_reset:
+            observe()
+
+    processors[StreamReset] = process_stream_reset
+
+
+def send_goaway(protocol: asyncio.Protocol, error_code: ErrorCodes) -> bool:
+    """Write a GOAWAY frame with ``error_code`` on one server connection; whether it could.
+
+    The last stream id is the highest the client opened, so the client knows that
+    nothing it sent later was processed. Writing does not close the transport: the
+    caller does that. False when the HTTP/2 state refuses (already closed) or the
+    connection was never set up.
+    """
+    if getattr(protocol, "connection", None) is None:
+        return False
+    try:
+        _h2_connection(protocol).close_connection(error_code=error_code)
+        # H2Protocol.connection.flush(): writes what h2 has queued to the transport.
+        protocol.connection.flush()  # type: ignore[attr-defined]
+    except (ProtocolError, RuntimeError):
+        return False
+    return True
