@@ -7,11 +7,14 @@ grpclib's ``H2Protocol``), which:
 - **contains errors**: whatever a callback below raises (grpclib on an HTTP/2 event it
   has no handler for, h2 on a frame it cannot parse, a bug of ours) closes that
   connection only, with one WARNING line naming the peer (throttled; the rest counted);
-- **ignores unknown frame types** (RFC 9113 §5.5) instead of failing on them;
+- **ignores unknown frame types** (RFC 9113 §5.5) instead of failing on them, and
+  resets request streams without ``:method`` or ``:path`` (RFC 9113 §8.1.1);
 - **bounds stream resets** (rapid reset, CVE-2023-44487): a token bucket per connection,
   :attr:`EdgeLimits.reset_burst` resets at once and :attr:`EdgeLimits.reset_rate`
   per second after that (nghttp2's defaults); beyond it the connection gets GOAWAY
   ENHANCE_YOUR_CALM and is closed;
+- **bounds frames**: a frame announced longer than SETTINGS_MAX_FRAME_SIZE gets GOAWAY
+  FRAME_SIZE_ERROR as soon as its header arrives, not after 16 MiB are buffered;
 - **bounds unread output**: a client that keeps sending frames that need an answer
   (PING, SETTINGS) while it reads nothing gets GOAWAY ENHANCE_YOUR_CALM and is closed
   once more than :attr:`EdgeLimits.max_unread_output_bytes` wait for it;
@@ -165,6 +168,7 @@ class GuardedConnection(asyncio.Protocol):
         try:
             self._outer.connection_made(transport)
             _drain.ignore_unknown_frames(self._h2)
+            _drain.refuse_malformed_requests(self._h2)
             _drain.observe_stream_resets(self._h2, self._stream_reset)
         except Exception as exc:
             self._failed(exc, "connection_made")
@@ -181,6 +185,11 @@ class GuardedConnection(asyncio.Protocol):
             return
         if self._calm_reason is not None:
             self._calm(self._calm_reason)
+            return
+        if _drain.oversized_frame_pending(self._h2):
+            self._guard.counts.error_closed += 1
+            self._guard._log_error(self, "it sent a frame over SETTINGS_MAX_FRAME_SIZE")
+            self.close(ErrorCodes.FRAME_SIZE_ERROR)
             return
         now_unread = _write_buffer_size(transport)
         if now_unread > self._guard.limits.max_unread_output_bytes and now_unread > unread:
@@ -218,7 +227,7 @@ class GuardedConnection(asyncio.Protocol):
         try:
             self._outer.connection_lost(exc)
         except Exception as error:
-            self._guard._log_error(self, error, "connection_lost")
+            self._guard._log_error(self, f"connection_lost raised {_describe(error)}")
         finally:
             self._guard._lost(self)
 
@@ -252,7 +261,8 @@ class GuardedConnection(asyncio.Protocol):
 
     def _failed(self, exc: Exception, where: str) -> None:
         self._guard.counts.error_closed += 1
-        self._guard._log_error(self, exc, where)
+        self._guard._log_error(self, f"{where} raised {_describe(exc)}")
+        logger.debug("connection from %s: %s raised", self.peer, where, exc_info=exc)
         code = ErrorCodes.PROTOCOL_ERROR if _is_protocol_error(exc) else ErrorCodes.INTERNAL_ERROR
         self.close(code)
 
@@ -390,17 +400,15 @@ class ConnectionGuard:
                 LogThrottle.suffix(held),
             )
 
-    def _log_error(self, connection: GuardedConnection, exc: BaseException, where: str) -> None:
+    def _log_error(self, connection: GuardedConnection, what: str) -> None:
         held = self._error_log.ready()
         if held is not None:
             logger.warning(
-                "closing connection from %s: %s raised %s%s",
+                "closing connection from %s: %s%s",
                 connection.peer,
-                where,
-                _describe(exc),
+                what,
                 LogThrottle.suffix(held),
             )
-        logger.debug("connection from %s: %s raised", connection.peer, where, exc_info=exc)
 
 
 def _describe(exc: BaseException) -> str:

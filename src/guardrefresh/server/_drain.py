@@ -15,7 +15,13 @@ The connection guard (``_connections``) reaches the same per-connection objects 
 HTTP/2 edge: grpclib raises ``NotImplementedError`` on frame types it has no handler for
 (RFC 9113 says they MUST be ignored), offers no hook to see stream resets (rapid reset,
 CVE-2023-44487) and none to send GOAWAY: :func:`ignore_unknown_frames`,
-:func:`observe_stream_resets` and :func:`send_goaway`.
+:func:`observe_stream_resets` and :func:`send_goaway`; and h2 buffers a frame whole
+before it checks its length against SETTINGS_MAX_FRAME_SIZE, so a client announcing a
+16 MiB frame had the server buffer up to 16 MiB first: :func:`oversized_frame_pending`.
+grpclib also logs an ERROR traceback for every request whose headers lack ``:method``
+or ``:path`` (a KeyError), and the generated handlers for every unary request that ends
+without a message (an AssertionError, answered UNKNOWN): :func:`refuse_malformed_requests`
+and :func:`require_request_message` answer those as the client's errors.
 """
 
 from __future__ import annotations
@@ -37,7 +43,12 @@ from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import AlternativeServiceAvailable, StreamReset, UnknownFrameReceived
+from h2.events import (
+    AlternativeServiceAvailable,
+    RequestReceived,
+    StreamReset,
+    UnknownFrameReceived,
+)
 from h2.exceptions import ProtocolError
 from h2.utilities import SizeLimitDict
 
@@ -53,7 +64,10 @@ __all__ = [
     "listening_port",
     "observe_stream_resets",
     "open_streams",
+    "oversized_frame_pending",
+    "refuse_malformed_requests",
     "remember_closed_streams",
+    "require_request_message",
     "send_goaway",
     "trailers_sent",
     "wrap_protocol_factory",
@@ -100,6 +114,10 @@ def check_internals(server: grpclib.server.Server) -> None:
     closed = getattr(H2Connection(), "_closed_streams", None)
     if not isinstance(closed, SizeLimitDict) or not hasattr(closed, "_size_limit"):
         problems.append("h2 H2Connection._closed_streams is not a SizeLimitDict")
+    # h2's H2Connection.incoming_buffer._data: the bytes received and not yet parsed
+    # into frames (see oversized_frame_pending).
+    if not isinstance(getattr(H2Connection().incoming_buffer, "_data", None), bytearray):
+        problems.append("h2 H2Connection.incoming_buffer._data is not a bytearray")
     # protocol.EventsProcessor.processors: the dict from h2 event class to handler that
     # process() looks each event up in (KeyError -> NotImplementedError).
     processors = getattr(grpclib.protocol.EventsProcessor(None, None), "processors", None)
@@ -111,6 +129,10 @@ def check_internals(server: grpclib.server.Server) -> None:
         problems.append("protocol.H2Protocol has no connection/processor attributes")
     if not callable(getattr(grpclib.protocol.Connection, "flush", None)):
         problems.append("protocol.Connection.flush is missing")
+    # server.Stream._cardinality: the method's grpclib.const.Cardinality, set in
+    # __init__ (see require_request_message).
+    if "_cardinality" not in grpclib.server.Stream.__init__.__code__.co_names:
+        problems.append("server.Stream._cardinality is missing")
     if problems:
         raise RuntimeError(
             "guardrefresh.server relies on grpclib internals that changed: " + "; ".join(problems)
@@ -367,3 +389,78 @@ def send_goaway(protocol: asyncio.Protocol, error_code: ErrorCodes) -> bool:
     except (ProtocolError, RuntimeError):
         return False
     return True
+
+
+def oversized_frame_pending(protocol: asyncio.Protocol) -> bool:
+    """Whether the frame the client is in the middle of sending is over the size we allow.
+
+    ``protocol`` is the connection's ``H2Protocol``. h2 parses a frame only once all of
+    it has arrived and checks its length against our SETTINGS_MAX_FRAME_SIZE only
+    then, so until then it buffers up to the 16 MiB a frame header can announce. This
+    reads the header of the incomplete frame waiting in h2's buffer instead.
+    """
+    h2_connection = _h2_connection(protocol)
+    # H2Connection.incoming_buffer._data: the FrameBuffer's unparsed bytes (after the
+    # preface); receive_data() leaves only an incomplete last frame in it.
+    pending = h2_connection.incoming_buffer._data
+    if len(pending) < 3:
+        return False
+    return int.from_bytes(pending[:3], "big") > h2_connection.max_inbound_frame_size
+
+
+#: Pseudo-headers without which grpclib's request handler fails with a KeyError.
+_REQUIRED_PSEUDO_HEADERS = frozenset({":method", ":path"})
+
+
+def refuse_malformed_requests(protocol: asyncio.Protocol) -> None:
+    """Reset, with PROTOCOL_ERROR, request streams whose headers lack ``:method`` or
+    ``:path``, before grpclib sees them.
+
+    ``protocol`` is the connection's ``H2Protocol``, after ``connection_made()``. RFC
+    9113 section 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
+    grpclib would look the headers up unguarded and log "Server error" with a
+    traceback for each such request.
+    """
+    processors = _processors(protocol)
+    handle = processors[RequestReceived]
+
+    def process_request_received(event: RequestReceived) -> None:
+        names = {_text(name) for name, _value in event.headers or ()}
+        if names >= _REQUIRED_PSEUDO_HEADERS:
+            handle(event)
+            return
+        assert event.stream_id is not None
+        _h2_connection(protocol).reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+        # H2Protocol.connection.flush(): see send_goaway.
+        protocol.connection.flush()  # type: ignore[attr-defined]
+
+    processors[RequestReceived] = process_request_received
+
+
+def _text(name: str | bytes) -> str:
+    return name.decode("ascii", "replace") if isinstance(name, bytes) else name
+
+
+def require_request_message(stream: grpclib.server.Stream[Any, Any]) -> None:
+    """Answer INVALID_ARGUMENT when a unary request ends without its message.
+
+    For a method whose client sends one message, grpclib's ``recv_message()``
+    returns None when the request stream ends before any message, and the generated
+    handlers assert it is not None: grpclib then logs "Application error" with a
+    traceback and answers UNKNOWN. Client-streaming methods keep None (end of input).
+    """
+    # Stream._cardinality: the method's Cardinality; no public accessor.
+    if stream._cardinality.client_streaming:
+        return
+    recv_message: weakref.WeakMethod[Callable[[], Awaitable[Any]]]
+    recv_message = weakref.WeakMethod(stream.recv_message)  # see limit_request_size
+
+    async def recv_required_message() -> Any:
+        read = recv_message()
+        assert read is not None, "a stream is alive while it is read from"
+        message = await read()
+        if message is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the request ended without a message")
+        return message
+
+    stream.recv_message = recv_required_message

@@ -606,6 +606,7 @@ class GrpcHost:
             self._calls.add(call)
             task.add_done_callback(functools.partial(self._call_done, call))
             _drain.limit_request_size(stream, self._max_message_bytes)
+            _drain.require_request_message(stream)
             try:
                 await func(stream)
             except asyncio.CancelledError:
