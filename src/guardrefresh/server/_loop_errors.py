@@ -18,13 +18,26 @@ process. :func:`contain_loop_errors` installs a handler that keeps asyncio's sem
 Connections served by :class:`~guardrefresh.server.GrpcHost` contain their own errors
 before they ever reach the loop (see ``_connections``); this is the net under that.
 
-:func:`guard_accept_retry` mends the retry that follows an accept error: asyncio schedules
-``loop._start_serving(...)`` for one second later without checking that the listening
-socket is still open, and a drain that closes it within that second made the retry
-register descriptor -1 (``ValueError: Invalid file descriptor: -1``). It reaches one
-private method of asyncio's selector loop (``BaseSelectorEventLoop._start_serving``, the
-same in 3.11 to 3.13) through an instance attribute; if a release drops it, a warning is
-logged and the guard is skipped (``tests/test_asyncio_loop.py`` fails first).
+:func:`guard_accept_retry` mends two things of asyncio's accept loop:
+
+- The retry that follows an accept error: asyncio schedules ``loop._start_serving(...)``
+  for one second later without checking that the listening socket is still open, and a
+  drain that closes it within that second made the retry register descriptor -1
+  (``ValueError: Invalid file descriptor: -1``). The retry is skipped then.
+- The burst: each time the listening socket is readable, asyncio accepts up to
+  ``backlog`` (grpclib: 100) connections before any of them reaches its protocol, so a
+  connection cap checked when a connection is made could be overrun by 100 descriptors
+  at once, more than the reserve kept for storage and metrics
+  (``_connections.FD_RESERVE``). At most :data:`ACCEPTS_PER_WAKEUP` are accepted per
+  turn instead; the listen queue keeps its length, and the rest are accepted on the
+  loop's next turns.
+
+It reaches one private method of asyncio's selector loop
+(``BaseSelectorEventLoop._start_serving(protocol_factory, sock, sslcontext, server,
+backlog, ...)``, the same in 3.11 to 3.13; ``backlog`` there only bounds the accepts
+per turn, ``listen()`` was called before) through an instance attribute; if a release
+changes it, a warning is logged and the guard is skipped (``tests/test_asyncio_loop.py``
+fails first).
 """
 
 from __future__ import annotations
@@ -39,6 +52,7 @@ from typing import Any
 from ._throttle import LogThrottle
 
 __all__ = [
+    "ACCEPTS_PER_WAKEUP",
     "ACCEPT_ERROR_LOG_INTERVAL_S",
     "LoopErrorHandler",
     "contain_loop_errors",
@@ -49,6 +63,8 @@ logger = logging.getLogger(__name__)
 
 #: At most one WARNING per this many seconds for failed accepts and failed connections.
 ACCEPT_ERROR_LOG_INTERVAL_S = 10.0
+#: Connections accepted per turn of the loop (asyncio: the listen backlog, 100).
+ACCEPTS_PER_WAKEUP = 16
 
 _ACCEPT_OUT_OF_RESOURCES = "socket.accept() out of system resource"
 
@@ -112,29 +128,35 @@ def contain_loop_errors(loop: asyncio.AbstractEventLoop) -> LoopErrorHandler:
 
 
 def guard_accept_retry(loop: asyncio.AbstractEventLoop) -> bool:
-    """Make ``loop`` skip an accept retry whose listening socket has closed meanwhile;
-    returns whether it could."""
+    """Make ``loop`` skip an accept retry whose listening socket has closed meanwhile,
+    and accept at most :data:`ACCEPTS_PER_WAKEUP` connections per turn; returns whether
+    it could."""
     start_serving: Callable[..., None] | None = getattr(loop, "_start_serving", None)
-    if start_serving is None or list(inspect.signature(start_serving).parameters)[:2] != [
+    signature = inspect.signature(start_serving) if start_serving is not None else None
+    if signature is None or list(signature.parameters)[:5] != [
         "protocol_factory",
         "sock",
+        "sslcontext",
+        "server",
+        "backlog",
     ]:
         logger.warning(
-            "asyncio's loop has no _start_serving(protocol_factory, sock, ...); an accept "
-            "retry after a drain may fail"
+            "asyncio's loop has no _start_serving(protocol_factory, sock, sslcontext, server, "
+            "backlog, ...); accept bursts are not bounded and an accept retry after a drain "
+            "may fail"
         )
         return False
+    assert start_serving is not None
 
-    def start_serving_if_open(
-        protocol_factory: Callable[[], asyncio.BaseProtocol],
-        sock: socket.socket,
-        *args: Any,
-        **kwargs: Any,
-    ) -> None:
+    def start_serving_if_open(*args: Any, **kwargs: Any) -> None:
+        bound = signature.bind(*args, **kwargs)
+        sock: socket.socket = bound.arguments["sock"]
         if sock.fileno() < 0:
             logger.debug("accept retry skipped: the listening socket was closed meanwhile")
             return
-        start_serving(protocol_factory, sock, *args, **kwargs)
+        backlog = bound.arguments.get("backlog", ACCEPTS_PER_WAKEUP)
+        bound.arguments["backlog"] = min(backlog, ACCEPTS_PER_WAKEUP)
+        start_serving(*bound.args, **bound.kwargs)
 
     # An instance attribute shadows the method; asyncio looks it up at each call
     # (Server.start_serving and the delayed retry after an accept error).
