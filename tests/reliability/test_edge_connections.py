@@ -145,6 +145,7 @@ def test_running_out_of_descriptors_backs_off_and_recovers(
                     outcomes.append(early.outcome("InstallRules", request, deadline_s=10.0))
                     time.sleep(1.2)  # across accept retries
                     assert service.returncode is None, service.log
+                print(f"installs during the shortage: {[o.code.name for o in outcomes]}")
                 codes = {o.code for o in outcomes}
                 assert codes <= {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}, outcomes
                 assert early.stats() is not None  # an open connection keeps being served
