@@ -16,7 +16,6 @@ Real processes, real limits (``prlimit``), loopback sockets, the real clock.
 from __future__ import annotations
 
 import contextlib
-import errno
 import socket
 import time
 import types
@@ -40,7 +39,7 @@ from .h2_raw import (
 )
 from .service import ServiceProcess, pb_rule, running_service, wait_until
 
-FLOOD = 400
+FLOOD = 600
 
 
 def _fresh_stats(
@@ -54,25 +53,30 @@ def _fresh_stats(
 
 
 @contextlib.contextmanager
-def _idle_flood(port: int, count: int, *, connected: bool) -> Iterator[list[socket.socket]]:
-    """``count`` TCP connections that send nothing, all closed on the way out.
+def _idle_flood(
+    port: int, count: int, *, until_full: bool = False
+) -> Iterator[list[socket.socket]]:
+    """Up to ``count`` TCP connections that send nothing, all closed on the way out.
 
-    ``connected``: each connect completes before the next starts (the listen queue
-    never overflows, so every one is established); otherwise connects do not wait,
-    and those that meet a full listen queue stay half-open until the kernel retries.
+    Each connect completes before the next starts. A connect that finds the listen
+    queue full waits for the kernel to resend its SYN (after 1 s, then 3 s more): a
+    client connecting in a tight loop outpaces the server's accepts now and then.
+    With ``until_full`` the flood stops at the first connect that does not complete
+    within 3.5 s: the server has stopped accepting and its listen queue stays full.
     """
     sockets: list[socket.socket] = []
     try:
         for _ in range(count):
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sockets.append(sock)
-            if connected:
-                sock.settimeout(5.0)
+            sock.settimeout(3.5 if until_full else 10.0)
+            try:
                 sock.connect(("127.0.0.1", port))
+            except TimeoutError:
+                if not until_full:
+                    raise
+                break
             sock.setblocking(False)
-            if not connected:
-                code = sock.connect_ex(("127.0.0.1", port))
-                assert code in (0, errno.EINPROGRESS), errno.errorcode.get(code, code)
         yield sockets
     finally:
         for sock in sockets:
@@ -96,7 +100,7 @@ def test_fd_limit_is_raised_and_the_connection_cap_closes_the_excess(
     with running_service(tmp_path, prefix=prefix) as service:
         service.wait_for_log(r"Open-file limit \(RLIMIT_NOFILE\): 256$")
         service.wait_for_log(r"max 192 connections, idle timeout 300 s")
-        with _idle_flood(service.port, 250, connected=True) as flood:
+        with _idle_flood(service.port, 250) as flood:
             # The first 192 are admitted; each later one is closed as soon as accepted.
             wait_until(
                 lambda: sum(map(_closed_by_server, flood)) >= 250 - 192,
@@ -131,11 +135,13 @@ def test_running_out_of_descriptors_backs_off_and_recovers(
     with running_service(tmp_path, "--max-connections", "100000", prefix=prefix) as service:
         with DataPlaneClient(grpcio_modules, service.port, own_connection=True) as early:
             assert early.stats() is not None  # connected before the flood
-            with _idle_flood(service.port, FLOOD, connected=False):
+            with _idle_flood(service.port, FLOOD, until_full=True) as flood:
+                assert len(flood) > 256, "the flood ended before the descriptors did"
+                print(f"idle connections opened before the listen queue stayed full: {len(flood)}")
                 service.wait_for_log(
                     r"WARNING .*accept\(\) failed: \[Errno 24\] Too many open files; "
                     r"new connections wait in the backlog, retrying in 1 s",
-                    timeout=10.0,
+                    timeout=5.0,
                 )
                 outcomes = []
                 for i in range(3):
