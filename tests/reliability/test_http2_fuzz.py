@@ -69,6 +69,9 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess
     with running_service(workdir, "--no-scheduler") as running:
         yield running
         assert running.stop() == 0, running.log
+        # Every connection's errors were contained by the connection guard; none
+        # reached the asyncio loop's exception handler (the net under it).
+        assert running.find("guardrefresh.server._loop_errors") is None, running.log
     # running_service checked the log: no ERROR record, no traceback.
 
 
