@@ -9,7 +9,12 @@ on: they fail if a trio-asyncio release stops honouring them.
 
 from __future__ import annotations
 
+import asyncio
+import asyncio.selector_events
+import inspect
 import logging
+import re
+import socket
 import weakref
 from typing import Any, cast
 
@@ -20,6 +25,8 @@ import trio_asyncio
 
 from guardrefresh.server import open_asyncio_loop
 from guardrefresh.server._loop import MAX_BATCH, batch_callbacks, forget_cancelled_timers
+from guardrefresh.server._loop_errors import guard_accept_retry
+from guardrefresh.server._throttle import LogThrottle
 
 
 class LoopTaskSteps(trio.abc.Instrument):
@@ -209,3 +216,110 @@ async def test_a_loop_without_the_internal_is_left_unbatched_with_a_warning(
         assert batch_callbacks(cast(trio_asyncio.TrioEventLoop, loop)) is False
     assert loop._main_loop_one == original
     assert "asyncio callbacks run one per Trio scheduler pass" in caplog.text
+
+
+# ------------------------------------------------------------ error containment ---
+
+
+async def test_an_error_in_an_asyncio_callback_is_logged_not_raised_into_the_nursery(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # trio-asyncio's own handler re-raises into the nursery running the loop: the
+    # service's root nursery, so one failing callback ended the process.
+    def fail() -> None:
+        raise RuntimeError("a bug in some callback")
+
+    with caplog.at_level(logging.ERROR, logger="guardrefresh.server._loop_errors"):
+        async with open_asyncio_loop() as loop:
+            loop.call_soon(fail)
+            await trio.testing.wait_all_tasks_blocked()
+            ran: list[int] = []
+            loop.call_soon(ran.append, 1)
+            await trio.testing.wait_all_tasks_blocked()
+            assert ran == [1]
+    [record] = caplog.records
+    assert record.levelno == logging.ERROR
+    assert "asyncio: Exception in callback" in record.getMessage()
+    assert record.exc_info is not None and "a bug in some callback" in str(record.exc_info[1])
+
+
+class _FailingProtocol(asyncio.Protocol):
+    """Raises from data_received, as grpclib did on an unknown HTTP/2 frame."""
+
+    def data_received(self, data: bytes) -> None:
+        raise NotImplementedError(f"cannot handle {data!r}")
+
+
+class _EchoProtocol(asyncio.Protocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+def _exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(data)
+        return sock.recv(100)
+
+
+async def test_a_connection_whose_protocol_raises_is_closed_and_the_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The net under the connection guard: an unguarded protocol that raises."""
+    with caplog.at_level(logging.WARNING, logger="guardrefresh.server._loop_errors"):
+        async with open_asyncio_loop() as loop:
+            failing = await trio_asyncio.aio_as_trio(loop.create_server)(
+                _FailingProtocol, "127.0.0.1", 0
+            )
+            echo = await trio_asyncio.aio_as_trio(loop.create_server)(_EchoProtocol, "127.0.0.1", 0)
+            try:
+                failing_port = failing.sockets[0].getsockname()[1]
+                echo_port = echo.sockets[0].getsockname()[1]
+                # The failing connection is closed: the client reads EOF.
+                assert await trio.to_thread.run_sync(_exchange, failing_port, b"x") == b""
+                assert await trio.to_thread.run_sync(_exchange, echo_port, b"ping") == b"ping"
+            finally:
+                failing.close()
+                echo.close()
+    [record] = caplog.records
+    assert record.levelno == logging.WARNING
+    assert re.search(
+        r"connection from 127\.0\.0\.1:\d+ failed \(Fatal error: protocol\.data_received\(\) "
+        r"call failed\.: NotImplementedError",
+        record.getMessage(),
+    ), record.getMessage()
+
+
+async def test_an_accept_retry_for_a_closed_listener_is_skipped() -> None:
+    """asyncio retries accept() a second after EMFILE; a drain may close it meanwhile."""
+    async with open_asyncio_loop() as loop:
+        sock = socket.socket()
+        sock.close()
+        # Unguarded, this registered descriptor -1 with the loop: ValueError.
+        loop._start_serving(asyncio.Protocol, sock)  # type: ignore[attr-defined]
+        await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_the_asyncio_internal_the_accept_guard_relies_on_is_still_there() -> None:
+    async with trio_asyncio.open_loop() as loop:
+        assert guard_accept_retry(loop) is True
+    parameters = list(
+        inspect.signature(asyncio.selector_events.BaseSelectorEventLoop._start_serving).parameters
+    )
+    assert parameters[:6] == ["self", "protocol_factory", "sock", "sslcontext", "server", "backlog"]
+    source = inspect.getsource(asyncio.selector_events.BaseSelectorEventLoop._accept_connection)
+    assert "for _ in range(backlog)" in source
+    assert "self._start_serving" in source
+
+
+def test_the_log_throttle_logs_once_per_interval_and_counts_the_rest() -> None:
+    now = [0.0]
+    throttle = LogThrottle(10.0, clock=lambda: now[0])
+    assert throttle.ready() == 0
+    assert [throttle.ready() for _ in range(5)] == [None] * 5
+    now[0] = 10.0
+    assert throttle.ready() == 5
+    assert LogThrottle.suffix(5) == " (5 more since the last report)"
+    assert LogThrottle.suffix(0) == ""

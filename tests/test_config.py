@@ -46,6 +46,8 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "server.shutdown_grace": (2.5, 0.0),
     "server.max_message_bytes": (1024, 8_000_000),
     "server.max_rules_per_install": (1, 500),
+    "server.max_connections": (16, 0),
+    "server.idle_timeout": (0.0, 1.5),
     "storage.warm_storage": (pathlib.Path("a/warm.bin"), pathlib.Path("/srv/b c.bin")),
     "storage.hot_capacity": (1, 123_456),
     "scheduler.refresh_interval": (3600.0, 60.5),
@@ -215,6 +217,8 @@ def test_defaults() -> None:
     assert config.server.shutdown_grace == 10.0
     assert config.server.max_message_bytes == 4 * 1024 * 1024
     assert config.server.max_rules_per_install == 10_000
+    assert config.server.max_connections == 0  # derived from the open-file limit
+    assert config.server.idle_timeout == 300.0
     assert config.storage.warm_storage == pathlib.Path("./var/data/warm_storage.bin")
     assert config.storage.hot_capacity == 10_000
     assert config.scheduler == SchedulerConfig(
@@ -426,6 +430,8 @@ BAD_TEXT: list[tuple[str, str, str]] = [
     ("server.max_message_bytes", "1023", ">= 1024"),
     ("server.max_message_bytes", "4MB", "an integer"),
     ("server.max_rules_per_install", "0", ">= 1"),
+    ("server.max_connections", "-1", ">= 0"),
+    ("server.idle_timeout", "-1", ">= 0"),
     ("storage.hot_capacity", "0", ">= 1"),
     ("storage.hot_capacity", "ten", "an integer"),
     ("scheduler.refresh_interval", "0", "> 0"),

@@ -6,6 +6,7 @@ import tomllib
 from pathlib import Path
 
 from guardrefresh.config import SETTINGS, ServiceConfig, load_config
+from guardrefresh.server import max_connections_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -27,6 +28,14 @@ def test_systemd_unit_gives_the_drain_time_to_finish() -> None:
     )
     assert stop > ServiceConfig().server.shutdown_grace
     assert "ExecStart=" in unit and "--config" in unit and "RestartPreventExitStatus=2" in unit
+
+
+def test_systemd_unit_allows_more_connections_than_the_default_descriptor_limit() -> None:
+    unit = (EXAMPLES / "guardrefresh.service").read_text()
+    limit = next(
+        int(line.split("=")[1]) for line in unit.splitlines() if line.startswith("LimitNOFILE=")
+    )
+    assert max_connections_for(limit) > max_connections_for(1024)
 
 
 def test_kubernetes_manifest_probes_the_health_service() -> None:

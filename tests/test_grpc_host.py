@@ -695,6 +695,21 @@ async def test_grpclib_internals_the_drain_relies_on_are_still_there() -> None:
         _drain.ExpiredDeadlineWrapper,
     )
     assert {"cancelled", "cancel_failed", "_error"} <= set(vars(grpclib.utils.Wrapper))
+    # The connection guard: process() looks each h2 event up in the processor's
+    # ``processors`` dict (unknown ones raise NotImplementedError), and grpclib has no
+    # handler for unknown frames; the RequestReceived handler reads :method unguarded.
+    processors = grpclib.protocol.EventsProcessor(None, None).processors
+    assert h2.events.StreamReset in processors and h2.events.RequestReceived in processors
+    assert h2.events.UnknownFrameReceived not in processors
+    assert "self.processors[event.__class__]" in inspect.getsource(
+        grpclib.protocol.EventsProcessor.process
+    )
+    assert "headers_map[':method']" in handler_source
+    # require_request_message: the stream knows its method's cardinality.
+    assert "_cardinality" in grpclib.server.Stream.__init__.__code__.co_names
+    # oversized_frame_pending: h2 buffers unparsed input in incoming_buffer._data and
+    # checks a frame's length only once the whole frame is there.
+    assert isinstance(h2.connection.H2Connection().incoming_buffer._data, bytearray)
 
     async with trio_asyncio.open_loop():
         server = grpclib.server.Server([ScriptedDataPlane()])

@@ -30,12 +30,20 @@ from ..refresh import (
     RefreshTrigger,
     open_refresh_service,
 )
-from ..server import EnforceHandler, EnforceObserver, GrpcHost, open_asyncio_loop
+from ..server import (
+    EdgeLimits,
+    EnforceHandler,
+    EnforceObserver,
+    GrpcHost,
+    max_connections_for,
+    open_asyncio_loop,
+)
 from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
 from ..storage import StorageError
 from ..telemetry import EnforceRecorder, Telemetry, open_telemetry
+from ._limits import raise_fd_limit
 from ._memory import release_free_memory, tune_allocator
 
 logger = logging.getLogger(__name__)
@@ -59,6 +67,7 @@ async def serve_service(
     SERVING from then on). Raises :class:`StartupError` when it cannot start.
     """
     config.security.check()
+    fd_limit = raise_fd_limit()
     try:
         bridge = await Bridge.open(
             Path(config.storage.warm_storage),
@@ -79,7 +88,15 @@ async def serve_service(
             # session of an answered Enforce call is written before the process exits.
             _open_telemetry(config) as telemetry,
         ):
-            await _supervise(config, bridge, refresher, encoder, telemetry, task_status)
+            await _supervise(
+                config,
+                bridge,
+                refresher,
+                encoder,
+                telemetry,
+                _edge_limits(config, fd_limit),
+                task_status,
+            )
     finally:
         bridge.close()
 
@@ -143,12 +160,21 @@ def _security(config: ServiceConfig) -> tuple[ssl.SSLContext | None, AdminAuth |
     return context, auth
 
 
+def _edge_limits(config: ServiceConfig, fd_limit: int) -> EdgeLimits:
+    server = config.server
+    return EdgeLimits(
+        max_connections=server.max_connections or max_connections_for(fd_limit),
+        idle_timeout_s=server.idle_timeout or math.inf,
+    )
+
+
 async def _supervise(
     config: ServiceConfig,
     bridge: Bridge,
     refresher: RefreshService,
     encoder: IntentEncoder,
     telemetry: Telemetry | None,
+    edge_limits: EdgeLimits,
     task_status: trio.TaskStatus[int],
 ) -> None:
     ssl_context, auth = _security(config)
@@ -200,6 +226,7 @@ async def _supervise(
         ssl=ssl_context,
         on_call_done=metrics.observe_rpc,
         authorize=auth.check if auth is not None else None,
+        edge_limits=edge_limits,
     )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:

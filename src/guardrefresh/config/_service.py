@@ -72,6 +72,12 @@ class ServerConfig:
     max_rules_per_install: int = attrs.field(
         default=_default("server.max_rules_per_install"), validator=_SERVER
     )
+    #: 0: derived from the open-file limit (see ``guardrefresh.server.max_connections_for``).
+    max_connections: int = attrs.field(
+        default=_default("server.max_connections"), validator=_SERVER
+    )
+    #: 0: never.
+    idle_timeout: float = attrs.field(default=_default("server.idle_timeout"), validator=_SERVER)
 
 
 @attrs.frozen(kw_only=True)

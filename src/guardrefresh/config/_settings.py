@@ -422,6 +422,29 @@ SETTINGS: tuple[Setting[Any], ...] = (
         constraint=_at_least(1),
         help="Most rules a single InstallRules request may carry.",
     ),
+    Setting(
+        section="server",
+        key="max_connections",
+        flag="--max-connections",
+        env="GUARDREFRESH_MAX_CONNECTIONS",
+        kind=INTEGER,
+        default=0,
+        constraint=_at_least(0),
+        help="Most client connections open at once; a connection beyond it is closed as soon "
+        "as it is accepted. 0 = the open-file limit minus 64 (at least 16), leaving "
+        "descriptors for storage and metrics.",
+    ),
+    Setting(
+        section="server",
+        key="idle_timeout",
+        flag="--idle-timeout",
+        env="GUARDREFRESH_IDLE_TIMEOUT",
+        kind=SECONDS,
+        default=300.0,
+        constraint=_at_least(0),
+        help="Seconds a connection may stay open without an open stream before it gets "
+        "GOAWAY and is closed; 0 = never.",
+    ),
     # [storage]
     Setting(
         section="storage",

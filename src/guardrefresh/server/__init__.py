@@ -1,6 +1,7 @@
 """gRPC hosting: grpclib services served inside Trio with a graceful drain, and the DataPlane."""
 
 from ._codec import CompiledProtoCodec, decode_message, encode_message, upb_class
+from ._connections import FD_RESERVE, EdgeCounts, EdgeLimits, max_connections_for
 from ._dataplane import DataPlaneService
 from ._enforce import (
     EnforceHandler,
@@ -14,10 +15,13 @@ from ._loop import open_asyncio_loop
 
 __all__ = [
     "DEFAULT_EXEMPT_METHODS",
+    "FD_RESERVE",
     "SHUTDOWN_MESSAGE",
     "CompiledProtoCodec",
     "DataPlaneService",
     "DrainReport",
+    "EdgeCounts",
+    "EdgeLimits",
     "EnforceHandler",
     "EnforceObserver",
     "EnforceOutcome",
@@ -26,6 +30,7 @@ __all__ = [
     "encode_message",
     "enforce_response",
     "enforce_response_bytes",
+    "max_connections_for",
     "open_asyncio_loop",
     "upb_class",
 ]

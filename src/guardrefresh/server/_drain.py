@@ -10,6 +10,18 @@ access, so that an upgrade breaks in one place; :func:`check_internals` runs bef
 server binds and ``tests/test_grpc_host.py`` has a canary test for each attribute, so a
 breaking upgrade fails loudly rather than silently losing the drain. grpclib is pinned
 exactly (``grpclib==0.4.9``), h2 to its major (``h2>=4.1,<5``).
+
+The connection guard (``_connections``) reaches the same per-connection objects for the
+HTTP/2 edge: grpclib raises ``NotImplementedError`` on frame types it has no handler for
+(RFC 9113 says they MUST be ignored), offers no hook to see stream resets (rapid reset,
+CVE-2023-44487) and none to send GOAWAY: :func:`ignore_unknown_frames`,
+:func:`observe_stream_resets` and :func:`send_goaway`; and h2 buffers a frame whole
+before it checks its length against SETTINGS_MAX_FRAME_SIZE, so a client announcing a
+16 MiB frame had the server buffer up to 16 MiB first: :func:`oversized_frame_pending`.
+grpclib also logs an ERROR traceback for every request whose headers lack ``:method``
+or ``:path`` (a KeyError), and the generated handlers for every unary request that ends
+without a message (an AssertionError, answered UNKNOWN): :func:`refuse_malformed_requests`
+and :func:`require_request_message` answer those as the client's errors.
 """
 
 from __future__ import annotations
@@ -30,6 +42,14 @@ import grpclib.utils
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.events import (
+    AlternativeServiceAvailable,
+    RequestReceived,
+    StreamReset,
+    UnknownFrameReceived,
+)
+from h2.exceptions import ProtocolError
 from h2.utilities import SizeLimitDict
 
 __all__ = [
@@ -39,10 +59,16 @@ __all__ = [
     "check_internals",
     "close_listener",
     "closed_streams_remembered",
+    "ignore_unknown_frames",
     "limit_request_size",
     "listening_port",
+    "observe_stream_resets",
     "open_streams",
+    "oversized_frame_pending",
+    "refuse_malformed_requests",
     "remember_closed_streams",
+    "require_request_message",
+    "send_goaway",
     "trailers_sent",
     "wrap_protocol_factory",
 ]
@@ -88,6 +114,25 @@ def check_internals(server: grpclib.server.Server) -> None:
     closed = getattr(H2Connection(), "_closed_streams", None)
     if not isinstance(closed, SizeLimitDict) or not hasattr(closed, "_size_limit"):
         problems.append("h2 H2Connection._closed_streams is not a SizeLimitDict")
+    # h2's H2Connection.incoming_buffer._data: the bytes received and not yet parsed
+    # into frames (see oversized_frame_pending).
+    if not isinstance(getattr(H2Connection().incoming_buffer, "_data", None), bytearray):
+        problems.append("h2 H2Connection.incoming_buffer._data is not a bytearray")
+    # protocol.EventsProcessor.processors: the dict from h2 event class to handler that
+    # process() looks each event up in (KeyError -> NotImplementedError).
+    processors = getattr(grpclib.protocol.EventsProcessor(None, None), "processors", None)
+    if not isinstance(processors, dict) or StreamReset not in processors:
+        problems.append("protocol.EventsProcessor.processors is not a dict of h2 events")
+    # protocol.H2Protocol.connection / .processor: set by connection_made().
+    annotations = getattr(grpclib.protocol.H2Protocol, "__annotations__", {})
+    if not {"connection", "processor"} <= set(annotations):
+        problems.append("protocol.H2Protocol has no connection/processor attributes")
+    if not callable(getattr(grpclib.protocol.Connection, "flush", None)):
+        problems.append("protocol.Connection.flush is missing")
+    # server.Stream._cardinality: the method's grpclib.const.Cardinality, set in
+    # __init__ (see require_request_message).
+    if "_cardinality" not in grpclib.server.Stream.__init__.__code__.co_names:
+        problems.append("server.Stream._cardinality is missing")
     if problems:
         raise RuntimeError(
             "guardrefresh.server relies on grpclib internals that changed: " + "; ".join(problems)
@@ -278,3 +323,144 @@ def limit_request_size(stream: grpclib.server.Stream[Any, Any], max_bytes: int) 
         return await read(size)
 
     h2_stream.recv_data = guarded_recv_data
+
+
+def _processors(protocol: asyncio.Protocol) -> dict[type[Any], Callable[[Any], None]]:
+    # H2Protocol.processor: the EventsProcessor set by connection_made(); its
+    # ``processors`` dict maps each h2 event class to its handler, and process()
+    # raises NotImplementedError for a class that is not in it. Changing the dict
+    # of this one connection's processor leaves other connections alone.
+    processors = protocol.processor.processors  # type: ignore[attr-defined]
+    if not isinstance(processors, dict):
+        raise RuntimeError(f"grpclib EventsProcessor.processors is {processors!r}, not a dict")
+    return processors
+
+
+def _ignore(_event: object) -> None:
+    pass
+
+
+def ignore_unknown_frames(protocol: asyncio.Protocol) -> None:
+    """Make one server connection ignore frames of unknown types, and ALTSVC frames.
+
+    ``protocol`` is the connection's ``H2Protocol``, after ``connection_made()``. h2
+    reports an extension frame as ``UnknownFrameReceived`` (and an ALTSVC frame a
+    client has no business sending as ``AlternativeServiceAvailable``); grpclib has
+    no handler for either and raises ``NotImplementedError`` from ``data_received``.
+    RFC 9113 section 5.5: implementations MUST ignore unknown frame types.
+    """
+    processors = _processors(protocol)
+    processors[UnknownFrameReceived] = _ignore
+    processors[AlternativeServiceAvailable] = _ignore
+
+
+def observe_stream_resets(protocol: asyncio.Protocol, observe: Callable[[], None]) -> None:
+    """Call ``observe()`` for every RST_STREAM the client sends on this connection.
+
+    ``protocol`` is the connection's ``H2Protocol``, after ``connection_made()``.
+    ``observe`` runs after grpclib handled the reset (cancelled the call), inside
+    ``data_received``; it must not raise.
+    """
+    processors = _processors(protocol)
+    handle = processors[StreamReset]
+
+    def process_stream_reset(event: StreamReset) -> None:
+        handle(event)
+        if event.remote_reset:
+            observe()
+
+    processors[StreamReset] = process_stream_reset
+
+
+def send_goaway(protocol: asyncio.Protocol, error_code: ErrorCodes) -> bool:
+    """Write a GOAWAY frame with ``error_code`` on one server connection; whether it could.
+
+    The last stream id is the highest the client opened, so the client knows that
+    nothing it sent later was processed. Writing does not close the transport: the
+    caller does that. False when the HTTP/2 state refuses (already closed) or the
+    connection was never set up.
+    """
+    if getattr(protocol, "connection", None) is None:
+        return False
+    try:
+        _h2_connection(protocol).close_connection(error_code=error_code)
+        # H2Protocol.connection.flush(): writes what h2 has queued to the transport.
+        protocol.connection.flush()  # type: ignore[attr-defined]
+    except (ProtocolError, RuntimeError):
+        return False
+    return True
+
+
+def oversized_frame_pending(protocol: asyncio.Protocol) -> bool:
+    """Whether the frame the client is in the middle of sending is over the size we allow.
+
+    ``protocol`` is the connection's ``H2Protocol``. h2 parses a frame only once all of
+    it has arrived and checks its length against our SETTINGS_MAX_FRAME_SIZE only
+    then, so until then it buffers up to the 16 MiB a frame header can announce. This
+    reads the header of the incomplete frame waiting in h2's buffer instead.
+    """
+    h2_connection = _h2_connection(protocol)
+    # H2Connection.incoming_buffer._data: the FrameBuffer's unparsed bytes (after the
+    # preface); receive_data() leaves only an incomplete last frame in it.
+    pending = h2_connection.incoming_buffer._data
+    if len(pending) < 3:
+        return False
+    return int.from_bytes(pending[:3], "big") > h2_connection.max_inbound_frame_size
+
+
+#: Pseudo-headers without which grpclib's request handler fails with a KeyError.
+_REQUIRED_PSEUDO_HEADERS = frozenset({":method", ":path"})
+
+
+def refuse_malformed_requests(protocol: asyncio.Protocol) -> None:
+    """Reset, with PROTOCOL_ERROR, request streams whose headers lack ``:method`` or
+    ``:path``, before grpclib sees them.
+
+    ``protocol`` is the connection's ``H2Protocol``, after ``connection_made()``. RFC
+    9113 section 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
+    grpclib would look the headers up unguarded and log "Server error" with a
+    traceback for each such request.
+    """
+    processors = _processors(protocol)
+    handle = processors[RequestReceived]
+
+    def process_request_received(event: RequestReceived) -> None:
+        names = {_text(name) for name, _value in event.headers or ()}
+        if names >= _REQUIRED_PSEUDO_HEADERS:
+            handle(event)
+            return
+        assert event.stream_id is not None
+        _h2_connection(protocol).reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
+        # H2Protocol.connection.flush(): see send_goaway.
+        protocol.connection.flush()  # type: ignore[attr-defined]
+
+    processors[RequestReceived] = process_request_received
+
+
+def _text(name: str | bytes) -> str:
+    return name.decode("ascii", "replace") if isinstance(name, bytes) else name
+
+
+def require_request_message(stream: grpclib.server.Stream[Any, Any]) -> None:
+    """Answer INVALID_ARGUMENT when a unary request ends without its message.
+
+    For a method whose client sends one message, grpclib's ``recv_message()``
+    returns None when the request stream ends before any message, and the generated
+    handlers assert it is not None: grpclib then logs "Application error" with a
+    traceback and answers UNKNOWN. Client-streaming methods keep None (end of input).
+    """
+    # Stream._cardinality: the method's Cardinality; no public accessor.
+    if stream._cardinality.client_streaming:
+        return
+    recv_message: weakref.WeakMethod[Callable[[], Awaitable[Any]]]
+    recv_message = weakref.WeakMethod(stream.recv_message)  # see limit_request_size
+
+    async def recv_required_message() -> Any:
+        read = recv_message()
+        assert read is not None, "a stream is alive while it is read from"
+        message = await read()
+        if message is None:
+            raise GRPCError(Status.INVALID_ARGUMENT, "the request ended without a message")
+        return message
+
+    stream.recv_message = recv_required_message

@@ -15,7 +15,9 @@ adds what is missing, on the asyncio side of the one thread both loops share:
   cancellation into ``GRPCError(UNAVAILABLE)``, which grpclib itself sends as trailers.
   A client therefore always gets a status, never a hang until its own deadline.
 - Each connection's protocol is wrapped (``_drain.wrap_protocol_factory``) so the host
-  knows its transport and can close it at the end.
+  knows its transport and can close it at the end; outermost, the connection guard
+  (``_connections``) contains each connection's errors and enforces the edge limits
+  (connection cap, idle timeout, stream-reset and unread-output bounds).
 
 Health (``grpc.health.v1.Health``) and reflection streams are exempt from counting and
 rejection: probes keep working during the drain and report NOT_SERVING.
@@ -46,6 +48,7 @@ from guardrefresh.proto.google_proto_descriptor_pool import default_google_proto
 
 from . import _drain
 from ._codec import CompiledProtoCodec
+from ._connections import ConnectionGuard, EdgeCounts, EdgeLimits
 
 __all__ = ["DEFAULT_EXEMPT_METHODS", "SHUTDOWN_MESSAGE", "DrainReport", "GrpcHost"]
 
@@ -312,7 +315,9 @@ class GrpcHost:
     Responses are not limited. Each connection remembers its latest
     ``closed_streams_remembered`` ended streams (h2 would keep 2**16, over 10 MB per
     long-lived connection). ``exempt_methods`` (full paths) are neither counted
-    in flight nor rejected while draining.
+    in flight nor rejected while draining. ``edge_limits`` bound the connections
+    (see :class:`~guardrefresh.server.EdgeLimits`; its defaults when None): an error
+    while handling one connection closes that connection only.
 
     ``on_call_done(method, status, seconds)``, if given, is called once per RPC
     to a served method (health, reflection, rejected and cancelled ones included)
@@ -339,6 +344,7 @@ class GrpcHost:
         on_call_done: Callable[[str, Status, float], None] | None = None,
         authorize: Callable[[str, Mapping[str, Any]], None] | None = None,
         closed_streams_remembered: int = CLOSED_STREAMS_REMEMBERED,
+        edge_limits: EdgeLimits | None = None,
     ) -> None:
         if not services:
             raise ValueError("GrpcHost needs at least one service")
@@ -352,6 +358,7 @@ class GrpcHost:
                 f"closed_streams_remembered must be >= 1, got {closed_streams_remembered}"
             )
         self._closed_streams_remembered = closed_streams_remembered
+        self._guard = ConnectionGuard(edge_limits if edge_limits is not None else EdgeLimits())
         self._services = tuple(services)
         self._service_names = tuple(_service_name(s) for s in self._services)
         self._host = host
@@ -409,6 +416,16 @@ class GrpcHost:
     def open_connections(self) -> int:
         """Client connections open now."""
         return len(self._connections)
+
+    @property
+    def edge_limits(self) -> EdgeLimits:
+        """The connection limits in force."""
+        return self._guard.limits
+
+    @property
+    def edge_counts(self) -> EdgeCounts:
+        """Connections refused at the cap and closed (idle, too many resets, errors)."""
+        return self._guard.counts
 
     @property
     def draining(self) -> bool:
@@ -477,12 +494,16 @@ class GrpcHost:
             server = self._server = self._build_server()
             await trio_asyncio.aio_as_trio(server.start)(self._host, self._port, ssl=self._ssl)
             self._bound_port = _drain.listening_port(server)
+            self._guard.start()
             logger.info(
-                "gRPC host listening on %s:%d (%s; max request %d bytes)",
+                "gRPC host listening on %s:%d (%s; max request %d bytes; "
+                "max %d connections, idle timeout %g s)",
                 self._host,
                 self._bound_port,
                 ", ".join(self._service_names),
                 self._max_message_bytes,
+                self._guard.limits.max_connections,
+                self._guard.limits.idle_timeout_s,
             )
             task_status.started(self._bound_port)
             await self._drain_requested.wait()
@@ -527,7 +548,7 @@ class GrpcHost:
         handlers.append(self._health)
         server = grpclib.server.Server(handlers, codec=CompiledProtoCodec())
         _drain.check_internals(server)
-        _drain.wrap_protocol_factory(server, functools.partial(_TrackedConnection, host=self))
+        _drain.wrap_protocol_factory(server, self._wrap_connection)
         _drain.answer_expired_deadlines()
         grpclib.events.listen(server, grpclib.events.RecvRequest, self._on_recv_request)
         if self._on_call_done is not None:
@@ -535,6 +556,9 @@ class GrpcHost:
                 server, grpclib.events.SendTrailingMetadata, self._on_send_trailing_metadata
             )
         return server
+
+    def _wrap_connection(self, h2: asyncio.Protocol) -> asyncio.Protocol:
+        return self._guard.wrap(h2, _TrackedConnection(h2, host=self))
 
     async def _on_recv_request(self, event: grpclib.events.RecvRequest) -> None:
         # asyncio side, in the request's task, before the handler runs.
@@ -567,6 +591,7 @@ class GrpcHost:
             self._calls.add(call)
             task.add_done_callback(functools.partial(self._call_done, call))
             _drain.limit_request_size(stream, self._max_message_bytes)
+            _drain.require_request_message(stream)
             try:
                 await func(stream)
             except asyncio.CancelledError:
@@ -634,6 +659,7 @@ class GrpcHost:
     def _begin_drain(self, grace: float, *, reason: str) -> None:
         assert self._server is not None and self._bound_port is not None
         self._draining = True
+        self._guard.stop()
         self._drain_started_at = trio.current_time()
         self._in_flight_at_start = self.in_flight
         exempt_open = len(self._calls) - self._in_flight_at_start
@@ -688,6 +714,7 @@ class GrpcHost:
         server = self._server
         try:
             if server is None or self._bound_port is None:
+                self._guard.stop()
                 if server is not None:
                     _drain.close_listener(server)
                 return

@@ -44,6 +44,8 @@ from contextlib import asynccontextmanager
 import trio
 import trio_asyncio
 
+from ._loop_errors import contain_loop_errors, guard_accept_retry
+
 __all__ = ["MAX_BATCH", "batch_callbacks", "forget_cancelled_timers", "open_asyncio_loop"]
 
 logger = logging.getLogger(__name__)
@@ -61,12 +63,17 @@ _MIN_TIMERS_TO_REBUILD = 100
 @asynccontextmanager
 async def open_asyncio_loop() -> AsyncIterator[trio_asyncio.TrioEventLoop]:
     """``trio_asyncio.open_loop()`` with :func:`batch_callbacks` and
-    :func:`forget_cancelled_timers` applied.
+    :func:`forget_cancelled_timers` applied, and errors contained
+    (:func:`~guardrefresh.server._loop_errors.contain_loop_errors`,
+    :func:`~guardrefresh.server._loop_errors.guard_accept_retry`): an exception no asyncio
+    code caught is logged, never re-raised into the caller's nursery.
 
     Behaves as ``trio_asyncio.open_loop()`` does on cancellation and errors, and on exit
     runs the callbacks still queued, then closes the loop.
     """
     async with trio_asyncio.open_loop() as loop:
+        contain_loop_errors(loop)
+        guard_accept_retry(loop)
         batch_callbacks(loop)
         forget_cancelled_timers(loop)
         yield loop
