@@ -11,7 +11,7 @@ from ..bridge import Bridge
 from ..storage import Segment, WarmTable
 from ._group import Group, GroupKey, group_rows
 from ._params import rule_scoring
-from ._part import RuleMeta, normalised_intent
+from ._part import RuleMeta, normalised_intent, rule_meta
 from ._result import EnforcementResult
 from ._set import EvalSet
 
@@ -116,7 +116,7 @@ class EnforcementEngine:
         meta = self._meta.get(digest)
         if meta is None:
             params, spec = segment.params_and_spec(row)
-            meta = (rule_scoring(segment.ids[row], params), spec)
+            meta = rule_meta(rule_scoring(segment.ids[row], params), spec)
             self._meta[digest] = meta
         return meta
 

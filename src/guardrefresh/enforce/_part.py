@@ -40,8 +40,17 @@ PASS_OF_CODE = np.zeros(max(POLICY_CODES.values()) + 1, dtype=np.int8)
 for _policy, _code in POLICY_CODES.items():
     PASS_OF_CODE[_code] = _PASS_OF_POLICY[_policy]
 
-#: What a part needs from a rule's params, looked up once per rule content.
-RuleMeta = tuple[RuleScoring, str]
+#: What a part needs from a rule's params, looked up once per rule content: thresholds,
+#: mode, name, error (see RuleScoring) and modification_spec. A plain tuple of atomic
+#: values on purpose: the garbage collector stops tracking those, and a large heap of
+#: tracked objects makes every full collection (which evidence building triggers) slower.
+RuleMeta = tuple[Quad, str, str, str, str]
+
+
+def rule_meta(scoring: RuleScoring, spec: str) -> RuleMeta:
+    return (scoring.thresholds, scoring.mode, scoring.name, scoring.error, spec)
+
+
 MetaLookup = Callable[[Segment, int], RuleMeta]
 
 
@@ -160,11 +169,11 @@ class Part:
             block = np.zeros((0, 4, 16, ANCHOR_DIM), dtype=np.float32)
         cols = Columns()
         cols.ids = ids
-        cols.names = [scoring.name for scoring, _ in metas]
-        cols.modes = [scoring.mode for scoring, _ in metas]
-        cols.errors = [scoring.error for scoring, _ in metas]
-        cols.specs = [spec for _, spec in metas]
-        cols.threshold_tuples = [scoring.thresholds for scoring, _ in metas]
+        cols.threshold_tuples = [meta[0] for meta in metas]
+        cols.modes = [meta[1] for meta in metas]
+        cols.names = [meta[2] for meta in metas]
+        cols.errors = [meta[3] for meta in metas]
+        cols.specs = [meta[4] for meta in metas]
         cols.wavg = np.array([m == "weighted-avg" for m in cols.modes], dtype=np.bool_)
         cols.invalid = np.array([bool(e) for e in cols.errors], dtype=np.bool_)
         cols.thresholds = np.array(cols.threshold_tuples, dtype=np.float64).reshape(n, 4)
@@ -233,7 +242,7 @@ class Part:
                 sims[s] = 0.0
                 best[s] = -1
                 continue
-            dots = (anchors @ query).reshape(n, width)
+            dots = np.einsum("ij,j->i", anchors, query).reshape(n, width)
             if width == 1:
                 sims[s] = dots[:, 0]
                 best[s] = 0

@@ -127,7 +127,7 @@ class EvalSet:
                     cols.ids[:m],
                     cols.names[:m],
                     matched[:m].astype(np.int8).tolist(),
-                    map(tuple, sims[:, :m].T.tolist()),
+                    zip(*sims[:, :m].tolist(), strict=True),
                     _SLOT_TEXT[trigger].tolist(),
                     _ANCHOR_TEXT[anchor].tolist(),
                     cols.threshold_tuples[:m],
