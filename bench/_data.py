@@ -248,6 +248,8 @@ class Plan:
     grpc_streams: int
     refresh_rpc_calls: int
     idle_window_s: float
+    #: Timed samples per codec benchmark.
+    codec_repeats: int = 15
 
     @classmethod
     def full(cls, sizes: Sequence[int]) -> Plan:
@@ -288,6 +290,7 @@ class Plan:
             grpc_streams=2,
             refresh_rpc_calls=10,
             idle_window_s=2.0,
+            codec_repeats=3,
         )
 
 

@@ -649,6 +649,7 @@ async def _serve_plain_asyncio(path: Path, hot_capacity: int) -> None:
     import grpclib.server
 
     from guardrefresh.bridge import Bridge
+    from guardrefresh.server import CompiledProtoCodec
     from guardrefresh.server._dataplane import DataPlaneService
     from guardrefresh.storage import WarmStore
 
@@ -659,7 +660,8 @@ async def _serve_plain_asyncio(path: Path, hot_capacity: int) -> None:
     bridge.cache.replace((ref.rule_id, ref) for ref in islice(table.iter_refs(), hot_capacity))
     # Only reads are measured here: they touch neither the refresher nor the scheduler.
     dataplane = DataPlaneService(bridge, None, None)  # type: ignore[arg-type]
-    server = grpclib.server.Server([dataplane])
+    # The service's codec too: the comparison is of the hosting, not of the encoding.
+    server = grpclib.server.Server([dataplane], codec=CompiledProtoCodec())
     await server.start("127.0.0.1", 0)
     try:
         sockets = server._server.sockets  # grpclib keeps its asyncio.Server private

@@ -28,12 +28,17 @@ INT32 = (-(2**31), 2**31 - 1)
 INT64 = (-(2**63), 2**63 - 1)
 
 
-def make_anchors(counts: Sequence[int] = (1, 2, 0, 3), *, seed: int = 0) -> RuleAnchors:
-    """Anchors with ``counts`` vectors per slot, filled with seeded float32 values."""
+def make_anchors(
+    counts: Sequence[int] = (1, 2, 0, 3), *, seed: int = 0, sent: Sequence[int] | None = None
+) -> RuleAnchors:
+    """Anchors with ``counts`` scored vectors per slot, filled with seeded float32 values.
+
+    With ``sent``, each slot carries ``sent[s]`` vectors: the scored ones, then
+    non-zero padding (the management plane pads with zeros; any values must survive).
+    """
     rng = np.random.default_rng(seed)
-    slots = [
-        rng.standard_normal((count, ANCHOR_DIM)).astype(np.float32).tolist() for count in counts
-    ]
+    sent = counts if sent is None else sent
+    slots = [rng.standard_normal((n, ANCHOR_DIM)).astype(np.float32).tolist() for n in sent]
     return RuleAnchors.from_slots(slots, counts)
 
 
@@ -95,16 +100,23 @@ _json_values = st.recursive(
 
 @st.composite
 def anchor_blocks(draw: st.DrawFn) -> RuleAnchors:
-    """Any valid anchors: 0-16 vectors per slot; values include -0.0, subnormals and extremes."""
-    counts = [draw(st.integers(0, MAX_ANCHORS)) for _ in range(SLOT_COUNT)]
+    """Any valid anchors: 0-16 vectors per slot; values include -0.0, subnormals and extremes.
+
+    Some slots carry padding (vectors sent past the scored count), zero or not.
+    """
+    sent = [draw(st.integers(0, MAX_ANCHORS)) for _ in range(SLOT_COUNT)]
+    counts = [draw(st.sampled_from([n, draw(st.integers(0, n))])) for n in sent]
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     block = (rng.standard_normal(BLOCK_SHAPE) * 10.0 ** rng.integers(-40, 38, BLOCK_SHAPE)).astype(
         np.float32
     )
     specials = draw(st.lists(_f32, max_size=ANCHOR_DIM))
-    slots = [block[s, : counts[s]].tolist() for s in range(SLOT_COUNT)]
+    if draw(st.booleans()):  # padding as the management plane sends it: zeros
+        for s in range(SLOT_COUNT):
+            block[s, counts[s] :] = 0.0
+    slots = [block[s, : sent[s]].tolist() for s in range(SLOT_COUNT)]
     for s in range(SLOT_COUNT):
-        if counts[s]:
+        if sent[s]:
             slots[s][0][: len(specials)] = specials
             break
     return RuleAnchors.from_slots(slots, counts)

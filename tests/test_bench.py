@@ -48,6 +48,23 @@ EXPECTED = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     ],
+    "codec": [
+        f"{message}_{how}"
+        for message, ways in (
+            ("EnforceResponse_encode", ("via_dict", "upb_direct")),
+            ("EnforceResponse_parse", ()),
+            ("GetRuleResponse_encode", ()),
+            ("EnforceRequest_parse", ()),
+            ("InstallRulesRequest_parse", ()),
+        )
+        for how in ("betterproto2", "compiled", "speedup", *ways)
+    ],
+    # --tiny runs 20 and 50 rules in scope (100 and 1,000 in a full run).
+    "enforce_grpc": [
+        "Enforce_latency_20_rules",
+        "Enforce_latency_50_rules",
+        "Enforce_throughput_20_rules_8_clients",
+    ],
 }
 
 #: Benchmarks that carry a target in a full run; --tiny records it with met = None.
@@ -63,6 +80,8 @@ WITH_TARGETS = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     },
+    "codec": set(),
+    "enforce_grpc": {"Enforce_latency_20_rules", "Enforce_latency_50_rules"},
 }
 
 
@@ -115,6 +134,9 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
             assert result["p99"] == samples["p99"], where
             # Tiny sizes are not the sizes the targets are stated for.
             assert result["met"] is None, where
+            if group == "enforce_grpc" and "throughput" in name:
+                cpu = result["server_cpu_us_per_request"]
+                assert _number(cpu["median"]) and cpu["median"] > 0, where
             if name in WITH_TARGETS[group]:
                 assert result["targets"], where
                 for target in result["targets"]:
@@ -144,6 +166,11 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
         low, high = ratio["median_95ci"]
         assert ratio["samples"]["min"] <= low <= ratio["median"] <= high <= ratio["samples"]["max"]
     assert grpc["idle_cpu_percent"]["median"] >= 0
+    codec = document["codec"]
+    encoded = codec["EnforceResponse_encode_compiled"]
+    assert encoded["parameters"]["evidence"] == 50 and encoded["parameters"]["bytes"] > 0
+    assert encoded["samples"]["n"] == meta["plan"]["codec_repeats"]
+    assert codec["GetRuleResponse_encode_betterproto2"]["parameters"]["anchor_floats"] == 2048
 
     # Every benchmark with a target shows up in the summary, with its verdict.
     summarized = {row["benchmark"] for row in document["summary"]}

@@ -91,10 +91,10 @@ async def test_rule_ids_of_other_agents_cannot_be_taken_over(store_path: Path) -
     await bridge.install_rules("alice", [make_rule("shared", agent_id="alice")])
     with pytest.raises(RuleConflictError, match="belongs to another agent"):
         await bridge.install_rules("bob", [make_rule("shared")])
-    with pytest.raises(RuleNotFoundError):
+    with pytest.raises(RuleConflictError, match=r"^Policy shared does not belong to agent bob$"):
         await bridge.remove_policy("bob", "shared")
     assert await bridge.remove_policy("alice", "shared") == 1
-    with pytest.raises(RuleNotFoundError, match="agent 'alice' has no rule 'shared'"):
+    with pytest.raises(RuleNotFoundError, match=r"^Policy not found: shared$"):
         await bridge.remove_policy("alice", "shared")
     bridge.close()
 

@@ -14,10 +14,12 @@ import types
 from collections.abc import Iterator, Sequence
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import guardrefresh
 from guardrefresh.cli import _main
-from guardrefresh.cli._logging import LOG_FORMAT, configure_logging
+from guardrefresh.cli._logging import LOG_FORMAT, TextFormatter, configure_logging
 from guardrefresh.cli._main import main
 from guardrefresh.config import SETTINGS, ServiceConfig
 
@@ -227,6 +229,75 @@ def test_configure_logging_level_filters() -> None:
     assert [line.split(" ", 2)[2] for line in stream.getvalue().splitlines()] == [
         "WARNING guardrefresh.test: loud",
         "ERROR guardrefresh.test: louder",
+    ]
+
+
+_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} [A-Z]+ guardrefresh\.test: ")
+
+
+def _text_log(record: logging.LogRecord) -> list[str]:
+    """``record`` as the service's text log writes it, split as a log reader splits lines."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(TextFormatter())
+    handler.handle(record)
+    # Every line break a reader may honour: str.splitlines() knows them all.
+    return stream.getvalue().splitlines()
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    message=st.text(max_size=40),
+    args=st.lists(st.text(max_size=40) | st.binary(max_size=10), max_size=3),
+    error=st.none() | st.text(max_size=40),
+)
+def test_no_client_string_starts_a_text_log_line(
+    message: str, args: list[str | bytes], error: str | None
+) -> None:
+    """Whatever text reaches a log call (format string, arguments, an exception's message),
+    the text log holds one record: its first line, and indented lines under it."""
+    exc_info = None
+    if error is not None:
+        try:
+            raise ValueError(error)
+        except ValueError:
+            exc_info = sys.exc_info()
+    fmt = message.replace("%", "%%") + " %s" * len(args)
+    record = logging.LogRecord(
+        "guardrefresh.test", logging.WARNING, __file__, 1, fmt, tuple(args), exc_info
+    )
+    first, *rest = _text_log(record)
+    assert _RECORD_START.match(first), first
+    assert all(line.startswith("    ") for line in rest), rest
+    if error is None:
+        assert rest == []
+    else:
+        assert rest[0] == "    Traceback (most recent call last):"
+
+
+def test_text_log_escapes_a_forged_record() -> None:
+    forged = "fam\n2026-01-01 00:00:00,000 ERROR guardrefresh.server._auth: FORGED"
+    record = logging.LogRecord(
+        "guardrefresh.test", logging.INFO, __file__, 1, "Refreshed families %s", (forged,), None
+    )
+    (line,) = _text_log(record)
+    assert line.endswith(
+        "INFO guardrefresh.test: Refreshed families "
+        "fam\\n2026-01-01 00:00:00,000 ERROR guardrefresh.server._auth: FORGED"
+    )
+    try:
+        raise ValueError("bad\r\n2026-01-01 00:00:00,000 ERROR x: FORGED\x1b[2K")
+    except ValueError:
+        record = logging.LogRecord(
+            "guardrefresh.test", logging.ERROR, __file__, 1, "failed", (), sys.exc_info()
+        )
+    first, *traceback = _text_log(record)
+    assert first.endswith("ERROR guardrefresh.test: failed")
+    assert traceback[0] == "    Traceback (most recent call last):"
+    # A traceback keeps its lines, each indented under the record; other controls escaped.
+    assert traceback[-2:] == [
+        "    ValueError: bad",
+        "    2026-01-01 00:00:00,000 ERROR x: FORGED\\x1b[2K",
     ]
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+import numpy as np
 import pytest
 from factories import make_rule
 from grpclib.events import RecvRequest, listen
@@ -35,7 +36,7 @@ from service_process import clean_env, running_service
 
 from guardrefresh.cli import main
 from guardrefresh.cli._client import human_duration, status_lines
-from guardrefresh.model import Rule, rules_from_json, rules_to_json
+from guardrefresh.model import PolicyType, Rule, RuleAnchors, rules_from_json, rules_to_json
 from guardrefresh.proto import rule_installation as pb
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rules.json"
@@ -201,11 +202,13 @@ def test_install_overrides_and_json(
     assert answer["success"] is True
     assert answer["rules_installed"] == 2
     assert answer["rules_by_layer"] == {"Lx": 2}
-    assert answer["message"] == "installed 2 rules for agent 'ov-agent'"
+    assert answer["message"] == "Successfully installed 2 rules for agent ov-agent"
     # The rules belong to the --agent, not to the file's installer.
     code, out, err = cli(capsys, "remove-policy", "from-file", "ov-1", "--target", target)
     assert code == 1
-    assert_one_error_line(err, "NOT_FOUND: agent 'from-file' has no rule 'ov-1'")
+    assert_one_error_line(
+        err, "FAILED_PRECONDITION: Policy ov-1 does not belong to agent from-file"
+    )
     code, out, err = cli(capsys, "remove-policy", "ov-agent", "ov-1", "--target", target)
     assert (code, out, err) == (0, "removed rule 'ov-1' of agent 'ov-agent'\n", "")
 
@@ -337,7 +340,7 @@ def test_remove_policy_then_get_is_not_found(
     assert (code, err) == (0, "")
     assert json.loads(out) == {
         "success": True,
-        "message": "removed rule 'rp-1'",
+        "message": "Removed policy rp-1",
         "rules_removed": 1,
     }
     code, out, err = cli(capsys, "get", "rp-1", "--target", target)
@@ -736,3 +739,167 @@ def test_status_lines_after_a_refresh() -> None:
     )
     assert lines[7] == "  scheduler:            disabled, not running"
     assert lines[11] == "  stale:                no (limit 12h)"
+
+
+# -- enforce -----------------------------------------------------------------------
+
+
+def _enforce_rules(tenant: str) -> tuple[list[Rule], list[float], list[float]]:
+    """A forbidden and a context_allow rule of ``tenant``, one anchor per slot each, and
+    the vectors that match exactly one of them."""
+    rng = np.random.default_rng(15)
+    forbid_rows = rng.standard_normal((4, 32)).astype(np.float32)
+    allow_rows = rng.standard_normal((4, 32)).astype(np.float32)
+    rules = [
+        make_rule(
+            f"{tenant}-{kind.value}",
+            agent_id=tenant,
+            # A layer of their own: other tests install global rules in L1.
+            layer="L-enforce",
+            policy_type=kind,
+            priority=10,
+            drift_threshold=0.0,
+            modification_spec="",
+            params={"rule_decision": "min", "notes": f"{kind.value} note"},
+            anchors=RuleAnchors.from_slots([[row.tolist()] for row in rows], (1, 1, 1, 1)),
+            installed_by=tenant,
+            config_id="cfg",
+            owner="ops",
+        )
+        for kind, rows in (
+            (PolicyType.FORBIDDEN, forbid_rows),
+            (PolicyType.CONTEXT_ALLOW, allow_rows),
+        )
+    ]
+    return rules, forbid_rows.ravel().tolist(), allow_rows.ravel().tolist()
+
+
+@pytest.fixture(scope="module")
+def enforce_tenant(target: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Installs the enforce rules once; yields the paths of the two vector files."""
+    tenant = "cli-tenant"
+    rules, forbid, allow = _enforce_rules(tenant)
+    folder = tmp_path_factory.mktemp("enforce")
+    path = write_rules(folder / "rules.json", rules)
+    assert main(["install", str(path), "--target", target]) == 0
+    files = {"forbid": folder / "forbid.json", "allow": folder / "allow.json"}
+    files["forbid"].write_text(json.dumps(forbid))
+    files["allow"].write_text(json.dumps({"vector": allow}))  # the encoder's answer shape
+    return files
+
+
+def test_enforce_prints_the_decision_and_the_evidence(
+    capsys: pytest.CaptureFixture[str], target: str, enforce_tenant: dict[str, Path]
+) -> None:
+    common = ("--tenant", "cli-tenant", "--layer", "L-enforce", "--target", target)
+    code, out, err = cli(capsys, "enforce", "--vector-file", enforce_tenant["forbid"], *common)
+    assert (code, err) == (0, "")
+    lines = out.splitlines()
+    assert re.fullmatch(
+        r"DENY \(decision 0\) for tenant 'cli-tenant', layer 'L-enforce'; request \S+", lines[0]
+    )
+    assert lines[1] == "rules evaluated: 1; drift triggered: no"
+    assert lines[2] == "slice similarities (action/resource/data/risk): 1.000 1.000 1.000 1.000"
+    assert lines[4].split() == [
+        "#", "rule", "name", "match", "action", "resource", "data", "risk", "thresholds",
+        "mode", "slice", "anchor",
+    ]  # fmt: skip
+    assert lines[5].split() == [
+        "1", "cli-tenant-forbidden", "forbidden", "note", "yes", "1.000", "1.000", "1.000",
+        "1.000", "0.75/0.75/0.75/0.75", "min", "action", "0",
+    ]  # fmt: skip
+
+    code, out, err = cli(
+        capsys, "enforce", "--vector-file", enforce_tenant["allow"], "--drift", "0.2",
+        "--request-id", "cli-req-1", "--json", *common,
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    answer = json.loads(out)
+    assert (answer["decision_name"], answer["decision"], answer["request_id"]) == (
+        "ALLOW",
+        1,
+        "cli-req-1",
+    )
+    assert [e["rule_id"] for e in answer["evidence"]] == [
+        "cli-tenant-forbidden",
+        "cli-tenant-context_allow",
+    ]
+    assert [e["decision"] for e in answer["evidence"]] == [0, 1]
+
+
+def test_enforce_scope_and_fail_closed(
+    capsys: pytest.CaptureFixture[str],
+    target: str,
+    enforce_tenant: dict[str, Path],
+    tmp_path: Path,
+) -> None:
+    # Another tenant, or another layer: nothing in scope, DENY without evidence.
+    for scope in (
+        ("--tenant", "someone-else", "--layer", "L-enforce"),
+        ("--tenant", "cli-tenant", "--layer", "L-other"),
+    ):
+        code, out, err = cli(
+            capsys, "enforce", "--vector-file", enforce_tenant["allow"], *scope, "--target", target
+        )
+        assert (code, err) == (0, "")
+        assert out.startswith("DENY (decision 0)")
+        assert "rules evaluated: 0" in out and "no evidence: no rule was evaluated" in out
+    # An intent without a vector, and no management plane URL on this service: fail-closed.
+    intent = tmp_path / "intent.json"
+    intent.write_text(
+        json.dumps(
+            {
+                "id": "i-1", "schemaVersion": "v1.3", "tenantId": "overridden",
+                "timestamp": 1.5, "actor": {"id": "a", "type": "agent"}, "action": "read",
+                "resource": {"type": "db"}, "data": {"sensitivity": []},
+                "risk": {"authn": "none"},
+            }
+        )
+    )  # fmt: skip
+    code, out, err = cli(
+        capsys, "enforce", "--intent", intent, "--tenant", "cli-tenant", "--layer", "L-enforce",
+        "--target", target,
+    )  # fmt: skip
+    assert (code, err) == (0, "")
+    assert out.startswith("DENY (decision 0) for tenant 'cli-tenant', layer 'L-enforce'")
+    assert "rules evaluated: 0" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "args", "message"),
+    [
+        ("[1, 2, 3]", (), "3 numbers; expected 128"),
+        ('{"vector": "x"}', (), 'expected a JSON array of numbers or {"vector": [...]}'),
+        ("[" + ",".join(["1"] * 127) + ', "a"]', (), "value 127 is not a number"),
+        ("not json", (), "not JSON"),
+        ("[" + ",".join(["1"] * 128) + "]", ("--drift", "nan"), "--drift must be a finite number"),
+    ],
+)
+def test_enforce_refuses_bad_input_before_calling(
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    content: str,
+    args: tuple[str, ...],
+    message: str,
+) -> None:
+    path = tmp_path / "vector.json"
+    path.write_text(content)
+    # Port 1 would refuse: any call would fail differently.
+    code, out, err = cli(
+        capsys, "enforce", "--tenant", "t", "--vector-file", path, *args, "--target", "127.0.0.1:1"
+    )
+    assert (code, out) == (1 if "--drift" not in args else 2, "")
+    assert_one_error_line(err, message)
+
+
+def test_enforce_needs_one_source(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = cli(capsys, "enforce", "--tenant", "t")
+    assert (code, out) == (2, "")
+    assert_one_error_line(err, "one of the arguments --vector-file --intent is required")
+    bad_intent = tmp_path / "intent.json"
+    bad_intent.write_text('{"id": "x"}')
+    code, out, err = cli(
+        capsys, "enforce", "--tenant", "t", "--intent", bad_intent, "--target", "127.0.0.1:1"
+    )
+    assert (code, out) == (1, "")
+    assert_one_error_line(err, "missing field 'schemaVersion'")

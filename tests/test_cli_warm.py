@@ -134,13 +134,28 @@ def test_verify_corrupt_store_as_a_process_prints_one_line(store_path: Path) -> 
 # -- inspect -------------------------------------------------------------------------
 
 
+def test_inspect_shows_the_version_the_store_was_written_in(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # tests/data/warm_v1: a store written by format 1 (see tests/test_storage.py).
+    for source in (Path(__file__).parent / "data" / "warm_v1").iterdir():
+        (tmp_path / source.name).write_bytes(source.read_bytes())
+        (tmp_path / source.name).chmod(0o600)
+    path = tmp_path / "warm_storage.bin"
+    code, out, err = run(capsys, "inspect", path, "--json")
+    assert (code, err) == (0, "")
+    assert json.loads(out)["format_version"] == 1
+    code, out, _err = run(capsys, "verify", path)
+    assert code == 0 and out.startswith(f"ok: {path}: 3 rules")
+
+
 def test_inspect_json(capsys: pytest.CaptureFixture[str], store_path: Path) -> None:
     build_store(store_path)
     code, out, err = run(capsys, "inspect", store_path, "--json")
     assert (code, err) == (0, "")
     report = json.loads(out)
     store = WarmStore(store_path)
-    assert report["format_version"] == 1
+    assert report["format_version"] == 2
     assert (report["generation"], report["bridge_version"], report["rule_count"]) == (1, 3, 3)
     assert (report["global_rules"], report["scoped_rules"]) == (2, 1)
     assert report["families"] == {"f1": 2, "f2": 1}
@@ -166,7 +181,7 @@ def test_inspect_text(capsys: pytest.CaptureFixture[str], store_path: Path) -> N
     assert (code, err) == (0, "")
     lines = out.splitlines()
     assert lines[0] == f"warm storage {store_path}"
-    assert "  format version:  1" in lines
+    assert "  format version:  2" in lines
     assert "  rules:           3 (2 global, 1 scoped)" in lines
     assert any(line.startswith("    journal   ") and "2 segments" in line for line in lines)
     assert '    "f1"  2' in lines and '    "L2"  1' in lines

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from guardrefresh.config import (
     SETTINGS,
     ConfigError,
+    EnforceConfig,
     HealthConfig,
     LoggingConfig,
     MetricsConfig,
@@ -58,6 +59,7 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "metrics.port": (0, 9999),
     "health.max_staleness": (600.0, 1.5),
     "health.fail_when_stale": (True, False),
+    "enforce.management_plane_url": ("http://127.0.0.1:8001/api/v2", "https://mp.example:443"),
     "security.tls_cert": (pathlib.Path("cert.pem"), pathlib.Path("/etc/g r/cert.pem")),
     "security.tls_key": (pathlib.Path("key.pem"), pathlib.Path("/etc/g r/key.pem")),
     "security.tls_client_ca": (pathlib.Path("ca.pem"), pathlib.Path("/etc/ca.pem")),
@@ -72,6 +74,7 @@ SECTION_CLASSES = {
     "logging": LoggingConfig,
     "metrics": MetricsConfig,
     "health": HealthConfig,
+    "enforce": EnforceConfig,
     "security": SecurityConfig,
 }
 
@@ -427,6 +430,10 @@ BAD_TEXT: list[tuple[str, str, str]] = [
     ("scheduler.max_interval", "-5", "> 0"),
     ("logging.level", "TRACE", "DEBUG, INFO, WARNING, ERROR"),
     ("logging.level", "warn", "DEBUG, INFO, WARNING, ERROR"),
+    ("enforce.management_plane_url", "127.0.0.1:8001", "an http:// or https:// URL"),
+    ("enforce.management_plane_url", "ftp://mp/api", "an http:// or https:// URL"),
+    ("enforce.management_plane_url", "http://", "an http:// or https:// URL"),
+    ("enforce.management_plane_url", "http://mp/x?y=1", "without a query"),
 ]
 # Only an environment variable can carry a bad boolean (flags are switches).
 BAD_ENV_ONLY: list[tuple[str, str, str]] = [
@@ -491,6 +498,8 @@ BAD_TOML: list[tuple[str, str, str, str]] = [
     ("scheduler.max_interval", "{}", "(a table)", "> 0"),
     ("logging.level", '"trace"', '"trace"', "DEBUG, INFO, WARNING, ERROR"),
     ("logging.level", "10", "10", "DEBUG, INFO, WARNING, ERROR"),
+    ("enforce.management_plane_url", '"mp:8001"', '"mp:8001"', "an http:// or https:// URL"),
+    ("enforce.management_plane_url", "8001", "8001", "an http:// or https:// URL"),
 ]
 
 
@@ -664,6 +673,7 @@ def test_render_round_trips_defaults(tmp_path: pathlib.Path) -> None:
         "logging",
         "metrics",
         "health",
+        "enforce",
         "security",
     }
     assert {(section, key) for section in document for key in document[section]} == {

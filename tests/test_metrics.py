@@ -28,6 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from guardrefresh._version import __version__
 from guardrefresh.cache import CacheStats
+from guardrefresh.enforce import ENCODE_FAILURE_REASONS
 from guardrefresh.metrics import (
     METRICS_PATH,
     REFRESH_ERROR_REASONS,
@@ -540,7 +541,7 @@ def _wrapped_like_the_refresh_service(error: BaseException) -> RefreshError:
 STORE = Path("/var/lib/guard/warm_storage.bin")
 STORAGE_ERRORS = [
     (CorruptStoreError(STORE, "anchors", 128, "checksum mismatch"), "corrupt"),
-    (UnsupportedVersionError(STORE, 9, 1), "version"),
+    (UnsupportedVersionError(STORE, 9, (1, 2)), "version"),
     (StorePermissionError(STORE, "read"), "permission"),
     (UnsafeStoreError(f"{STORE} is writable by others"), "unsafe"),
     (StoreDirectoryMissingError(STORE.parent), "missing"),
@@ -599,3 +600,56 @@ async def test_refresh_error_reason_for_cancellation() -> None:
     error.__cause__ = cancelled
     assert refresh_error_reason(error) == "cancelled"
     assert refresh_error_reason(asyncio.CancelledError()) == "cancelled"
+
+
+# ----------------------------------------------------------------- enforce ---
+
+
+@attrs.frozen
+class FakeOutcome:
+    decision_name: str = "ALLOW"
+    rules_evaluated: int = 3
+    total_us: int = 1500
+    encode_us: int = 0
+    encoded: bool = False
+    encode_failure: str | None = None
+
+
+def test_enforce_metrics_count_decisions_latency_rules_and_encoder_failures() -> None:
+    metrics = ServiceMetrics()
+    get = metrics.registry.get_sample_value
+    for name in ("ALLOW", "DENY", "MODIFY", "STEP_UP", "DEFER"):
+        assert get("guardrefresh_enforce_total", {"decision": name}) == 0
+    for reason in ENCODE_FAILURE_REASONS:
+        assert get("guardrefresh_enforce_encode_failures_total", {"reason": reason}) == 0
+
+    metrics.enforce.observe(FakeOutcome())
+    metrics.enforce.observe(FakeOutcome(decision_name="STEP_UP", rules_evaluated=700))
+    metrics.enforce.observe(FakeOutcome(encoded=True, encode_us=4000, total_us=5000))
+    metrics.enforce.observe(
+        FakeOutcome(
+            decision_name="DENY", rules_evaluated=0, encoded=True, encode_failure="timeout",
+            encode_us=1_500_000, total_us=1_500_100,
+        )
+    )  # fmt: skip
+    assert get("guardrefresh_enforce_total", {"decision": "ALLOW"}) == 2
+    assert get("guardrefresh_enforce_total", {"decision": "STEP_UP"}) == 1
+    assert get("guardrefresh_enforce_total", {"decision": "DENY"}) == 1
+    assert get("guardrefresh_enforce_duration_seconds_count") == 4
+    assert get("guardrefresh_enforce_duration_seconds_sum") == pytest.approx(1.5081)
+    assert get("guardrefresh_enforce_duration_seconds_bucket", {"le": "0.0025"}) == 2
+    assert get("guardrefresh_enforce_rules_evaluated_sum") == 706
+    assert get("guardrefresh_enforce_rules_evaluated_bucket", {"le": "0.0"}) == 1
+    assert get("guardrefresh_enforce_rules_evaluated_bucket", {"le": "500.0"}) == 3
+    # Only successful encodes are timed; failures are counted by reason.
+    assert get("guardrefresh_enforce_encode_duration_seconds_count") == 1
+    assert get("guardrefresh_enforce_encode_failures_total", {"reason": "timeout"}) == 1
+
+
+def test_enforce_metrics_refuse_unknown_labels() -> None:
+    metrics = ServiceMetrics()
+    with pytest.raises(ValueError, match="decision must be one of"):
+        metrics.enforce.observe(FakeOutcome(decision_name="BLOCK"))
+    with pytest.raises(ValueError, match="unknown encode failure reason"):
+        metrics.enforce.observe(FakeOutcome(decision_name="DENY", encode_failure="gremlins"))
+    assert metrics.registry.get_sample_value("guardrefresh_enforce_duration_seconds_count") == 0

@@ -19,13 +19,23 @@ from guardrefresh.model import (
     ANCHOR_DIM,
     BLOCK_SHAPE,
     MAX_ANCHORS,
+    MAX_ECHO_CHARS,
+    MAX_EXTRAS_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_NAME_CHARS,
+    MAX_REFRESH_FAMILIES,
     MAX_RULE_ID_CHARS,
     POLICY_BY_CODE,
     POLICY_CODES,
+    ParamScalar,
     PolicyType,
     Rule,
     RuleAnchors,
     RuleValidationError,
+    check_family_ids,
+    echo,
+    escape_controls,
+    json_depth,
     rule_from_proto,
     rule_to_proto,
 )
@@ -53,7 +63,7 @@ def assert_names(exc: RuleValidationError, rule_id: str, field: str) -> None:
     assert exc.rule_id == rule_id
     assert exc.field == field
     text = str(exc)
-    assert (f"rule {rule_id!r}" if rule_id else "rule with empty rule_id") in text
+    assert (f"rule {echo(rule_id)}" if rule_id else "rule with empty rule_id") in text
     assert f": {field}: " in text
 
 
@@ -128,9 +138,27 @@ WIRE_CASES: list[tuple[str, Callable[[pb.RuleInstance], None], str, str]] = [
         "got 0",
     ),
     ("17-anchors", _slot("data", [vec()] * 17, 17), "anchors.data_anchors", "at most 16"),
-    ("count-too-high", _slot("resource", [vec(), vec()], 3), "anchors.resource_count", "disagrees"),
-    ("count-too-low", _slot("action", [vec(), vec()], 1), "anchors.action_count", "disagrees"),
-    ("count-without-vectors", _slot("data", [], 1), "anchors.data_count", "disagrees"),
+    (
+        "count-too-high",
+        _slot("resource", [vec(), vec()], 3),
+        "anchors.resource_count",
+        "count 3 exceeds the 2 resource anchor vectors sent",
+    ),
+    ("count-negative", _slot("action", [vec(), vec()], -1), "anchors.action_count", "got -1"),
+    ("count-without-vectors", _slot("data", [], 1), "anchors.data_count", "exceeds"),
+    ("nan-in-padding", _slot("data", [vec(), vec(NAN)], 1), "anchors.data_anchors[1]", "finite"),
+    (
+        "narrow-padding",
+        _slot("action", [vec(), vec(width=31)], 0),
+        "anchors.action_anchors[1]",
+        "31",
+    ),
+    (
+        "17-padded",
+        _slot("risk", [vec()] * 17, 1),
+        "anchors.risk_anchors",
+        "at most 16 anchors, got 17",
+    ),
     ("anchor-nan", _set_anchor("action", 0, vec(NAN)), "anchors.action_anchors[0]", "finite"),
     ("anchor-inf", _set_anchor("resource", 0, vec(INF)), "anchors.resource_anchors[0]", "finite"),
     ("anchor-one-nan", _nan_in_component(NAN), "anchors.risk_anchors[1]", "finite"),
@@ -235,6 +263,76 @@ def test_sixteen_anchors_per_slot_is_the_limit() -> None:
     assert rule.anchors.slot(3)[15].tolist() == [15.0] * ANCHOR_DIM
 
 
+def _padded_payload(counts: tuple[int, int, int, int], padding: float) -> pb.RuleAnchorsPayload:
+    """16 vectors per slot with ``counts`` real anchors, as the management plane sends them."""
+
+    def slot(s: int) -> list[pb.AnchorVector]:
+        return [
+            vec(float(s * 100 + i + 1)) if i < counts[s] else vec(padding)
+            for i in range(MAX_ANCHORS)
+        ]
+
+    return pb.RuleAnchorsPayload(
+        action_anchors=slot(0),
+        action_count=counts[0],
+        resource_anchors=slot(1),
+        resource_count=counts[1],
+        data_anchors=slot(2),
+        data_count=counts[2],
+        risk_anchors=slot(3),
+        risk_count=counts[3],
+    )
+
+
+@pytest.mark.parametrize("padding", [0.0, 7.5], ids=["zero-padding", "non-zero-padding"])
+def test_padded_slots_are_accepted_and_only_the_counted_anchors_are_scored(
+    padding: float,
+) -> None:
+    msg = wire()
+    msg.anchors = _padded_payload((1, 0, 16, 3), padding)
+    rule = rule_from_proto(through_bytes(msg))
+    assert rule.anchors.counts == (1, 0, 16, 3)
+    assert rule.anchors.sent == (16, 16, 16, 16)
+    # The scored view is the first `count` vectors only.
+    assert rule.anchors.slot(0).tolist() == [[1.0] * ANCHOR_DIM]
+    assert rule.anchors.slot(1).shape == (0, ANCHOR_DIM)
+    assert rule.anchors.slot(3)[:, 0].tolist() == [301.0, 302.0, 303.0]
+    # Padding is kept as sent.
+    assert rule.anchors.sent_slot(3)[3:].tolist() == [[padding] * ANCHOR_DIM] * 13
+    # And the rule goes back on the wire exactly as it came.
+    assert rule_to_proto(rule) == msg
+    assert bytes(rule_to_proto(rule)) == bytes(msg)
+
+
+def test_padding_is_part_of_rule_equality() -> None:
+    plain = make_anchors((1, 0, 0, 0))
+    padded = make_anchors((1, 0, 0, 0), sent=(3, 0, 0, 0))
+    zero_padded = RuleAnchors.from_slots(
+        [[plain.slot(0)[0].tolist(), [0.0] * ANCHOR_DIM], [], [], []], (1, 0, 0, 0)
+    )
+    assert padded.counts == plain.counts and padded.sent == (3, 0, 0, 0)
+    assert np.array_equal(padded.slot(0), plain.slot(0))
+    # Same scored anchors, different rules as installed: GetRule must tell them apart.
+    assert padded != plain
+    assert zero_padded != plain
+    assert zero_padded.sent == (2, 0, 0, 0)
+
+
+def test_counts_default_to_every_vector_sent() -> None:
+    anchors = RuleAnchors.from_slots([[[1.0] * ANCHOR_DIM] * 2, [], [], []])
+    assert anchors.counts == anchors.sent == (2, 0, 0, 0)
+    assert RuleAnchors(anchors.vectors, (1, 0, 0, 0)).sent == (1, 0, 0, 0)
+
+
+def test_stored_blocks_check_count_against_vectors_sent() -> None:
+    block = make_anchors((2, 0, 0, 0)).vectors
+    RuleAnchors(block, (1, 0, 0, 0), (2, 0, 0, 0)).validate("r")
+    for counts, sent in (((3, 0, 0, 0), (2, 0, 0, 0)), ((0, 0, 0, 0), (0, 0, 0, 17))):
+        with pytest.raises(RuleValidationError) as info:
+            RuleAnchors(block, counts, sent).validate("r")
+        assert "count <= vectors sent <= 16" in str(info.value)
+
+
 def test_float32_overflow_in_anchor_is_rejected() -> None:
     # 1e39 is a finite double but not a finite float32: the block stores float32.
     msg = wire()
@@ -294,7 +392,7 @@ RULE_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     ("float-param-nan", {"params": {"f": NAN}}, "params['f']", "finite"),
     ("float-param-minus-inf", {"params": {"f": -INF}}, "params['f']", "finite"),
     ("param-key-empty", {"params": {"": 1}}, "params", "keys must not be empty"),
-    ("param-key-too-long", {"params": {"k" * 129: 1}}, f"params[{'k' * 129!r}]", "at most 128"),
+    ("param-key-too-long", {"params": {"k" * 129: 1}}, f"params[{echo('k' * 129)}]", "at most 128"),
     ("param-list-of-ints", {"params": {"l": [1, 2]}}, "params['l']", "must be a string, got int"),
     ("param-bytes", {"params": {"b": b"x"}}, "params['b']", "unsupported value type bytes"),
     ("param-surrogate", {"params": {"s": "\ud800"}}, "params['s']", "no lone surrogates"),
@@ -330,7 +428,7 @@ RULE_CASES: list[tuple[str, dict[str, Any], str, str]] = [
         "bad-anchor-count",
         {"anchors": RuleAnchors(make_anchors().vectors, (17, 0, 0, 0))},
         "anchors.action_count",
-        "must be 0..16, got 17",
+        "got count 17 of 17 vectors",
     ),
     (
         "bad-anchor-shape",
@@ -590,3 +688,111 @@ def test_any_valid_rule_round_trips_through_the_wire(rule: Rule) -> None:
     assert _from_wire(rule) == rule
     # And the wire form itself is stable.
     assert bytes(rule_to_proto(_from_wire(rule))) == bytes(rule_to_proto(rule))
+
+
+# -- limits at the edge: JSON depth, bytes of params, family ids, echoes, -0.0 ---------------
+
+
+def test_json_depth_counts_nesting_outside_strings() -> None:
+    assert json_depth("1") == 0
+    assert json_depth('{"a": [1, {"b": []}]}') == 4
+    assert json_depth('[{"b": 1}, [2]]') == 2
+    assert json_depth('{"a": "[[[[{{{{", "b": "\\"[["}') == 1
+    assert json_depth("[" * 5000 + "]" * 5000) == 5000
+
+
+@pytest.mark.parametrize("depth", [65, 1000, 10_000])
+@pytest.mark.parametrize("kind", ["arrays", "objects"])
+def test_modification_spec_nested_too_deep_names_the_field(depth: int, kind: str) -> None:
+    spec = "[" * depth + "]" * depth if kind == "arrays" else '{"a":' * depth + "1" + "}" * depth
+    with pytest.raises(RuleValidationError) as info:
+        make_rule("deep", modification_spec=spec).validate()
+    assert_names(info.value, "deep", "modification_spec")
+    assert info.value.problem == f"JSON nested {depth} levels deep; the limit is {MAX_JSON_DEPTH}"
+
+
+def test_modification_spec_at_the_depth_limit_is_valid() -> None:
+    spec = '{"a":' * MAX_JSON_DEPTH + "1" + "}" * MAX_JSON_DEPTH
+    make_rule("deep", modification_spec=spec).validate()
+    assert MAX_JSON_DEPTH == 64
+
+
+@pytest.mark.parametrize(
+    ("char", "keys"),
+    [
+        ("\u00e9", 256),  # 2 bytes: 128 characters of keys are 256 bytes, 64 KiB + 2,048 in all
+        ("\u20ac", 200),  # 3 bytes
+        ("\U0001f600", 140),  # 4 bytes
+    ],
+)
+def test_params_bound_counts_key_bytes_not_characters(char: str, keys: int) -> None:
+    params: dict[str, ParamScalar] = {f"{i:03d}" + char * 125: True for i in range(keys)}
+    # What the bound counts: each key and 8 bytes per entry (its value's framing).
+    overhead = 8 * len(params)
+    assert sum(len(k.encode()) for k in params) + overhead > MAX_EXTRAS_BYTES
+    assert sum(len(k) for k in params) + overhead < MAX_EXTRAS_BYTES
+    with pytest.raises(RuleValidationError, match=r"exceed 65536 bytes"):
+        make_rule("big", params=params, modification_spec="").validate()
+    ascii_params: dict[str, ParamScalar] = {f"{i:03d}" + "k" * 125: True for i in range(keys)}
+    make_rule("ok", params=ascii_params, modification_spec="").validate()
+
+
+def test_check_family_ids() -> None:
+    assert check_family_ids(["a", "f" * MAX_NAME_CHARS, "ünï"]) == ["a", "f" * 128, "ünï"]
+    assert check_family_ids([f"f{i}" for i in range(MAX_REFRESH_FAMILIES)])[-1] == "f999"
+    cases: list[tuple[list[Any], str]] = [
+        ([f"f{i}" for i in range(MAX_REFRESH_FAMILIES + 1)], "at most 1000 family ids, got 1001"),
+        (["a", ""], "family_ids[1]: must not be empty"),
+        (["f" * 129], "family_ids[0]: at most 128 characters, got 129"),
+        (["fam\n2026-01-01 ERROR x: FORGED"], "family_ids[0]: must not contain NUL or other"),
+        (["a\x00b"], "control characters"),
+        (["a\u2028b"], "control characters"),
+        (["\ud800"], "no lone surrogates"),
+        ([7], "family_ids[0]: must be a string, got int"),
+    ]
+    for values, expected in cases:
+        with pytest.raises(ValueError) as info:
+            check_family_ids(values)
+        assert expected in str(info.value)
+        assert "\n" not in str(info.value) and len(str(info.value)) < 400
+
+
+def test_echo_quotes_and_shortens_client_values() -> None:
+    assert echo("abc") == "'abc'"
+    assert echo("a\nb\x00") == "'a\\nb\\x00'"
+    assert echo("x" * MAX_ECHO_CHARS) == repr("x" * 120)
+    long = echo("y" * 20_000)
+    assert long == "'" + "y" * 120 + "…' (20000 characters)"
+    assert echo(7) == "7" and echo(None) == "None"
+    assert echo(["z" * 200]) == "['" + "z" * 118 + "…"
+    assert escape_controls("a\r\n\x1b\u2028\x85b") == "a\\r\\n\\x1b\\u2028\\x85b"
+    assert escape_controls("plain, ünï 家族") == "plain, ünï 家族"
+
+
+def test_validation_errors_echo_long_values_shortened() -> None:
+    long = "z" * 20_000
+    for fields in ({"policy_type": long}, {"params": {long: 1}}):
+        with pytest.raises(RuleValidationError) as info:
+            if "policy_type" in fields:
+                PolicyType.parse(long, rule_id=long)
+            make_rule(long, **fields).validate()
+        assert len(str(info.value)) < 600, str(info.value)[:300]
+        assert "…' (20000 characters)" in str(info.value)
+
+
+def test_negative_zero_drift_threshold_is_on_the_wire() -> None:
+    for value, sign in ((-0.0, -1.0), (0.0, 1.0), (0.25, 1.0)):
+        rule = make_rule("z", drift_threshold=value)
+        back = pb.RuleInstance.parse(bytes(rule_to_proto(rule)))
+        assert back.drift_threshold == value
+        assert math.copysign(1.0, back.drift_threshold) == sign
+        assert rule_from_proto(back, installed_by=rule.installed_by) == attrs.evolve(
+            rule, config_id="", owner=""
+        )
+    # Inside a response too, as GetRule sends it.
+    response = pb.GetRuleResponse(
+        found=True, rule=rule_to_proto(make_rule("z", drift_threshold=-0.0))
+    )
+    parsed = pb.GetRuleResponse.parse(bytes(response))
+    assert parsed.rule is not None
+    assert math.copysign(1.0, parsed.rule.drift_threshold) == -1.0

@@ -196,7 +196,7 @@ BAD_RULES = [
     (_set("rules.0.params.x", 2**63), "params['x']", "must be in"),
     (_set("rules.0.params.", 1), "params", "keys must not be empty"),
     (_set("rules.0.anchors", [VECTOR]), "anchors", "must be an object, got a list"),
-    (_set("rules.0.anchors.actions", [VECTOR]), "anchors.actions", "unknown slot"),
+    (_set("rules.0.anchors.actions", [VECTOR]), "anchors.actions", "unknown key"),
     (_set("rules.0.anchors.risk", VECTOR), "anchors.risk[0]", "must be a list of numbers"),
     (_set("rules.0.anchors.risk", {"a": 1}), "anchors.risk", "must be a list of vectors"),
     (
@@ -214,6 +214,15 @@ BAD_RULES = [
     (_set("rules.0.anchors.action.0.3", 10**400), "anchors.action[0][3]", "out of range"),
     (_set("rules.0.anchors.action.0.3", 1e39), "anchors.action[0]", "must be finite"),
     (_set("rules.0.installed_by", 5), "installed_by", "must be a string, got a number"),
+    (
+        _set("rules.0.anchors.action_count", 2),
+        "anchors.action_count",
+        "count 2 exceeds the 1 action anchor vectors sent",
+    ),
+    (_set("rules.0.anchors.risk_count", 1), "anchors.risk_count", "exceeds the 0 risk"),
+    (_set("rules.0.anchors.action_count", -1), "anchors.action_count", "got -1"),
+    (_set("rules.0.anchors.action_count", 1.0), "anchors.action_count", "must be an integer"),
+    (_set("rules.0.anchors.action_count", True), "anchors.action_count", "got a boolean"),
 ]
 
 
@@ -263,6 +272,26 @@ def test_bad_document_is_rejected_with_a_clear_message(text: str | bytes, messag
     assert not isinstance(info.value, RuleValidationError)
 
 
+def test_nesting_deeper_than_the_parser_goes_is_a_clear_error() -> None:
+    text = '{"rules": [{"rule_id": "a", "modification_spec": ' + "[" * 100_000 + "]" * 100_000
+    with pytest.raises(ValueError, match=r"not valid JSON: nested too deeply") as info:
+        rules_from_json(text + "}]}")
+    assert not isinstance(info.value, RuleValidationError)
+
+
+@pytest.mark.parametrize("depth", [65, 500])
+def test_a_modification_spec_object_nested_too_deep_names_the_rule_and_field(depth: int) -> None:
+    doc = minimal_doc()
+    spec: object = 1
+    for _ in range(depth):
+        spec = {"a": spec}
+    doc["rules"][0]["modification_spec"] = spec
+    with pytest.raises(RuleValidationError) as info:
+        rules_from_json(json.dumps(doc))
+    assert info.value.field == "modification_spec"
+    assert f"nested {depth} levels deep; the limit is 64" in str(info.value)
+
+
 def test_duplicate_rule_ids_are_rejected() -> None:
     doc = minimal_doc()
     doc["rules"].append(copy.deepcopy(doc["rules"][0]))
@@ -279,6 +308,29 @@ def test_duplicate_keys_inside_a_rule_are_rejected() -> None:
 
 
 # -- writing: exact round trips ----------------------------------------------------------
+
+
+def test_padded_slots_read_and_write_with_their_counts() -> None:
+    doc = minimal_doc()
+    zero = [0.0] * ANCHOR_DIM
+    doc["rules"][0]["anchors"] = {
+        "action": [VECTOR, zero, zero],
+        "action_count": 1,
+        "data": [VECTOR, [0.25] * ANCHOR_DIM],
+        "data_count": 0,
+    }
+    (rule,) = parse(doc)
+    assert rule.anchors.counts == (1, 0, 0, 0)
+    assert rule.anchors.sent == (3, 0, 2, 0)
+    text = rules_to_json([rule])
+    written = json.loads(text)["rules"][0]["anchors"]
+    # Counts are written only where some vectors are padding.
+    assert {k: v for k, v in written.items() if k.endswith("_count")} == {
+        "action_count": 1,
+        "data_count": 0,
+    }
+    assert len(written["action"]) == 3 and written["data"][1] == [0.25] * ANCHOR_DIM
+    assert rules_from_json(text) == [rule]
 
 
 def test_round_trip_of_factory_rules_keeps_every_field() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import resource
 import shutil
 import stat
 import struct
@@ -18,16 +19,17 @@ from typing import Any
 import numpy as np
 import pytest
 import xxhash
-from factories import make_rule, rule_ids, rules
+from factories import make_anchors, make_rule, rule_ids, rules
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardrefresh.model import PolicyType, Rule
+from guardrefresh.model import ANCHOR_DIM, PolicyType, Rule, RuleAnchors
 from guardrefresh.storage import (
     CorruptStoreError,
     Manifest,
     StorageError,
     StoreDirectoryMissingError,
+    StoreNotFoundError,
     StorePermissionError,
     StoreWriteError,
     TableStat,
@@ -200,6 +202,114 @@ def test_reload_keeps_policy_drift_spec_and_weights(
         got = table.rule(other.rule_id)
         assert got == other
         assert got is not None and got.slice_weights == () and got.modification_spec == ""
+
+
+@pytest.mark.parametrize("via", ["journal", "compacted-snapshot", "imported-snapshot"])
+def test_padded_anchors_round_trip_with_their_padding(
+    store_path: Path, stores: Callable[[], WarmStore], via: str
+) -> None:
+    # The management plane sends 16 vectors per slot, zero-padded; any padding must
+    # come back exactly, and only `counts` stay the scored anchors.
+    nonzero = make_rule("nonzero", anchors=make_anchors((1, 0, 16, 3), sent=(16, 16, 16, 16)))
+    zeros = make_rule(
+        "zeros",
+        anchors=RuleAnchors.from_slots(
+            [[[0.5] * ANCHOR_DIM] + [[0.0] * ANCHOR_DIM] * 15, [], [], [[0.0] * ANCHOR_DIM]],
+            (1, 0, 0, 0),
+        ),
+    )
+    plain = make_rule("plain", seed=3)
+    store = stores()
+    if via == "imported-snapshot":
+        store.write_snapshot_from([nonzero, zeros, plain])
+    else:
+        store.append(store.open(), [nonzero, zeros, plain])
+        if via == "compacted-snapshot":
+            store.compact()
+    table = reload(store_path)
+    for want in (nonzero, zeros, plain):
+        got = table.rule(want.rule_id)
+        assert got == want
+        assert got is not None
+        assert (got.anchors.counts, got.anchors.sent) == (want.anchors.counts, want.anchors.sent)
+        assert got.anchors.vectors.tobytes() == want.anchors.vectors.tobytes()
+    got_zeros = table.rule("zeros")
+    assert got_zeros is not None and got_zeros.anchors.sent == (16, 0, 0, 1)
+    # Padding changes the rule: a refresh must see it as changed.
+    padded_plain = make_rule("plain", anchors=make_anchors((1, 2, 0, 3), sent=(1, 2, 0, 4)))
+    ref = table.ref("plain")
+    assert ref is not None
+    assert ref.digest != _digest(padded_plain)
+
+
+V1_STORE = Path(__file__).parent / "data" / "warm_v1"
+
+
+def _digest(rule: Rule) -> int:
+    """The digest this build writes for ``rule``."""
+    return int(SegmentColumns.from_rules([rule], bridge_version=1).fixed["digest"][0])
+
+
+def _v1_rules() -> dict[str, Rule]:
+    """What tests/data/warm_v1 holds: a store written by format 1 (before padding was kept).
+
+    It was written by guardrefresh at format version 1 with the factory rules below:
+    append the first two, compact, append v1-deny while deleting v1-allow, then append
+    v1-allow again (a snapshot and a journal of two segments).
+    """
+    return {
+        "v1-forbidden": make_rule("v1-forbidden", seed=1, policy_type=PolicyType.FORBIDDEN),
+        "v1-deny": make_rule(
+            "v1-deny", seed=3, policy_type=PolicyType.CONTEXT_DENY, slice_weights=()
+        ),
+        "v1-allow": make_rule("v1-allow", seed=4, policy_type=PolicyType.CONTEXT_ALLOW, layer=""),
+    }
+
+
+def _copy_v1_store(directory: Path) -> Path:
+    directory.mkdir(exist_ok=True)
+    for source in V1_STORE.iterdir():
+        target = directory / source.name
+        shutil.copyfile(source, target)
+        target.chmod(0o600)
+    return directory / "warm_storage.bin"
+
+
+def test_a_format_1_store_is_read_as_it_is(tmp_path: Path) -> None:
+    path = _copy_v1_store(tmp_path / "store")
+    before = files_state(path.parent)
+    store = WarmStore(path)
+    try:
+        assert store.read_manifest().format_version == 1
+        table = store.load()
+    finally:
+        store.close()
+    assert contents(table) == _v1_rules()
+    for rule_id, rule in _v1_rules().items():
+        got = table.rule(rule_id)
+        assert got is not None and got.anchors.sent == got.anchors.counts == rule.anchors.counts
+        # Unchanged rules keep their digest: the first refresh after an upgrade swaps nothing.
+        ref = table.ref(rule_id)
+        assert ref is not None and ref.digest == _digest(rule)
+    assert files_state(path.parent) == before  # reading never rewrites
+
+
+def test_a_format_1_store_takes_writes_and_becomes_format_2(tmp_path: Path) -> None:
+    path = _copy_v1_store(tmp_path / "store")
+    padded = make_rule("padded", anchors=make_anchors((2, 0, 0, 1), sent=(16, 0, 0, 16)))
+    store = WarmStore(path)
+    try:
+        store.append(store.open(), [padded])
+        # The next writer writes format 2: an older build now refuses the store clearly.
+        assert store.read_manifest().format_version == 2
+        assert contents(reload(path)) == {**_v1_rules(), "padded": padded}
+        store.compact()
+        assert store.read_manifest().format_version == 2
+    finally:
+        store.close()
+    table = reload(path)
+    assert contents(table) == {**_v1_rules(), "padded": padded}
+    assert len(table.segments) == 1
 
 
 def test_forbidden_rules_stay_forbidden_across_many_reloads(
@@ -607,7 +717,7 @@ def _with_version(raw: bytes, version: int, size: int | None = None) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("version", "size"), [(2, None), (0, None), (65535, None), (2, 128), (2, 64)]
+    ("version", "size"), [(3, None), (0, None), (65535, None), (3, 128), (3, 64)]
 )
 def test_unsupported_version(
     store_path: Path, stores: Callable[[], WarmStore], version: int, size: int | None
@@ -624,7 +734,7 @@ def test_unsupported_version(
         with pytest.raises(UnsupportedVersionError) as info:
             action()
         assert info.value.found == version
-        assert f"has format version {version}; this build reads version 1" in str(info.value)
+        assert f"has format version {version}; this build reads version 1 or 2" in str(info.value)
     assert files_state(store_path.parent) == before
 
 
@@ -1099,6 +1209,81 @@ def test_a_lost_manifest_is_never_replaced_by_an_empty_store(store_path: Path) -
     with pytest.raises(CorruptStoreError, match=r"manifest .*missing, but data files exist"):
         WarmStore(store_path).open()
     assert not store_path.exists()  # nothing was created over the data
+
+
+def test_a_lost_manifest_under_a_running_store_is_still_refused(store_path: Path) -> None:
+    store = WarmStore(store_path)
+    table = store.append(store.open(), [make_rule("keep")])
+    store_path.unlink()  # the data files stay
+    with pytest.raises(CorruptStoreError, match="missing, but data files exist"):
+        WarmStore(store_path).open()
+    with pytest.raises(StoreNotFoundError):
+        store.load()
+    with pytest.raises(StoreNotFoundError):
+        store.append(table, [make_rule("new")])
+    store.close()
+    assert not store_path.exists()
+
+
+def _empty_the_directory(directory: Path, *, keep_lock: bool) -> None:
+    shutil.rmtree(directory)
+    directory.mkdir(mode=0o700)
+    if keep_lock:
+        (directory / "warm_storage.bin.lock").touch(mode=0o600)
+
+
+@pytest.mark.parametrize("keep_lock", [True, False], ids=["empty-lock-left", "empty"])
+def test_an_emptied_directory_is_started_again_as_an_empty_store(
+    store_path: Path, keep_lock: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = WarmStore(store_path)
+    table = store.append(store.open(), [make_rule("a"), make_rule("b")])
+    before = store.read_manifest()
+    _empty_the_directory(store_path.parent, keep_lock=keep_lock)
+
+    # Seen by a load (a refresh): an empty store, counting on from what was there.
+    emptied = store.load()
+    assert len(emptied) == 0
+    assert emptied.generation == before.generation + 1
+    assert emptied.bridge_version == before.bridge_version + 1
+    assert "was emptied" in caplog.text and "after holding 2 rules" in caplog.text
+
+    # Seen by a write: it lands in a new empty store.
+    table = store.append(emptied, [make_rule("c")])
+    _empty_the_directory(store_path.parent, keep_lock=keep_lock)
+    table = store.append(table, [make_rule("d")])
+    assert list(table.ids()) == ["d"]
+    store.close()
+    again = WarmStore(store_path).load()
+    assert sorted(again.ids()) == ["d"]
+    assert again.bridge_version == before.bridge_version + 4
+
+
+def test_running_out_of_descriptors_while_loading_is_a_storage_error(store_path: Path) -> None:
+    """Real EMFILE: the soft RLIMIT_NOFILE a few descriptors above what is open.
+
+    A load opens the manifest, then each data file, and maps it (mmap duplicates the
+    descriptor); each step in turn meets the limit. Every failure must be a
+    StorageError saying so, never a bare OSError.
+    """
+    store = WarmStore(store_path)
+    store.append(store.open(), [make_rule("a")])
+    store.close()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    messages = []
+    for extra in range(6):
+        reader = WarmStore(store_path)
+        open_now = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+        resource.setrlimit(resource.RLIMIT_NOFILE, (open_now + extra, hard))
+        try:
+            assert len(reader.load()) == 1
+        except StorageError as exc:
+            messages.append(str(exc))
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(messages) >= 2, messages  # at the open and at the mapping
+    assert all("too many open files" in m for m in messages), messages
+    assert any(m.startswith("cannot map ") for m in messages), messages
 
 
 def test_loading_where_there_is_no_store_says_so(store_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 from grpclib.const import Status
 
 from guardrefresh.proto import rule_installation as pb
@@ -200,15 +201,24 @@ async def test_remove_policy_and_agent_rules(
         assert stats.bridge_version > installed.bridge_version
         assert stats_rows(stats) == {("fam-fs", "L2"): (3, 2, 1), ("fam-net", "L1"): (4, 2, 2)}
 
-        # Gone already; never existed; belongs to another agent: NOT_FOUND, nothing removed.
-        for agent, policy in (("agent-a", "a-deny"), ("agent-a", "nope"), ("agent-a", "b-allow")):
+        # Gone already; never existed: NOT_FOUND; belongs to another agent:
+        # FAILED_PRECONDITION; nothing removed. The texts are the original data plane's.
+        for agent, policy, code, details in (
+            ("agent-a", "a-deny", grpc.StatusCode.NOT_FOUND, "Policy not found: a-deny"),
+            ("agent-a", "nope", grpc.StatusCode.NOT_FOUND, "Policy not found: nope"),
+            (
+                "agent-a",
+                "b-allow",
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "Policy b-allow does not belong to agent agent-a",
+            ),
+        ):
             missing = await in_thread(
                 rpc.outcome,
                 "RemovePolicy",
                 pb2.RemovePolicyRequest(agent_id=agent, policy_id=policy),
             )
-            assert missing.code is grpc.StatusCode.NOT_FOUND, (agent, policy)
-            assert policy in missing.details and agent in missing.details
+            assert (missing.code, missing.details) == (code, details), (agent, policy)
         still = await in_thread(rpc.call, "GetRule", pb2.GetRuleRequest(rule_id="b-allow"))
         assert still.found
 
@@ -234,12 +244,12 @@ async def test_unimplemented_calls_answer_unimplemented(
 ) -> None:
     pb2 = grpcio_modules.pb2
     calls = (
-        ("enforce", "Enforce", pb.EnforceRequest(request_id="x"), pb2.EnforceRequest()),
         (
             "query_telemetry",
             "QueryTelemetry",
-            pb.QueryTelemetryRequest(),
-            pb2.QueryTelemetryRequest(),
+            # As the management plane sends it: decision=0 is a present filter.
+            pb.QueryTelemetryRequest(decision=0, limit=50),
+            pb2.QueryTelemetryRequest(decision=0, limit=50),
         ),
         (
             "get_session",
@@ -302,3 +312,79 @@ async def test_health_and_reflection_with_grpcio_clients(tmp_path: Path) -> None
             "modification_spec",
             "slice_weights",
         ]
+
+
+def _padded_rule(
+    pb2: Any, rule_id: str, counts: tuple[int, int, int, int], *, layer: str, padding: float
+) -> Any:
+    """A RuleInstance laid out as the Guard management plane sends one (grpcio message).
+
+    Its encoder fills a zeroed 16 x 32 block per slot with the real anchors and sends
+    all 16 rows, with ``*_count`` = the real anchors. ``padding`` != 0 checks that
+    whatever is sent in the padding rows is kept.
+    """
+    rng = np.random.default_rng(len(rule_id))
+    payload = pb2.RuleAnchorsPayload()
+    for slot, count in zip(("action", "resource", "data", "risk"), counts, strict=True):
+        block = np.full((16, 32), padding, dtype=np.float32)
+        block[:count] = rng.standard_normal((count, 32)).astype(np.float32)
+        getattr(payload, f"{slot}_anchors").extend(
+            pb2.AnchorVector(values=list(row)) for row in block
+        )
+        setattr(payload, f"{slot}_count", count)
+    rule = pb2.RuleInstance(
+        rule_id=rule_id,
+        family_id="",
+        layer=layer,
+        agent_id="tenant-1",
+        priority=10,
+        enabled=True,
+        created_at_ms=1_700_000_000_000,
+        anchors=payload,
+        policy_type="context_deny",
+        drift_threshold=0.0,
+        modification_spec="",
+        slice_weights=[0.25, 0.25, 0.25, 0.25],
+    )
+    rule.params["rule_type"].string_value = "design_boundary"
+    rule.params["rule_decision"].string_value = "min"
+    rule.params["thresholds"].string_value = '{"action": 0.8}'
+    return rule
+
+
+async def test_padded_anchors_install_and_read_back_as_sent(
+    tmp_path: Path, grpcio_modules: types.SimpleNamespace
+) -> None:
+    pb2 = grpcio_modules.pb2
+    sent = [
+        _padded_rule(pb2, "zero-padded", (1, 0, 2, 16), layer="", padding=0.0),
+        _padded_rule(pb2, "nonzero-padded", (3, 1, 0, 0), layer="L4", padding=0.125),
+    ]
+    request = pb2.InstallRulesRequest(
+        agent_id="tenant-1", rules=sent, config_id="design_boundary_v2", owner="management_plane"
+    )
+    async with (
+        open_service(tmp_path) as service,
+        open_grpcio_client(grpcio_modules, service.port) as rpc,
+    ):
+        installed = await in_thread(rpc.call, "InstallRules", request)
+        assert (installed.success, installed.rules_installed) == (True, 2)
+        # Rules without a layer count under "global", as the original data plane reported.
+        assert dict(installed.rules_by_layer) == {"global": 1, "L4": 1}
+        assert installed.message == "Successfully installed 2 rules for agent tenant-1"
+        stats = await in_thread(rpc.call, "GetRuleStats", pb2.GetRuleStatsRequest())
+        assert stats_rows(stats) == {("", "global"): (1, 0, 1), ("", "L4"): (1, 0, 1)}
+        for rule in sent:
+            got = await in_thread(rpc.call, "GetRule", pb2.GetRuleRequest(rule_id=rule.rule_id))
+            assert (got.found, got.tier) == (True, "hot")
+            assert got.rule == rule
+            assert len(got.rule.anchors.risk_anchors) == 16
+        assert await service.stop() == 0
+    # After a restart the rules come from warm storage, padding and counts intact.
+    async with (
+        open_service(tmp_path) as service,
+        open_grpcio_client(grpcio_modules, service.port) as rpc,
+    ):
+        for rule in sent:
+            got = await in_thread(rpc.call, "GetRule", pb2.GetRuleRequest(rule_id=rule.rule_id))
+            assert got.found and got.rule == rule

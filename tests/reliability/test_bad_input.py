@@ -36,6 +36,8 @@ from grpcio_support import DATA_PLANE, DataPlaneClient, raw_h2_call
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from guardrefresh.model import echo
+
 from .service import (
     SLOTS,
     Observed,
@@ -249,7 +251,7 @@ def _build(pb2: Any, plan: Plan) -> tuple[bytes, list[str], tuple[str, ...]]:
     if kind == "invalid_utf8":
         data = data.replace(("\u00e9" * 4).encode(), b"\xff\xfe\xfd\xfc\xfb\xfa\xf9\xf8")
     elif rid and kind not in ("empty_agent", "too_many_rules"):
-        expect = (f"rule {rid!r}", *expect)
+        expect = (f"rule {echo(rid)}", *expect)
     return data, [r.rule_id for r in batch], expect
 
 

@@ -1,10 +1,18 @@
 """The bridge: owner of the hot cache, warm storage and the rule index."""
 
-from ._bridge import DEFAULT_HOT_CAPACITY, Bridge, InstallResult, RuleStats, Tier
+from ._bridge import (
+    DEFAULT_HOT_CAPACITY,
+    GLOBAL_LAYER,
+    Bridge,
+    InstallResult,
+    RuleStats,
+    Tier,
+)
 from ._errors import BridgeError, RuleConflictError, RuleNotFoundError, TooManyRulesError
 
 __all__ = [
     "DEFAULT_HOT_CAPACITY",
+    "GLOBAL_LAYER",
     "Bridge",
     "BridgeError",
     "InstallResult",

@@ -13,7 +13,7 @@ import trio
 import trio_util
 
 from ..cache import HotCache
-from ..model import Rule, RuleValidationError
+from ..model import Rule, RuleValidationError, clip, echo
 from ..storage import RuleRef, TableStat, WarmStore, WarmTable, family_of
 from ._errors import RuleConflictError, RuleNotFoundError, TooManyRulesError
 
@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_HOT_CAPACITY = 10_000
 DEFAULT_MAX_RULES_PER_INSTALL = 10_000
+#: How counts by layer name rules without a layer (the original data plane's label).
+GLOBAL_LAYER = "global"
 
 
 class Tier(enum.StrEnum):
@@ -168,16 +170,16 @@ class Bridge:
                 existing = self.table.ref(rule.rule_id)
                 if existing is not None and not self._belongs(existing, agent_id):
                     raise RuleConflictError(
-                        f"rule {rule.rule_id!r} belongs to another agent; remove it there first"
+                        f"rule {echo(rule.rule_id)} belongs to another agent; remove it there first"
                     )
             if stamped:
                 await self._commit(stamped, ())
-        by_layer = Counter(rule.layer for rule in stamped)
+        by_layer = Counter(rule.layer or GLOBAL_LAYER for rule in stamped)
         logger.info(
-            "Installed %d rules for agent %r (config %r): bridge version %d",
+            "Installed %d rules for agent %s (config %s): bridge version %d",
             len(stamped),
-            agent_id,
-            config_id,
+            echo(agent_id),
+            echo(config_id),
             self.table.bridge_version,
             extra={
                 "rules": len(stamped),
@@ -188,16 +190,25 @@ class Bridge:
         return InstallResult(len(stamped), dict(by_layer), self.table.bridge_version)
 
     async def remove_policy(self, agent_id: str, policy_id: str) -> int:
-        """Remove rule ``policy_id`` of ``agent_id``. Raises :class:`RuleNotFoundError`."""
+        """Remove rule ``policy_id`` of ``agent_id``.
+
+        Raises :class:`RuleNotFoundError` when there is no such rule and
+        :class:`RuleConflictError` when it belongs to another agent (messages as
+        the original data plane worded them).
+        """
         async with self.write_lock:
             ref = self.table.ref(policy_id)
-            if ref is None or not self._belongs(ref, agent_id):
-                raise RuleNotFoundError(f"agent {agent_id!r} has no rule {policy_id!r}")
+            if ref is None:
+                raise RuleNotFoundError(f"Policy not found: {clip(policy_id)}")
+            if not self._belongs(ref, agent_id):
+                raise RuleConflictError(
+                    f"Policy {clip(policy_id)} does not belong to agent {clip(agent_id)}"
+                )
             await self._commit((), (policy_id,))
         logger.info(
-            "Removed rule %r of agent %r: bridge version %d",
-            policy_id,
-            agent_id,
+            "Removed rule %s of agent %s: bridge version %d",
+            echo(policy_id),
+            echo(agent_id),
             self.bridge_version,
             extra={"rules": 1, "agent_id": agent_id, "bridge_version": self.bridge_version},
         )
@@ -210,9 +221,9 @@ class Bridge:
             if ids:
                 await self._commit((), ids)
         logger.info(
-            "Removed %d rules of agent %r: bridge version %d",
+            "Removed %d rules of agent %s: bridge version %d",
             len(ids),
-            agent_id,
+            echo(agent_id),
             self.bridge_version,
             extra={"rules": len(ids), "agent_id": agent_id, "bridge_version": self.bridge_version},
         )
@@ -281,7 +292,8 @@ def _stamped_batch(rules: Sequence[Rule], agent_id: str, config_id: str, owner: 
             raise RuleValidationError(
                 rule.rule_id,
                 "agent_id",
-                f"rule is scoped to agent {rule.agent_id!r} but the request is for {agent_id!r}",
+                f"rule is scoped to agent {echo(rule.agent_id)} but the request is for "
+                f"{echo(agent_id)}",
             )
         stamped.append(attrs.evolve(rule, installed_by=agent_id, config_id=config_id, owner=owner))
     return stamped

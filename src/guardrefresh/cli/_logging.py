@@ -8,7 +8,9 @@ import logging
 import sys
 from typing import Any, TextIO
 
-__all__ = ["LOG_FORMAT", "JsonFormatter", "configure_logging"]
+from ..model import escape_controls
+
+__all__ = ["LOG_FORMAT", "JsonFormatter", "TextFormatter", "configure_logging"]
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -22,6 +24,37 @@ _CHATTY_LIBRARIES = ("h2", "hpack")
 _STANDARD_ATTRIBUTES = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None))
 ) | {"message", "asctime", "taskName"}
+
+
+class TextFormatter(logging.Formatter):
+    """:data:`LOG_FORMAT` lines in which a line at column 0 always starts a record.
+
+    Messages carry client-supplied text (rule ids, family names, agent ids); a
+    newline in one must not forge a record of its own. So the message, once
+    formatted with its arguments, has every control character escaped
+    (:func:`~guardrefresh.model.escape_controls`), and the lines of a traceback
+    or stack under a record are indented, their control characters escaped too.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(LOG_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        record.message = record.getMessage()
+        record.asctime = self.formatTime(record, self.datefmt)
+        parts = [escape_controls(self.formatMessage(record))]
+        # Not the ``exc_text`` another handler's formatter may have cached on the record.
+        if record.exc_info:
+            parts.append(_indented(self.formatException(record.exc_info)))
+        elif record.exc_text:
+            parts.append(_indented(record.exc_text))
+        if record.stack_info:
+            parts.append(_indented(self.formatStack(record.stack_info)))
+        return "\n".join(parts)
+
+
+def _indented(text: str) -> str:
+    return "\n".join("    " + escape_controls(line) for line in text.splitlines())
 
 
 class JsonFormatter(logging.Formatter):
@@ -67,7 +100,7 @@ def configure_logging(
         root.removeHandler(old)
         old.close()
     handler = _ServiceLogHandler(sys.stderr if stream is None else stream)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(LOG_FORMAT))
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root.addHandler(handler)
     root.setLevel(level)
     for name in _CHATTY_LIBRARIES:

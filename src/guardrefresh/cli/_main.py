@@ -28,6 +28,7 @@ from ..config import (
     version_text,
 )
 from ._client import CLIENT_COMMANDS
+from ._enforce import enforce_command
 from ._logging import configure_logging
 from ._warm import WARM_COMMANDS
 
@@ -38,9 +39,11 @@ logger = logging.getLogger(__name__)
 #: A subcommand: called with the arguments after its name, returns the exit code.
 Command = Callable[[Sequence[str]], int]
 
-#: Subcommands by name: ``status``, ``refresh``, ``install``, ``get``, ``remove-policy``
-#: and ``remove-agent`` talk to a running service; ``warm ...`` works on the files.
-_COMMANDS: Mapping[str, Command] = types.MappingProxyType({**CLIENT_COMMANDS, **WARM_COMMANDS})
+#: Subcommands by name: ``status``, ``refresh``, ``install``, ``get``, ``remove-policy``,
+#: ``remove-agent`` and ``enforce`` talk to a running service; ``warm ...`` works on the files.
+_COMMANDS: Mapping[str, Command] = types.MappingProxyType(
+    {**CLIENT_COMMANDS, "enforce": enforce_command, **WARM_COMMANDS}
+)
 
 _EXIT_BAD_CONFIG = 2
 

@@ -30,7 +30,6 @@ from typing import Any
 from ..model import Rule, RuleValidationError
 from ..model._json import iter_rules_json
 from ..storage import Manifest, StorageError, WarmStore, WarmTable, atomic_write
-from ..storage._segment import FORMAT_VERSION
 from ._client import (
     EXIT_OK,
     CommandError,
@@ -206,7 +205,7 @@ def _inspect(options: argparse.Namespace) -> int:
     global_count = sum(t.global_count for t in tables)
     report: dict[str, Any] = {
         "path": str(path),
-        "format_version": FORMAT_VERSION,
+        "format_version": manifest.format_version,
         "generation": manifest.generation,
         "bridge_version": manifest.bridge_version,
         "rule_count": manifest.rule_count,

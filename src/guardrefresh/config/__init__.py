@@ -18,6 +18,7 @@ from ._load import (
 )
 from ._render import render_config
 from ._service import (
+    EnforceConfig,
     HealthConfig,
     LoggingConfig,
     MetricsConfig,
@@ -35,6 +36,7 @@ __all__ = [
     "SETTINGS",
     "CliOptions",
     "ConfigError",
+    "EnforceConfig",
     "HealthConfig",
     "LoggingConfig",
     "MetricsConfig",

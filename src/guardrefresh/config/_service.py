@@ -13,6 +13,7 @@ from ._errors import ConfigError
 from ._settings import SECTIONS, SETTINGS, SETTINGS_BY_NAME
 
 __all__ = [
+    "EnforceConfig",
     "HealthConfig",
     "LoggingConfig",
     "MetricsConfig",
@@ -50,6 +51,7 @@ _STORAGE = _validator("storage")
 _LOGGING = _validator("logging")
 _METRICS = _validator("metrics")
 _HEALTH = _validator("health")
+_ENFORCE = _validator("enforce")
 _SECURITY = _validator("security")
 
 
@@ -117,6 +119,16 @@ class HealthConfig:
 
 
 @attrs.frozen(kw_only=True)
+class EnforceConfig:
+    """Enforce: where intents without a vector are encoded."""
+
+    #: None: not set; requests without a vector are then denied (fail-closed).
+    management_plane_url: str | None = attrs.field(
+        default=_default("enforce.management_plane_url"), validator=_ENFORCE
+    )
+
+
+@attrs.frozen(kw_only=True)
 class SecurityConfig:
     """TLS for gRPC and the admin token for mutating RPCs."""
 
@@ -176,6 +188,9 @@ class ServiceConfig:
     health: HealthConfig = attrs.field(
         factory=HealthConfig, validator=attrs.validators.instance_of(HealthConfig)
     )
+    enforce: EnforceConfig = attrs.field(
+        factory=EnforceConfig, validator=attrs.validators.instance_of(EnforceConfig)
+    )
     security: SecurityConfig = attrs.field(
         factory=SecurityConfig, validator=attrs.validators.instance_of(SecurityConfig)
     )
@@ -189,6 +204,7 @@ SECTION_CLASSES: Mapping[str, Callable[..., object]] = {
     "logging": LoggingConfig,
     "metrics": MetricsConfig,
     "health": HealthConfig,
+    "enforce": EnforceConfig,
     "security": SecurityConfig,
 }
 assert tuple(SECTION_CLASSES) == SECTIONS

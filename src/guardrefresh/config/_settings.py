@@ -13,6 +13,7 @@ import math
 import pathlib
 import re
 import types
+import urllib.parse
 from collections.abc import Callable, Mapping
 from typing import Any, Generic, TypeVar
 
@@ -261,6 +262,34 @@ def _choice(*choices: str, metavar: str = "LEVEL", upper: bool = True) -> Kind[s
         from_toml=_text_only(parse),
         to_toml=toml_string,
     )
+
+
+def _parse_optional_url(text: str) -> str | None:
+    # Empty means "not set", so an environment or TOML value can unset it.
+    text = text.strip()
+    if not text:
+        return None
+    if not _is_http_url(text):
+        raise ValueError("not an http(s) URL")
+    return text
+
+
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str) or any(ch.isspace() for ch in value):
+        return False
+    parts = urllib.parse.urlsplit(value)
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.query
+
+
+OPTIONAL_URL: Kind[str | None] = Kind(
+    description='an http:// or https:// URL without a query ("" = not set)',
+    metavar="URL",
+    accepts=lambda v: v is None or _is_http_url(v),
+    from_text=_parse_optional_url,
+    from_toml=_text_only(_parse_optional_url),
+    to_toml=lambda v: toml_string("" if v is None else v),
+    to_text=lambda v: "" if v is None else v,
+)
 
 
 LOG_LEVEL = _choice("DEBUG", "INFO", "WARNING", "ERROR")
@@ -540,6 +569,18 @@ SETTINGS: tuple[Setting[Any], ...] = (
         default=False,
         help="Report NOT_SERVING on the health check while the rules are stale "
         "(default: degraded but up).",
+    ),
+    # [enforce]
+    Setting(
+        section="enforce",
+        key="management_plane_url",
+        flag="--management-plane-url",
+        env="GUARDREFRESH_MANAGEMENT_PLANE_URL",
+        kind=OPTIONAL_URL,
+        default=None,
+        help="Base URL of the Guard management plane (e.g. http://127.0.0.1:8001/api/v2): "
+        "Enforce requests without an intent_vector are encoded by POST <URL>/encode/intent. "
+        "Unset, such requests are denied (fail-closed).",
     ),
     # [security]
     Setting(

@@ -3,6 +3,7 @@
 The names, types and labels are documented in ``docs/metrics.md``.
 """
 
+from ._enforce import DECISION_NAMES, EnforceMetrics, EnforceOutcomeLike
 from ._http import METRICS_PATH, serve_metrics
 from ._metrics import (
     GRPC_TYPES,
@@ -18,12 +19,15 @@ from ._metrics import (
 )
 
 __all__ = [
+    "DECISION_NAMES",
     "GRPC_TYPES",
     "METRICS_PATH",
     "REFRESH_DURATION_BUCKETS",
     "REFRESH_ERROR_REASONS",
     "RPC_DURATION_BUCKETS",
     "CacheStatsLike",
+    "EnforceMetrics",
+    "EnforceOutcomeLike",
     "RefreshStatsLike",
     "SchedulerStatusLike",
     "ServiceMetrics",

@@ -39,6 +39,7 @@ from ..storage import (
     UnsafeStoreError,
     UnsupportedVersionError,
 )
+from ._enforce import EnforceMetrics
 
 __all__ = [
     "GRPC_TYPES",
@@ -475,6 +476,12 @@ class ServiceMetrics:
             ["version"],
             registry=r,
         ).labels(version=__version__).set(1)
+
+        # Deferred like the refresh import below: keeps this module's imports light.
+        from ..enforce import ENCODE_FAILURE_REASONS
+
+        #: Enforce decisions, latency, rules evaluated, encoder failures.
+        self.enforce = EnforceMetrics(r, ENCODE_FAILURE_REASONS)
 
         # Known label values start at 0, so rate() and increase() see the first event.
         for reason in REFRESH_ERROR_REASONS:

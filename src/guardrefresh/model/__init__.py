@@ -14,19 +14,31 @@ from ._convert import rule_from_proto, rule_to_proto
 from ._errors import RuleValidationError
 from ._json import rules_from_json, rules_to_json
 from ._rule import (
+    MAX_EXTRAS_BYTES,
+    MAX_JSON_DEPTH,
+    MAX_NAME_CHARS,
+    MAX_REFRESH_FAMILIES,
     MAX_RULE_ID_CHARS,
     POLICY_BY_CODE,
     POLICY_CODES,
     ParamScalar,
     PolicyType,
     Rule,
+    check_family_ids,
+    json_depth,
 )
+from ._text import MAX_ECHO_CHARS, clip, echo, echo_names, escape_controls
 
 __all__ = [
     "ANCHOR_DIM",
     "BLOCK_BYTES",
     "BLOCK_SHAPE",
     "MAX_ANCHORS",
+    "MAX_ECHO_CHARS",
+    "MAX_EXTRAS_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_NAME_CHARS",
+    "MAX_REFRESH_FAMILIES",
     "MAX_RULE_ID_CHARS",
     "POLICY_BY_CODE",
     "POLICY_CODES",
@@ -38,6 +50,12 @@ __all__ = [
     "RuleAnchors",
     "RuleValidationError",
     "Slot",
+    "check_family_ids",
+    "clip",
+    "echo",
+    "echo_names",
+    "escape_controls",
+    "json_depth",
     "rule_from_proto",
     "rule_to_proto",
     "rules_from_json",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 
 import betterproto2
 
@@ -48,9 +49,10 @@ def rule_to_proto(rule: Rule) -> pb.RuleInstance:
     a = rule.anchors
 
     def vectors(slot: int) -> list[pb.AnchorVector]:
-        return [pb.AnchorVector(values=row.tolist()) for row in a.slot(slot)]
+        # Padding included: a rule reads back exactly as it was installed.
+        return [pb.AnchorVector(values=row.tolist()) for row in a.sent_slot(slot)]
 
-    return pb.RuleInstance(
+    message = pb.RuleInstance(
         rule_id=rule.rule_id,
         family_id=rule.family_id,
         layer=rule.layer,
@@ -74,6 +76,26 @@ def rule_to_proto(rule: Rule) -> pb.RuleInstance:
         modification_spec=rule.modification_spec,
         slice_weights=list(rule.slice_weights),
     )
+    if rule.drift_threshold == 0 and math.copysign(1.0, rule.drift_threshold) < 0:
+        _append_negative_zero(message, "drift_threshold")
+    return message
+
+
+def _append_negative_zero(message: pb.RuleInstance, field: str) -> None:
+    """Put ``-0.0`` for the float ``field`` on the wire.
+
+    betterproto2 leaves out a scalar equal to its default, and ``-0.0 == 0.0``; so a
+    stored -0.0 would reach the client as 0.0 (protobuf's own encoders compare the
+    bits and send it). The field is appended to the bytes betterproto2 writes after
+    the known fields (a parser keeps the last value of a scalar field, wherever it
+    sits). Relies on betterproto2's field metadata and ``_unknown_fields``; the
+    GetRule tests over grpcio fail if an upgrade changes either.
+    """
+    meta = message._betterproto.meta_by_field_name[field]
+    if meta.proto_type != "float":  # wire type 5 (fixed32) below
+        raise TypeError(f"{field} is a {meta.proto_type}, not a float")
+    tag = betterproto2.encode_varint(meta.number << 3 | 5)
+    message._unknown_fields = bytes(message._unknown_fields) + tag + struct.pack("<f", -0.0)
 
 
 def _finite_f32(rid: str, field: str, value: float) -> float:

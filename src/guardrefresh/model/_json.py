@@ -4,7 +4,8 @@ The format is documented in ``docs/rules-json.md``. In short::
 
     {"agent_id": "...", "config_id": "...", "owner": "...",
      "rules": [{"rule_id": "...", "policy_type": "forbidden", ...,
-                "anchors": {"action": [[32 numbers], ...], "resource": [...], ...}}]}
+                "anchors": {"action": [[32 numbers], ...], "resource": [...], ...,
+                            "action_count": 1}}]}
 
 The top-level ``agent_id``, ``config_id`` and ``owner`` say who installs the rules
 (``Rule.installed_by``, ``.config_id``, ``.owner``); a rule may override them with its
@@ -31,7 +32,8 @@ import numpy.typing as npt
 
 from ._anchors import ANCHOR_DIM, SLOTS, RuleAnchors
 from ._errors import RuleValidationError
-from ._rule import ParamScalar, PolicyType, Rule
+from ._rule import MAX_JSON_DEPTH, ParamScalar, PolicyType, Rule
+from ._text import echo
 
 __all__ = ["iter_rules_json", "rule_json_text", "rules_from_json", "rules_to_json"]
 
@@ -61,6 +63,8 @@ _EXACT_POW10 = 22
 #: Rules whose floats are shortened in one numpy pass when writing a document.
 _BATCH = 256
 _INDENT = "  "
+#: Optional keys of the anchors object: how many of a slot's vectors are scored anchors.
+_COUNT_KEYS = tuple(f"{slot}_count" for slot in SLOTS)
 
 
 # ------------------------------------------------------------------------- reading ---
@@ -75,7 +79,7 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     obj: dict[str, Any] = {}
     for key, value in pairs:
         if key in obj:
-            raise _DuplicateKeyError(f"duplicate key {key!r} in an object")
+            raise _DuplicateKeyError(f"duplicate key {echo(key)} in an object")
         obj[key] = value
     return obj
 
@@ -97,7 +101,14 @@ def rules_from_json(document: str | bytes) -> list[Rule]:
         doc = json.loads(document, object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
     except _DuplicateKeyError as exc:
         raise ValueError(f"{exc}") from None
-    except (ValueError, RecursionError) as exc:
+    except RecursionError:
+        # A value in a rule may nest at most MAX_JSON_DEPTH levels (modification_spec);
+        # this is far deeper than that, and Python's parser gave up.
+        raise ValueError(
+            f"not valid JSON: nested too deeply (a modification_spec may nest at most "
+            f"{MAX_JSON_DEPTH} levels)"
+        ) from None
+    except ValueError as exc:
         raise ValueError(f"not valid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise ValueError(f"the top level must be an object, got {_kind(doc)}")
@@ -142,7 +153,7 @@ def _check_keys(obj: dict[str, Any], known: Sequence[str], where: str, rid: str 
             problem = f"unknown key (known keys: {', '.join(known)})"
             if rid:
                 raise RuleValidationError(rid, key, problem)
-            raise ValueError(f"{where}: {key!r}: {problem}")
+            raise ValueError(f"{where}: {echo(key)}: {problem}")
 
 
 def _top_level_text(doc: dict[str, Any], key: str) -> str:
@@ -203,7 +214,7 @@ def _rule_from_object(obj: object, index: int, defaults: dict[str, str]) -> Rule
         raise ValueError(f"{where} must be an object, got {_kind(obj)}")
     rid = obj.get("rule_id")
     if not isinstance(rid, str) or not rid:
-        got = "is missing" if rid is None else f"must be a non-empty string, got {rid!r}"
+        got = "is missing" if rid is None else f"must be a non-empty string, got {echo(rid)}"
         raise ValueError(f"{where}: rule_id {got}")
     _check_keys(obj, _RULE_KEYS, where, rid)
     r = _RuleReader(obj, rid)
@@ -244,7 +255,7 @@ def _params(r: _RuleReader) -> dict[str, ParamScalar]:
             params[key] = tuple(value)
         else:
             raise r.fail(
-                f"params[{key!r}]",
+                f"params[{echo(key)}]",
                 "must be a string, an integer, a number, true/false or a list of strings, "
                 f"got {_kind(value) if not isinstance(value, list) else 'a list with non-strings'}",
             )
@@ -256,16 +267,22 @@ def _anchors(r: _RuleReader) -> RuleAnchors:
     if not isinstance(raw, dict):
         raise r.fail("anchors", f"must be an object, got {_kind(raw)}")
     for key in raw:
-        if key not in SLOTS:
-            raise r.fail(f"anchors.{key}", f"unknown slot (slots: {', '.join(SLOTS)})")
+        if key not in SLOTS and key not in _COUNT_KEYS:
+            known = ", ".join((*SLOTS, *_COUNT_KEYS))
+            raise r.fail(f"anchors.{key}", f"unknown key (known keys: {known})")
     slots: list[list[list[float]]] = []
-    for name in SLOTS:
+    counts: list[int] = []
+    for name, count_key in zip(SLOTS, _COUNT_KEYS, strict=True):
         vectors = raw.get(name, [])
         if not isinstance(vectors, list):
             raise r.fail(f"anchors.{name}", f"must be a list of vectors, got {_kind(vectors)}")
         slots.append([r.numbers(f"anchors.{name}[{i}]", v) for i, v in enumerate(vectors)])
+        count = raw.get(count_key, len(vectors))
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise r.fail(f"anchors.{count_key}", f"must be an integer, got {_kind(count)}")
+        counts.append(count)
     try:
-        return RuleAnchors.from_slots(slots, rule_id=r.rid)
+        return RuleAnchors.from_slots(slots, counts, rule_id=r.rid)
     except RuleValidationError as exc:
         # The model names wire fields ("anchors.action_anchors[0]"); name the JSON ones.
         field = re.sub(r"^anchors\.(\w+)_anchors", r"anchors.\1", exc.field)
@@ -343,7 +360,7 @@ def _floats_of(rules: Sequence[Rule]) -> list[_Floats]:
     parts: list[npt.NDArray[np.float32]] = []
     for rule in rules:
         parts.append(np.asarray([rule.drift_threshold, *rule.slice_weights], dtype=np.float32))
-        parts.extend(rule.anchors.slot(s).reshape(-1) for s in range(len(SLOTS)))
+        parts.extend(rule.anchors.sent_slot(s).reshape(-1) for s in range(len(SLOTS)))
     flat: list[float] = _shortest_f32(np.concatenate(parts)) if parts else []
     out: list[_Floats] = []
     pos = 0
@@ -351,11 +368,11 @@ def _floats_of(rules: Sequence[Rule]) -> list[_Floats]:
         weights = flat[pos + 1 : pos + 1 + len(rule.slice_weights)]
         drift, pos = flat[pos], pos + 1 + len(weights)
         slots = []
-        for count in rule.anchors.counts:
+        for sent in rule.anchors.sent:
             slots.append(
-                [flat[pos + i * ANCHOR_DIM : pos + (i + 1) * ANCHOR_DIM] for i in range(count)]
+                [flat[pos + i * ANCHOR_DIM : pos + (i + 1) * ANCHOR_DIM] for i in range(sent)]
             )
-            pos += count * ANCHOR_DIM
+            pos += sent * ANCHOR_DIM
         out.append((drift, weights, slots))
     return out
 
@@ -377,7 +394,7 @@ def _rule_text(rule: Rule, floats: _Floats, *, level: int, common: dict[str, str
         ("modification_spec", _spec_text(rule.modification_spec)),
         ("slice_weights", _dump(weights)),
         ("params", _dump({k: _param_json(v) for k, v in rule.params.items()})),
-        ("anchors", _anchors_text(slots, level + 1)),
+        ("anchors", _anchors_text(slots, rule.anchors.counts, level + 1)),
     ]
     for doc_key, attr in _INSTALL_FIELDS:
         value = getattr(rule, attr)
@@ -406,12 +423,12 @@ def _spec_text(spec: str) -> str:
             obj = json.loads(spec)
             if isinstance(obj, dict) and _compact_json(obj) == spec:
                 return _dump(obj)
-        except ValueError:  # not JSON, or holds numbers JSON cannot write back (1e400)
+        except (ValueError, RecursionError):  # not JSON, numbers JSON cannot write back (1e400)
             pass
     return _dump(spec)
 
 
-def _anchors_text(slots: list[list[list[float]]], level: int) -> str:
+def _anchors_text(slots: list[list[list[float]]], counts: Sequence[int], level: int) -> str:
     pad = _INDENT * (level + 1)
     parts = []
     for name, vectors in zip(SLOTS, slots, strict=True):
@@ -423,6 +440,12 @@ def _anchors_text(slots: list[list[list[float]]], level: int) -> str:
             f"{pad}{_INDENT}[{', '.join(map(float.__repr__, row))}]" for row in vectors
         )
         parts.append(f"{pad}{_dump(name)}: [\n{rows}\n{pad}]")
+    # A count is written only when some vectors are padding (the list length otherwise).
+    parts.extend(
+        f"{pad}{_dump(key)}: {count}"
+        for key, count, vectors in zip(_COUNT_KEYS, counts, slots, strict=True)
+        if count != len(vectors)
+    )
     return "{\n" + ",\n".join(parts) + "\n" + _INDENT * level + "}"
 
 

@@ -15,6 +15,7 @@ import trio
 import trio_util
 
 from ..bridge import Bridge
+from ..model import echo_names
 from ..storage import RuleRef, StorageError, WarmTable, atomic_write
 from ._errors import RefreshError
 from ._stats import RefreshStats, RefreshTrigger
@@ -191,6 +192,11 @@ class RefreshService:
                 )
             except StorageError as exc:
                 raise RefreshError(str(exc)) from exc
+            except OSError as exc:
+                # The store names every file error it expects; anything else the OS
+                # refuses while loading (out of descriptors: EMFILE, ENFILE; out of
+                # memory for a mapping) is a storage failure too, not a bug.
+                raise RefreshError(f"cannot load warm storage: {exc}") from exc
             # A load cannot be interrupted in its thread; if we were cancelled
             # meanwhile, stop here, before anything is swapped.
             await trio.lowlevel.checkpoint_if_cancelled()
@@ -217,7 +223,7 @@ class RefreshService:
             stats.rules_refreshed,
             duration_ms,
             trigger,
-            ",".join(stats.families) or "all",
+            echo_names(stats.families, empty="all"),
             stats.bridge_version,
             stats.added,
             stats.removed,

@@ -1,8 +1,8 @@
 """The ``rule_installation.DataPlane`` gRPC service.
 
 Handlers run on the asyncio side of the trio-asyncio loop, on the Trio
-thread. Reads (GetRule, GetRuleStats, GetRefreshStatus) touch the bridge
-directly: no lock, no crossing. Only calls that must await Trio work
+thread. Reads (GetRule, GetRuleStats, GetRefreshStatus, Enforce with a vector)
+touch the bridge directly: no lock, no crossing. Only calls that must await Trio work
 (installs, removals, refreshes) cross with ``trio_as_aio``.
 
 Every refusal is a gRPC status with a message a person can act on; a handler
@@ -23,8 +23,23 @@ import trio
 import trio_asyncio
 from grpclib import GRPCError, Status
 
-from ..bridge import Bridge, RuleConflictError, RuleNotFoundError, TooManyRulesError
-from ..model import Rule, RuleValidationError, rule_from_proto, rule_to_proto
+from ..bridge import (
+    GLOBAL_LAYER,
+    Bridge,
+    RuleConflictError,
+    RuleNotFoundError,
+    TooManyRulesError,
+)
+from ..enforce import EnforcementEngine, IntentEncoder
+from ..model import (
+    Rule,
+    RuleValidationError,
+    check_family_ids,
+    clip,
+    echo,
+    rule_from_proto,
+    rule_to_proto,
+)
 from ..proto import rule_installation as pb
 from ..refresh import (
     RefreshError,
@@ -34,6 +49,7 @@ from ..refresh import (
     RefreshTrigger,
 )
 from ..storage import StorageError
+from ._enforce import EnforceHandler
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +93,7 @@ def _mapped(
 
 
 INSTALL_RULES = "/rule_installation.DataPlane/InstallRules"
+ENFORCE = "/rule_installation.DataPlane/Enforce"
 
 
 class RawRequest:
@@ -97,6 +114,12 @@ class RawRequest:
 
     def SerializeToString(self) -> bytes:
         return self.data
+
+
+class RawResponse(RawRequest):
+    """A response the handler has serialized itself (grpclib's codec sends the bytes)."""
+
+    __slots__ = ()
 
 
 def parse_install_request(data: bytes) -> tuple[pb.InstallRulesRequest, list[Rule]]:
@@ -154,7 +177,15 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         *,
         staleness_limit_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
+        enforcer: EnforceHandler | None = None,
     ) -> None:
+        #: Decides Enforce requests; by default without a management plane encoder
+        #: (requests without a vector are denied, fail-closed).
+        self.enforcer = (
+            enforcer
+            if enforcer is not None
+            else EnforceHandler(EnforcementEngine(bridge), IntentEncoder(None, None))
+        )
         self._bridge = bridge
         self._refresher = refresher
         self._scheduler = scheduler
@@ -169,7 +200,18 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             RawRequest,
             pb.InstallRulesResponse,
         )
+        # Enforce answers can carry thousands of evidence entries: parsed and built in
+        # C (EnforceHandler.enforce_bytes) instead of betterproto2's pure Python.
+        mapping[ENFORCE] = grpclib.const.Handler(
+            self._rpc_enforce, grpclib.const.Cardinality.UNARY_UNARY, RawRequest, RawResponse
+        )
         return mapping
+
+    async def _rpc_enforce(self, stream: grpclib.server.Stream[RawRequest, RawResponse]) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        response = await self.enforce_bytes(request.data)
+        await stream.send_message(RawResponse(response))
 
     async def _rpc_install_rules(
         self, stream: grpclib.server.Stream[RawRequest, pb.InstallRulesResponse]
@@ -201,7 +243,11 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         )
         return pb.InstallRulesResponse(
             success=True,
-            message=f"installed {result.rules_installed} rules for agent {message.agent_id!r}",
+            # Messages as the original data plane wrote them: people read them.
+            message=(
+                f"Successfully installed {result.rules_installed} rules for agent "
+                f"{clip(message.agent_id)}"
+            ),
             rules_installed=result.rules_installed,
             rules_by_layer=result.rules_by_layer,
             bridge_version=result.bridge_version,
@@ -216,7 +262,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         removed = await trio_asyncio.trio_as_aio(self._bridge.remove_agent_rules)(message.agent_id)
         return pb.RemoveAgentRulesResponse(
             success=True,
-            message=f"removed {removed} rules of agent {message.agent_id!r}",
+            message=f"Removed {removed} rules for agent {clip(message.agent_id)}",
             rules_removed=removed,
         )
 
@@ -228,23 +274,24 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             message.agent_id, message.policy_id
         )
         return pb.RemovePolicyResponse(
-            success=True, message=f"removed rule {message.policy_id!r}", rules_removed=removed
+            success=True, message=f"Removed policy {clip(message.policy_id)}", rules_removed=removed
         )
 
     @_mapped
     async def refresh_rules(self, message: pb.RefreshRulesRequest) -> pb.RefreshRulesResponse:
-        families = list(message.family_ids)
-        if any(not f for f in families):
-            raise GRPCError(Status.INVALID_ARGUMENT, "family_ids must not contain empty names")
-        if not all(isinstance(f, str) for f in families):
-            # betterproto2 decodes strings sent with another wire type as ints.
-            raise GRPCError(Status.INVALID_ARGUMENT, "malformed RefreshRulesRequest: family_ids")
+        try:
+            families = check_family_ids(message.family_ids)
+        except ValueError as exc:
+            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
         stats = await trio_asyncio.trio_as_aio(self._refresher.refresh)(
             families, trigger=RefreshTrigger.RPC
         )
         return pb.RefreshRulesResponse(
             success=True,
-            message="unchanged" if stats.unchanged else f"refreshed {stats.rules_refreshed} rules",
+            message=(
+                f"Refreshed {stats.rules_refreshed} rules in {round(stats.duration_ms)}ms"
+                + (" (unchanged)" if stats.unchanged else "")
+            ),
             rules_refreshed=stats.rules_refreshed,
             duration_ms=round(stats.duration_ms),
             timestamp_ms=stats.timestamp_ms,
@@ -264,7 +311,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             raise GRPCError(Status.INVALID_ARGUMENT, "rule_id is required")
         found = self._bridge.get_rule(message.rule_id)
         if found is None:
-            raise GRPCError(Status.NOT_FOUND, f"no rule {message.rule_id!r}")
+            raise GRPCError(Status.NOT_FOUND, f"no rule {echo(message.rule_id)}")
         rule, tier = found
         return pb.GetRuleResponse(found=True, rule=rule_to_proto(rule), tier=str(tier))
 
@@ -280,7 +327,8 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             table_stats=[
                 pb.TableStats(
                     family_id=t.family_id,
-                    layer_id=t.layer_id,
+                    # As the original data plane labels rules without a layer.
+                    layer_id=t.layer_id or GLOBAL_LAYER,
                     version=t.version,
                     rule_count=t.rule_count,
                     global_count=t.global_count,
@@ -320,10 +368,15 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             max_staleness_s=max_staleness,
         )
 
-    # -- declared, not implemented yet -----------------------------------------
+    @_mapped
     async def enforce(self, message: pb.EnforceRequest) -> pb.EnforceResponse:
-        raise GRPCError(Status.UNIMPLEMENTED, "Enforce is not implemented by this data plane yet")
+        return await self.enforcer.enforce(message)
 
+    @_mapped
+    async def enforce_bytes(self, data: bytes) -> bytes:
+        return await self.enforcer.enforce_bytes(data)
+
+    # -- declared, not implemented yet -----------------------------------------
     async def query_telemetry(self, message: pb.QueryTelemetryRequest) -> pb.QueryTelemetryResponse:
         raise GRPCError(
             Status.UNIMPLEMENTED, "QueryTelemetry is not implemented by this data plane yet"

@@ -36,7 +36,6 @@ import grpclib.server
 import trio
 import trio_asyncio
 from grpclib.const import Status
-from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
@@ -46,6 +45,7 @@ from grpclib.reflection.service import ServerReflection
 from guardrefresh.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 
 from . import _drain
+from ._codec import CompiledProtoCodec
 
 __all__ = ["DEFAULT_EXEMPT_METHODS", "SHUTDOWN_MESSAGE", "DrainReport", "GrpcHost"]
 
@@ -80,21 +80,6 @@ _ABORT_WAIT_S = 0.5
 #: MAX_CONCURRENT_STREAMS), so that any frame still in flight when its stream closed
 #: meets a remembered stream; about 0.2 MB per connection instead of h2's 12-15 MB.
 CLOSED_STREAMS_REMEMBERED = 1000
-
-
-class _RefusingProtoCodec(ProtoCodec):  # type: ignore[misc]  # grpclib is not type-checked
-    """grpclib's protobuf codec; request bytes that do not decode are the client's error.
-
-    Plain ProtoCodec lets the decoder's exception escape: grpclib then logs an
-    "Application error" traceback for every such request and answers UNKNOWN.
-    """
-
-    def decode(self, data: bytes, message_type: Any) -> Any:
-        try:
-            return super().decode(data, message_type)
-        except Exception as exc:
-            name = getattr(message_type, "__name__", "request")
-            raise GRPCError(Status.INVALID_ARGUMENT, f"malformed {name}: {exc}") from None
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -540,7 +525,7 @@ class GrpcHost:
         if self._reflection:
             handlers = ServerReflection.extend(handlers, pool=default_google_proto_descriptor_pool)
         handlers.append(self._health)
-        server = grpclib.server.Server(handlers, codec=_RefusingProtoCodec())
+        server = grpclib.server.Server(handlers, codec=CompiledProtoCodec())
         _drain.check_internals(server)
         _drain.wrap_protocol_factory(server, functools.partial(_TrackedConnection, host=self))
         _drain.answer_expired_deadlines()

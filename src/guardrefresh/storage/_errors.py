@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -42,9 +43,10 @@ class CorruptStoreError(StorageError):
 
 
 class UnsupportedVersionError(StorageError):
-    def __init__(self, path: Path, found: int, supported: int) -> None:
+    def __init__(self, path: Path, found: int, supported: Sequence[int]) -> None:
+        readable = " or ".join(str(v) for v in supported)
         super().__init__(
-            f"warm storage {str(path)!r} has format version {found}; this build reads version {supported}"
+            f"warm storage {str(path)!r} has format version {found}; this build reads version {readable}"
         )
         self.path = path
         self.found = found

@@ -81,6 +81,12 @@ def translate_os_error(exc: OSError, path: Path, action: str) -> StorageError:
     gone = action in ("create", "open directory") or not path.parent.is_dir()
     if exc.errno == errno.ENOENT and gone:
         return StoreDirectoryMissingError(path.parent)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        whose = "this process's" if exc.errno == errno.EMFILE else "the system's"
+        return StoreWriteError(
+            f"cannot {action} {str(path)!r}: too many open files ({whose} limit of file "
+            "descriptors is reached)"
+        )
     if exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return StoreWriteError(f"cannot {action} {str(path)!r}: no space left on device")
     if exc.errno == errno.EFBIG:

@@ -42,7 +42,12 @@ from ..model import (
 from ._errors import CorruptStoreError
 
 SEGMENT_MAGIC = b"GRSEG\x00\r\n"
-FORMAT_VERSION = 1
+#: Written by this build. Version 2 added the ``padding`` column (anchor vectors sent
+#: beyond the scored count). Version 1 stores are read as they are (those bytes were
+#: zero: no padding); the next write appends version 2 segments and a version 2
+#: manifest, and the next compaction rewrites the snapshot as version 2.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 ALIGN = 64
 
 _HEADER = struct.Struct("<8sHHIQQIIQqQ")  # 64 bytes
@@ -51,6 +56,8 @@ assert _HEADER.size == 64 and _ENTRY.size == 32
 
 #: One fixed-width record per rule. ``digest`` fingerprints the whole rule, so a
 #: refresh can tell changed rules from unchanged ones without decoding them.
+#: ``counts`` are the scored anchors per slot, ``padding`` the vectors sent after
+#: them (stored so a rule reads back as installed); format 1 had zeros there.
 FIXED_DTYPE = np.dtype(
     [
         ("digest", "<u8"),
@@ -62,7 +69,8 @@ FIXED_DTYPE = np.dtype(
         ("enabled", "u1"),
         ("policy", "u1"),
         ("has_weights", "u1"),
-        ("pad", "u1", (9,)),
+        ("padding", "u1", (4,)),
+        ("pad", "u1", (5,)),
     ]
 )
 assert FIXED_DTYPE.itemsize == 56
@@ -159,7 +167,8 @@ def _fixed_row(rule: Rule) -> tuple[Any, ...]:
         int(rule.enabled),
         POLICY_CODES[rule.policy_type],
         int(bool(rule.slice_weights)),
-        (0,) * 9,
+        tuple(sent - count for sent, count in zip(anchors.sent, anchors.counts, strict=True)),
+        (0,) * 5,
     )
     return row
 
@@ -425,7 +434,8 @@ class Segment:
         params: dict[str, ParamScalar] = {
             k: tuple(v) if isinstance(v, list) else v for k, v in doc.get("p", {}).items()
         }
-        counts = f["counts"]
+        counts = tuple(int(c) for c in f["counts"])
+        sent = tuple(c + int(p) for c, p in zip(counts, f["padding"], strict=True))
         return Rule(
             rule_id=self.ids[row],
             family_id=self.family_names[self.family_codes[row]],
@@ -436,7 +446,9 @@ class Segment:
             created_at_ms=int(f["created_at_ms"]),
             params=params,
             anchors=RuleAnchors(
-                self.anchors[row], (int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]))
+                self.anchors[row],
+                (counts[0], counts[1], counts[2], counts[3]),
+                (sent[0], sent[1], sent[2], sent[3]),
             ),
             policy_type=POLICY_BY_CODE[int(f["policy"])],
             drift_threshold=float(f["drift_threshold"]),
@@ -478,10 +490,14 @@ def decode_segment(buf: memoryview, start: int, *, path: Path, what: str) -> Seg
     ) = _HEADER.unpack_from(buf, start)
     if magic != SEGMENT_MAGIC:
         raise corrupt("header", start, "bad magic (not a guardrefresh segment)")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         # The manifest, verified first, carries the store's version; a segment of
-        # another version under it is damage, not a newer writer.
-        raise corrupt("header", start, f"format version {version}, expected {FORMAT_VERSION}")
+        # another version under it is damage, not a newer writer. (Segments of
+        # version 1 and 2 may share a store: a version-1 store grows version-2
+        # journal segments until its next compaction.)
+        raise corrupt(
+            "header", start, f"format version {version}, expected one of {READABLE_VERSIONS}"
+        )
     if header_len != _pad(_HEADER.size + _ENTRY.size * section_count) or section_count > 64:
         raise corrupt("header", start, "inconsistent header length")
     if end_of_buf - start < header_len:
@@ -563,7 +579,7 @@ def decode_segment(buf: memoryview, start: int, *, path: Path, what: str) -> Seg
         fixed = seg.fixed
         if (
             not np.isin(fixed["policy"], list(POLICY_BY_CODE)).all()
-            or int(fixed["counts"].max()) > MAX_ANCHORS
+            or int((fixed["counts"].astype(np.int32) + fixed["padding"]).max()) > MAX_ANCHORS
             or int(fixed["enabled"].max()) > 1
             or int(fixed["has_weights"].max()) > 1
         ):

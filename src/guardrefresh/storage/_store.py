@@ -62,6 +62,7 @@ from ._fs import (
 )
 from ._segment import (
     FORMAT_VERSION,
+    READABLE_VERSIONS,
     Segment,
     SegmentColumns,
     decode_segment,
@@ -93,6 +94,9 @@ class Manifest:
     journal_size: int
     journal_checksum: int
     updated_at_ms: int
+    #: The version the file carried when read; a manifest is always written as
+    #: FORMAT_VERSION (this build writes only that). Not part of equality.
+    format_version: int = attrs.field(default=FORMAT_VERSION, eq=False)
 
     def encode(self) -> bytes:
         body = _MANIFEST.pack(
@@ -117,8 +121,8 @@ class Manifest:
         # The version first: a newer build's manifest may well have another size.
         if len(raw) >= 10 and raw[:8] == MANIFEST_MAGIC:
             (version,) = struct.unpack_from("<H", raw, 8)
-            if version != FORMAT_VERSION:
-                raise UnsupportedVersionError(path, version, FORMAT_VERSION)
+            if version not in READABLE_VERSIONS:
+                raise UnsupportedVersionError(path, version, READABLE_VERSIONS)
         if len(raw) != _MANIFEST.size:
             raise CorruptStoreError(
                 path,
@@ -132,12 +136,12 @@ class Manifest:
             raise CorruptStoreError(
                 path, "manifest", 0, "bad magic (not a guardrefresh warm store)"
             )
-        if version != FORMAT_VERSION:
-            raise UnsupportedVersionError(path, version, FORMAT_VERSION)
+        if version not in READABLE_VERSIONS:
+            raise UnsupportedVersionError(path, version, READABLE_VERSIONS)
         if xxhash.xxh3_64_intdigest(raw[:-8]) != checksum:
             raise CorruptStoreError(path, "manifest", 0, "checksum mismatch")
         # magic, version, flags, reserved | the fields of this class | checksum
-        return cls(*fields[4:-1])
+        return attrs.evolve(cls(*fields[4:-1]), format_version=version)
 
 
 @attrs.frozen
@@ -223,9 +227,8 @@ class WarmStore:
                     self._create_empty()
         return self.load()
 
-    def _create_empty(self) -> None:
-        generation = 1
-        empty = SegmentColumns.from_rules([], bridge_version=0)
+    def _create_empty(self, generation: int = 1, bridge_version: int = 0) -> None:
+        empty = SegmentColumns.from_rules([], bridge_version=bridge_version)
         empty.table_versions = {}
         snap = segment_bytes(empty)
         atomic_write(self.snapshot_path(generation), [snap])
@@ -236,7 +239,7 @@ class WarmStore:
         )
         manifest = Manifest(
             generation,
-            0,
+            bridge_version,
             0,
             len(snap),
             seg.header_checksum,
@@ -247,6 +250,36 @@ class WarmStore:
         atomic_write(self.path, [manifest.encode()])
         logger.info("Created empty warm storage at %s", self.path)
 
+    def _recreate_if_emptied(self) -> bool:
+        """Start an empty store again where this instance's store was emptied away.
+
+        The caller holds the writers' lock and found no manifest. When this instance
+        has read a store here before and none of its data files is left either (the
+        directory was emptied, or deleted and recreated: at most the lock and working
+        set files remain), the store is recreated empty, counting on from the
+        generation and bridge version it last saw, so neither ever goes back. Returns
+        whether there is a manifest now; data files without one stay refused.
+        """
+        if self.path.exists():
+            return True  # another writer got there first
+        seen = self._seen
+        try:
+            if seen is None or self._data_files():
+                return False
+        except OSError:  # the directory went away again
+            return False
+        self.close()
+        self._create_empty(seen.generation + 1, seen.bridge_version + 1)
+        logger.warning(
+            "Warm storage %s was emptied (manifest and data files gone) after holding %d "
+            "rules: started it again empty at generation %d, bridge version %d",
+            self.path,
+            seen.rule_count,
+            seen.generation + 1,
+            seen.bridge_version + 1,
+        )
+        return True
+
     @staticmethod
     def _journal_header(generation: int) -> bytes:
         head = _JOURNAL_HEADER.pack(JOURNAL_MAGIC, FORMAT_VERSION, 0, 0, generation)
@@ -254,7 +287,9 @@ class WarmStore:
 
     # -- load ----------------------------------------------------------------
     def load(self) -> WarmTable:
-        """Read, verify and merge the whole store. Changes nothing on disk.
+        """Read, verify and merge the whole store. Changes nothing on disk, except
+        that a store this instance read before and whose files have all been
+        removed since is started again empty (see :meth:`_recreate_if_emptied`).
 
         Anchors stay memory-mapped (zero copy); everything is verified against
         its checksum before it is returned.
@@ -263,6 +298,13 @@ class WarmStore:
             try:
                 table, manifest = self._load_once()
             except _Vanished:
+                continue
+            except StoreNotFoundError:
+                if self._seen is None:  # nothing was here for this instance: no store
+                    raise
+                with self._locked():
+                    if not self._recreate_if_emptied():
+                        raise
                 continue
             self._seen = manifest
             return table
@@ -349,7 +391,12 @@ class WarmStore:
                 )
             if length == 0:
                 return memoryview(b""), st.st_size
-            return memoryview(mmap.mmap(fd, length, access=mmap.ACCESS_READ)), st.st_size
+            try:
+                # mmap duplicates the descriptor: EMFILE can strike here, after the open.
+                mapped = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+            except OSError as exc:
+                raise translate_os_error(exc, path, "map") from exc
+            return memoryview(mapped), st.st_size
         finally:
             os.close(fd)
 
@@ -397,10 +444,13 @@ class WarmStore:
         magic, version, _f, _r, generation = _JOURNAL_HEADER.unpack_from(view, 0)
         if magic != JOURNAL_MAGIC:
             raise CorruptStoreError(path, "journal header", 0, "bad magic")
-        if version != FORMAT_VERSION:
-            # Under a manifest of this version: damage (see decode_segment).
+        if version not in READABLE_VERSIONS:
+            # Under a manifest this build reads: damage (see decode_segment).
             raise CorruptStoreError(
-                path, "journal header", 8, f"format version {version}, expected {FORMAT_VERSION}"
+                path,
+                "journal header",
+                8,
+                f"format version {version}, expected one of {READABLE_VERSIONS}",
             )
         if generation != m.generation:
             raise CorruptStoreError(
@@ -438,7 +488,12 @@ class WarmStore:
         state stays intact on disk (a partly written journal tail is ignored).
         """
         with self._locked():
-            m = self.read_manifest()
+            try:
+                m = self.read_manifest()
+            except StoreNotFoundError:
+                if not self._recreate_if_emptied():
+                    raise
+                m = self.read_manifest()
             if base.generation != m.generation or base.bridge_version != m.bridge_version:
                 base, m = self._load_once()
             version = m.bridge_version + 1
@@ -464,6 +519,7 @@ class WarmStore:
             hasher.update(record)
             new = attrs.evolve(
                 m,
+                format_version=FORMAT_VERSION,
                 bridge_version=version,
                 rule_count=len(table),
                 journal_size=m.journal_size + len(record),

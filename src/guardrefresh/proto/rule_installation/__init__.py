@@ -9,6 +9,7 @@ __all__ = (
     "DataPlaneStub",
     "EnforceRequest",
     "EnforceResponse",
+    "EnforcementSessionSummary",
     "GetRefreshStatusRequest",
     "GetRefreshStatusResponse",
     "GetRuleRequest",
@@ -34,7 +35,6 @@ __all__ = (
     "RuleInstance",
     "StringList",
     "TableStats",
-    "TelemetryRecord",
 )
 
 from dataclasses import dataclass
@@ -72,6 +72,40 @@ class AnchorVector(betterproto2.Message):
 
 
 default_message_pool.register_message("rule_installation", "AnchorVector", AnchorVector)
+
+
+@dataclass(eq=False, repr=False)
+class EnforcementSessionSummary(betterproto2.Message):
+    @betterproto2.staticproperty
+    @staticmethod
+    def DESCRIPTOR() -> Descriptor:
+        return RULE_INSTALLATION_PROTO_DESCRIPTOR.message_types_by_name["EnforcementSessionSummary"]
+
+    session_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+
+    agent_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+
+    tenant_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
+
+    layer: "str" = betterproto2.field(4, betterproto2.TYPE_STRING)
+
+    timestamp_ms: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
+
+    final_decision: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
+
+    rules_evaluated_count: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+
+    duration_us: "int" = betterproto2.field(8, betterproto2.TYPE_INT64)
+
+    intent_summary: "str" = betterproto2.field(9, betterproto2.TYPE_STRING)
+    """
+    The intent's tool name or action.
+    """
+
+
+default_message_pool.register_message(
+    "rule_installation", "EnforcementSessionSummary", EnforcementSessionSummary
+)
 
 
 @dataclass(eq=False, repr=False)
@@ -305,19 +339,10 @@ class GetSessionResponse(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RULE_INSTALLATION_PROTO_DESCRIPTOR.message_types_by_name["GetSessionResponse"]
 
-    found: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
-
-    session_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
-
-    agent_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
-
-    started_at_ms: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
-
-    last_seen_ms: "int" = betterproto2.field(5, betterproto2.TYPE_INT64)
-
-    event_count: "int" = betterproto2.field(6, betterproto2.TYPE_INT32)
-
-    session_json: "str" = betterproto2.field(7, betterproto2.TYPE_STRING)
+    session_json: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    """
+    The whole enforcement session as a JSON document.
+    """
 
 
 default_message_pool.register_message("rule_installation", "GetSessionResponse", GetSessionResponse)
@@ -424,15 +449,27 @@ class QueryTelemetryRequest(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RULE_INSTALLATION_PROTO_DESCRIPTOR.message_types_by_name["QueryTelemetryRequest"]
 
-    agent_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
+    agent_id: "str | None" = betterproto2.field(1, betterproto2.TYPE_STRING, optional=True)
+    """
+    Absent means "no filter"; a present 0 is a filter (decision=0 is BLOCK).
+    """
 
-    session_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
+    tenant_id: "str | None" = betterproto2.field(2, betterproto2.TYPE_STRING, optional=True)
 
-    start_time_ms: "int" = betterproto2.field(3, betterproto2.TYPE_INT64)
+    decision: "int | None" = betterproto2.field(3, betterproto2.TYPE_INT32, optional=True)
+    """
+    0 = BLOCK, 1 = ALLOW, -1 = all.
+    """
 
-    end_time_ms: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
+    layer: "str | None" = betterproto2.field(4, betterproto2.TYPE_STRING, optional=True)
 
-    limit: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
+    start_time_ms: "int | None" = betterproto2.field(5, betterproto2.TYPE_INT64, optional=True)
+
+    end_time_ms: "int | None" = betterproto2.field(6, betterproto2.TYPE_INT64, optional=True)
+
+    limit: "int" = betterproto2.field(7, betterproto2.TYPE_INT32)
+
+    offset: "int" = betterproto2.field(8, betterproto2.TYPE_INT32)
 
 
 default_message_pool.register_message(
@@ -447,15 +484,11 @@ class QueryTelemetryResponse(betterproto2.Message):
     def DESCRIPTOR() -> Descriptor:
         return RULE_INSTALLATION_PROTO_DESCRIPTOR.message_types_by_name["QueryTelemetryResponse"]
 
-    success: "bool" = betterproto2.field(1, betterproto2.TYPE_BOOL)
-
-    message: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
-
-    records: "list[TelemetryRecord]" = betterproto2.field(
-        3, betterproto2.TYPE_MESSAGE, repeated=True
+    sessions: "list[EnforcementSessionSummary]" = betterproto2.field(
+        1, betterproto2.TYPE_MESSAGE, repeated=True
     )
 
-    total_count: "int" = betterproto2.field(4, betterproto2.TYPE_INT32)
+    total_count: "int" = betterproto2.field(2, betterproto2.TYPE_INT32)
 
 
 default_message_pool.register_message(
@@ -641,8 +674,9 @@ default_message_pool.register_message(
 @dataclass(eq=False, repr=False)
 class RuleAnchorsPayload(betterproto2.Message):
     """
-    Up to 16 anchors in each of the four slots; each count equals the number
-    of vectors in its slot.
+    Up to 16 anchors in each of the four slots. Each count is the number of
+    real anchors (0..number of vectors sent); the rest are padding, stored and
+    returned as sent but never scored.
     """
 
     @betterproto2.staticproperty
@@ -695,7 +729,10 @@ class RuleEvidence(betterproto2.Message):
 
     triggering_slice: "str" = betterproto2.field(5, betterproto2.TYPE_STRING)
 
-    anchor_matched: "bool" = betterproto2.field(6, betterproto2.TYPE_BOOL)
+    anchor_matched: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
+    """
+    Index, as text, of the best-matching anchor of the triggering slot.
+    """
 
     thresholds: "list[float]" = betterproto2.field(7, betterproto2.TYPE_FLOAT, repeated=True)
 
@@ -798,29 +835,6 @@ class TableStats(betterproto2.Message):
 
 
 default_message_pool.register_message("rule_installation", "TableStats", TableStats)
-
-
-@dataclass(eq=False, repr=False)
-class TelemetryRecord(betterproto2.Message):
-    @betterproto2.staticproperty
-    @staticmethod
-    def DESCRIPTOR() -> Descriptor:
-        return RULE_INSTALLATION_PROTO_DESCRIPTOR.message_types_by_name["TelemetryRecord"]
-
-    request_id: "str" = betterproto2.field(1, betterproto2.TYPE_STRING)
-
-    agent_id: "str" = betterproto2.field(2, betterproto2.TYPE_STRING)
-
-    session_id: "str" = betterproto2.field(3, betterproto2.TYPE_STRING)
-
-    timestamp_ms: "int" = betterproto2.field(4, betterproto2.TYPE_INT64)
-
-    decision: "int" = betterproto2.field(5, betterproto2.TYPE_INT32)
-
-    event_json: "str" = betterproto2.field(6, betterproto2.TYPE_STRING)
-
-
-default_message_pool.register_message("rule_installation", "TelemetryRecord", TelemetryRecord)
 
 
 class DataPlaneStub(betterproto2_grpclib.ServiceStub):
@@ -942,7 +956,7 @@ class DataPlaneStub(betterproto2_grpclib.ServiceStub):
         metadata: "MetadataLike | None" = None,
     ) -> "QueryTelemetryResponse":
         """
-        Telemetry queries (not implemented yet).
+        Enforcement session summaries (not implemented yet).
         """
 
         return await self._unary_unary(
@@ -1044,7 +1058,7 @@ class DataPlaneStub(betterproto2_grpclib.ServiceStub):
 
 
 RULE_INSTALLATION_PROTO_DESCRIPTOR = default_google_proto_descriptor_pool.AddSerializedFile(
-    b'\n\x17rule_installation.proto\x12\x11rule_installation"$\n\nStringList\x12\x16\n\x06values\x18\x01 \x03(\tR\x06values"\xdf\x01\n\nParamValue\x12#\n\x0cstring_value\x18\x01 \x01(\tH\x00R\x0bstringValue\x12\x1d\n\tint_value\x18\x02 \x01(\x03H\x00R\x08intValue\x12!\n\x0bfloat_value\x18\x03 \x01(\x01H\x00R\nfloatValue\x12\x1f\n\nbool_value\x18\x04 \x01(\x08H\x00R\tboolValue\x12@\n\x0bstring_list\x18\x05 \x01(\x0b2\x1d.rule_installation.StringListH\x00R\nstringListB\x07\n\x05value"&\n\x0cAnchorVector\x12\x16\n\x06values\x18\x01 \x03(\x02R\x06values"\xb8\x03\n\x12RuleAnchorsPayload\x12F\n\x0eaction_anchors\x18\x01 \x03(\x0b2\x1f.rule_installation.AnchorVectorR\ractionAnchors\x12!\n\x0caction_count\x18\x02 \x01(\x05R\x0bactionCount\x12J\n\x10resource_anchors\x18\x03 \x03(\x0b2\x1f.rule_installation.AnchorVectorR\x0fresourceAnchors\x12%\n\x0eresource_count\x18\x04 \x01(\x05R\rresourceCount\x12B\n\x0cdata_anchors\x18\x05 \x03(\x0b2\x1f.rule_installation.AnchorVectorR\x0bdataAnchors\x12\x1d\n\ndata_count\x18\x06 \x01(\x05R\tdataCount\x12B\n\x0crisk_anchors\x18\x07 \x03(\x0b2\x1f.rule_installation.AnchorVectorR\x0briskAnchors\x12\x1d\n\nrisk_count\x18\x08 \x01(\x05R\triskCount"\xcb\x04\n\x0cRuleInstance\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12\x1b\n\tfamily_id\x18\x02 \x01(\tR\x08familyId\x12\x14\n\x05layer\x18\x03 \x01(\tR\x05layer\x12\x19\n\x08agent_id\x18\x04 \x01(\tR\x07agentId\x12\x1a\n\x08priority\x18\x05 \x01(\x05R\x08priority\x12\x18\n\x07enabled\x18\x06 \x01(\x08R\x07enabled\x12"\n\rcreated_at_ms\x18\x07 \x01(\x03R\x0bcreatedAtMs\x12C\n\x06params\x18\x08 \x03(\x0b2+.rule_installation.RuleInstance.ParamsEntryR\x06params\x12?\n\x07anchors\x18\t \x01(\x0b2%.rule_installation.RuleAnchorsPayloadR\x07anchors\x12\x1f\n\x0bpolicy_type\x18\n \x01(\tR\npolicyType\x12\'\n\x0fdrift_threshold\x18\x0b \x01(\x02R\x0edriftThreshold\x12+\n\x11modification_spec\x18\x0c \x01(\tR\x10modificationSpec\x12#\n\rslice_weights\x18\r \x03(\x02R\x0csliceWeights\x1aX\n\x0bParamsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x123\n\x05value\x18\x02 \x01(\x0b2\x1d.rule_installation.ParamValueR\x05value:\x028\x01"\x9a\x01\n\x13InstallRulesRequest\x12\x19\n\x08agent_id\x18\x01 \x01(\tR\x07agentId\x125\n\x05rules\x18\x02 \x03(\x0b2\x1f.rule_installation.RuleInstanceR\x05rules\x12\x1b\n\tconfig_id\x18\x03 \x01(\tR\x08configId\x12\x14\n\x05owner\x18\x04 \x01(\tR\x05owner"\xbc\x02\n\x14InstallRulesResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07success\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\'\n\x0frules_installed\x18\x03 \x01(\x05R\x0erulesInstalled\x12_\n\x0erules_by_layer\x18\x04 \x03(\x0b29.rule_installation.InstallRulesResponse.RulesByLayerEntryR\x0crulesByLayer\x12%\n\x0ebridge_version\x18\x05 \x01(\x03R\rbridgeVersion\x1a?\n\x11RulesByLayerEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01"4\n\x17RemoveAgentRulesRequest\x12\x19\n\x08agent_id\x18\x01 \x01(\tR\x07agentId"s\n\x18RemoveAgentRulesResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07success\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12#\n\rrules_removed\x18\x03 \x01(\x05R\x0crulesRemoved"M\n\x13RemovePolicyRequest\x12\x19\n\x08agent_id\x18\x01 \x01(\tR\x07agentId\x12\x1b\n\tpolicy_id\x18\x02 \x01(\tR\x08policyId"o\n\x14RemovePolicyResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07success\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12#\n\rrules_removed\x18\x03 \x01(\x05R\x0crulesRemoved"\x15\n\x13GetRuleStatsRequest"\xc3\x01\n\nTableStats\x12\x1b\n\tfamily_id\x18\x01 \x01(\tR\x08familyId\x12\x19\n\x08layer_id\x18\x02 \x01(\tR\x07layerId\x12\x18\n\x07version\x18\x03 \x01(\x03R\x07version\x12\x1d\n\nrule_count\x18\x04 \x01(\x05R\truleCount\x12!\n\x0cglobal_count\x18\x05 \x01(\x05R\x0bglobalCount\x12!\n\x0cscoped_count\x18\x06 \x01(\x05R\x0bscopedCount"\x9d\x02\n\x14GetRuleStatsResponse\x12%\n\x0ebridge_version\x18\x01 \x01(\x03R\rbridgeVersion\x12!\n\x0ctotal_tables\x18\x02 \x01(\x05R\x0btotalTables\x12\x1f\n\x0btotal_rules\x18\x03 \x01(\x05R\ntotalRules\x12,\n\x12total_global_rules\x18\x04 \x01(\x05R\x10totalGlobalRules\x12,\n\x12total_scoped_rules\x18\x05 \x01(\x05R\x10totalScopedRules\x12>\n\x0btable_stats\x18\x06 \x03(\x0b2\x1d.rule_installation.TableStatsR\ntableStats"\xc0\x01\n\x0eEnforceRequest\x12*\n\x11intent_event_json\x18\x01 \x01(\tR\x0fintentEventJson\x12#\n\rintent_vector\x18\x02 \x03(\x02R\x0cintentVector\x12\x1d\n\nrequest_id\x18\x03 \x01(\tR\trequestId\x12\x1f\n\x0bdrift_score\x18\x04 \x01(\x02R\ndriftScore\x12\x1d\n\nsession_id\x18\x05 \x01(\tR\tsessionId"\x99\x02\n\x0cRuleEvidence\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12\x1b\n\trule_name\x18\x02 \x01(\tR\x08ruleName\x12\x1a\n\x08decision\x18\x03 \x01(\x05R\x08decision\x12"\n\x0csimilarities\x18\x04 \x03(\x02R\x0csimilarities\x12)\n\x10triggering_slice\x18\x05 \x01(\tR\x0ftriggeringSlice\x12%\n\x0eanchor_matched\x18\x06 \x01(\x08R\ranchorMatched\x12\x1e\n\nthresholds\x18\x07 \x03(\x02R\nthresholds\x12!\n\x0cscoring_mode\x18\x08 \x01(\tR\x0bscoringMode"\xd8\x02\n\x0fEnforceResponse\x12\x1a\n\x08decision\x18\x01 \x01(\x05R\x08decision\x12-\n\x12slice_similarities\x18\x02 \x03(\x02R\x11sliceSimilarities\x12\'\n\x0frules_evaluated\x18\x03 \x01(\x05R\x0erulesEvaluated\x12;\n\x08evidence\x18\x04 \x03(\x0b2\x1f.rule_installation.RuleEvidenceR\x08evidence\x12\x1d\n\nrequest_id\x18\x05 \x01(\tR\trequestId\x12#\n\rdecision_name\x18\x06 \x01(\tR\x0cdecisionName\x12\'\n\x0fmodified_params\x18\x07 \x01(\tR\x0emodifiedParams\x12\'\n\x0fdrift_triggered\x18\x08 \x01(\x08R\x0edriftTriggered"\xab\x01\n\x15QueryTelemetryRequest\x12\x19\n\x08agent_id\x18\x01 \x01(\tR\x07agentId\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12"\n\rstart_time_ms\x18\x03 \x01(\x03R\x0bstartTimeMs\x12\x1e\n\x0bend_time_ms\x18\x04 \x01(\x03R\tendTimeMs\x12\x14\n\x05limit\x18\x05 \x01(\x05R\x05limit"\xc8\x01\n\x0fTelemetryRecord\x12\x1d\n\nrequest_id\x18\x01 \x01(\tR\trequestId\x12\x19\n\x08agent_id\x18\x02 \x01(\tR\x07agentId\x12\x1d\n\nsession_id\x18\x03 \x01(\tR\tsessionId\x12!\n\x0ctimestamp_ms\x18\x04 \x01(\x03R\x0btimestampMs\x12\x1a\n\x08decision\x18\x05 \x01(\x05R\x08decision\x12\x1d\n\nevent_json\x18\x06 \x01(\tR\teventJson"\xab\x01\n\x16QueryTelemetryResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07success\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12<\n\x07records\x18\x03 \x03(\x0b2".rule_installation.TelemetryRecordR\x07records\x12\x1f\n\x0btotal_count\x18\x04 \x01(\x05R\ntotalCount"2\n\x11GetSessionRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId"\xee\x01\n\x12GetSessionResponse\x12\x14\n\x05found\x18\x01 \x01(\x08R\x05found\x12\x1d\n\nsession_id\x18\x02 \x01(\tR\tsessionId\x12\x19\n\x08agent_id\x18\x03 \x01(\tR\x07agentId\x12"\n\rstarted_at_ms\x18\x04 \x01(\x03R\x0bstartedAtMs\x12 \n\x0clast_seen_ms\x18\x05 \x01(\x03R\nlastSeenMs\x12\x1f\n\x0bevent_count\x18\x06 \x01(\x05R\neventCount\x12!\n\x0csession_json\x18\x07 \x01(\tR\x0bsessionJson"4\n\x13RefreshRulesRequest\x12\x1d\n\nfamily_ids\x18\x01 \x03(\tR\tfamilyIds"\xa0\x03\n\x14RefreshRulesResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07success\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\'\n\x0frules_refreshed\x18\x03 \x01(\x05R\x0erulesRefreshed\x12\x1f\n\x0bduration_ms\x18\x04 \x01(\x03R\ndurationMs\x12!\n\x0ctimestamp_ms\x18\x05 \x01(\x03R\x0btimestampMs\x12%\n\x0ebridge_version\x18\x06 \x01(\x03R\rbridgeVersion\x12\x1c\n\tunchanged\x18\x07 \x01(\x08R\tunchanged\x12\x1f\n\x0brules_added\x18\x08 \x01(\x05R\nrulesAdded\x12#\n\rrules_removed\x18\t \x01(\x05R\x0crulesRemoved\x12#\n\rrules_changed\x18\n \x01(\x05R\x0crulesChanged\x12\x18\n\x07trigger\x18\x0b \x01(\tR\x07trigger\x12\x1d\n\nfamily_ids\x18\x0c \x03(\tR\tfamilyIds")\n\x0eGetRuleRequest\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId"p\n\x0fGetRuleResponse\x12\x14\n\x05found\x18\x01 \x01(\x08R\x05found\x123\n\x04rule\x18\x02 \x01(\x0b2\x1f.rule_installation.RuleInstanceR\x04rule\x12\x12\n\x04tier\x18\x03 \x01(\tR\x04tier"\xeb\x02\n\x13RefreshStatsMessage\x12\'\n\x0frules_refreshed\x18\x01 \x01(\x05R\x0erulesRefreshed\x12\x1f\n\x0bduration_ms\x18\x02 \x01(\x03R\ndurationMs\x12!\n\x0ctimestamp_ms\x18\x03 \x01(\x03R\x0btimestampMs\x12\x18\n\x07trigger\x18\x04 \x01(\tR\x07trigger\x12\x1d\n\nfamily_ids\x18\x05 \x03(\tR\tfamilyIds\x12%\n\x0ebridge_version\x18\x06 \x01(\x03R\rbridgeVersion\x12\x1f\n\x0brules_added\x18\x07 \x01(\x05R\nrulesAdded\x12#\n\rrules_removed\x18\x08 \x01(\x05R\x0crulesRemoved\x12#\n\rrules_changed\x18\t \x01(\x05R\x0crulesChanged\x12\x1c\n\tunchanged\x18\n \x01(\x08R\tunchanged"\x19\n\x17GetRefreshStatusRequest"\x9b\x05\n\x18GetRefreshStatusResponse\x12+\n\x11scheduler_enabled\x18\x01 \x01(\x08R\x10schedulerEnabled\x12+\n\x11scheduler_running\x18\x02 \x01(\x08R\x10schedulerRunning\x12&\n\x0flast_success_ms\x18\x03 \x01(\x03R\rlastSuccessMs\x12-\n\x13last_success_age_ms\x18\x04 \x01(\x03R\x10lastSuccessAgeMs\x12&\n\x0fnext_refresh_ms\x18\x05 \x01(\x03R\rnextRefreshMs\x12E\n\nlast_stats\x18\x06 \x01(\x0b2&.rule_installation.RefreshStatsMessageR\tlastStats\x121\n\x14consecutive_failures\x18\x07 \x01(\x05R\x13consecutiveFailures\x12\x1d\n\nlast_error\x18\x08 \x01(\tR\tlastError\x12,\n\x12current_interval_s\x18\t \x01(\x01R\x10currentIntervalS\x12\x1b\n\tbackoff_s\x18\n \x01(\x01R\x08backoffS\x12%\n\x0ebridge_version\x18\x0b \x01(\x03R\rbridgeVersion\x12\x1b\n\thot_rules\x18\x0c \x01(\x05R\x08hotRules\x12!\n\x0chot_capacity\x18\r \x01(\x05R\x0bhotCapacity\x12\x1d\n\nwarm_rules\x18\x0e \x01(\x05R\twarmRules\x12\x14\n\x05stale\x18\x0f \x01(\x08R\x05stale\x12&\n\x0fmax_staleness_s\x18\x10 \x01(\x01R\rmaxStalenessS2\xcf\x07\n\tDataPlane\x12_\n\x0cInstallRules\x12&.rule_installation.InstallRulesRequest\x1a\'.rule_installation.InstallRulesResponse\x12k\n\x10RemoveAgentRules\x12*.rule_installation.RemoveAgentRulesRequest\x1a+.rule_installation.RemoveAgentRulesResponse\x12_\n\x0cRemovePolicy\x12&.rule_installation.RemovePolicyRequest\x1a\'.rule_installation.RemovePolicyResponse\x12_\n\x0cGetRuleStats\x12&.rule_installation.GetRuleStatsRequest\x1a\'.rule_installation.GetRuleStatsResponse\x12P\n\x07Enforce\x12!.rule_installation.EnforceRequest\x1a".rule_installation.EnforceResponse\x12e\n\x0eQueryTelemetry\x12(.rule_installation.QueryTelemetryRequest\x1a).rule_installation.QueryTelemetryResponse\x12Y\n\nGetSession\x12$.rule_installation.GetSessionRequest\x1a%.rule_installation.GetSessionResponse\x12_\n\x0cRefreshRules\x12&.rule_installation.RefreshRulesRequest\x1a\'.rule_installation.RefreshRulesResponse\x12P\n\x07GetRule\x12!.rule_installation.GetRuleRequest\x1a".rule_installation.GetRuleResponse\x12k\n\x10GetRefreshStatus\x12*.rule_installation.GetRefreshStatusRequest\x1a+.rule_installation.GetRefreshStatusResponseb\x06proto3'
+    b'\n\x17rule_installation.proto\x12\x11rule_installation"$\n\nStringList\x12\x16\n\x06values\x18\x01 \x03(\tR\x06values"\xdf\x01\n\nParamValue\x12#\n\x0cstring_value\x18\x01 \x01(\tH\x00R\x0bstringValue\x12\x1d\n\tint_value\x18\x02 \x01(\x03H\x00R\x08intValue\x12!\n\x0bfloat_value\x18\x03 \x01(\x01H\x00R\nfloatValue\x12\x1f\n\nbool_value\x18\x04 \x01(\x08H\x00R\tboolValue\x12@\n\x0bstring_list\x18\x05 \x01(\x0b2\x1d.rule_installation.StringListH\x00R\nstringListB\x07\n\x05value"&\n\x0cAnchorVector\x12\x16\n\x06values\x18\x01 \x03(\x02R\x06values"\xb8\x03\n\x12RuleAnchorsPayload\x12F\n\x0eaction_anchors\x18\x01 \x03(\x0b2\x1f.rule_installation.AnchorVectorR\ractionAnchors\x12!\n\x0caction_count\x18\x02 \x01(\x05R\x0bactionCount\x12J\n\x10resource_anchors\x18\x03 \x03(\x0b2\x1f.rule_installation.AnchorVectorR\x0fresourceAnchors\x12%\n\x0eresource_count\x18\x04 \x01(\x05R\rresourceCount\x12B\n\x0cdata_anchors\x18\x05 \x03(\x0b2\x1f.rule_installation.AnchorVectorR\x0bdataAnchors\x12\x1d\n\ndata_count\x18\x06 \x01(\x05R\tdataCount\x12B\n\x0crisk_anchors\x18\x07 \x03(\x0b2\x1f.rule_installation.AnchorVectorR\x0briskAnchors\x12\x1d\n\nrisk_count\x18\x08 \x01(\x05R\triskCount"\xcb\x04\n\x0cRuleInstance\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12\x1b\n\tfamily_id\x18\x02 \x01(\tR\x08familyId\x12\x14\n\x05layer\x18\x03 \x01(\tR\x05layer\x12\x19\n\x08agent_id\x18\x04 \x01(\tR\x07agentId\x12\x1a\n\x08priority\x18\x05 \x01(\x05R\x08priority\x12\x18\n\x07enabled\x18\x06 \x01(\x08R\x07enabled\x12"\n\rcreated_at_ms\x18\x07 \x01(\x03R\x0bcreatedAtMs\x12C\n\x06params\x18\x08 \x03(\x0b2+.rule_installation.RuleInstance.ParamsEntryR\x06params\x12?\n\x07anchors\x18\t \x01(\x0b2%.rule_installation.RuleAnchorsPayloadR\x07anchors\x12\x1f\n\x0bpolicy_type\x18\n \x01(\tR\npolicyType\x12\'\n\x0fdrift_threshold\x18\x0b \x01(\x02R\x0edriftThreshold\x12+\n\x11modification_spec\x18\x0c \x01(\tR\x10modificationSpec\x12#\n\rslice_weights\x18\r \x03(\x02R\x0csliceWeights\x1aX\n\x0bParamsEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x123\n\x05value\x18\x02 \x01(\x0b2\x1d.rule_installation.ParamValueR\x05value:\x028\x01"\x9a\x01\n\x13InstallRulesRequest\x12\x19\n\x08agent_id\x18\x01 \x01(\tR\x07agentId\x125\n\x05rules\x18\x02 \x03(\x0b2\x1f.rule_installation.RuleInstanceR\x05rules\x12\x1b\n\tconfig_id\x18\x03 \x01(\tR\x08configId\x12\x14\n\x05owner\x18\x04 \x01(\tR\x05owner"\xbc\x02\n\x14InstallRulesResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07success\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\'\n\x0frules_installed\x18\x03 \x01(\x05R\x0erulesInstalled\x12_\n\x0erules_by_layer\x18\x04 \x03(\x0b29.rule_installation.InstallRulesResponse.RulesByLayerEntryR\x0crulesByLayer\x12%\n\x0ebridge_version\x18\x05 \x01(\x03R\rbridgeVersion\x1a?\n\x11RulesByLayerEntry\x12\x10\n\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01"4\n\x17RemoveAgentRulesRequest\x12\x19\n\x08agent_id\x18\x01 \x01(\tR\x07agentId"s\n\x18RemoveAgentRulesResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07success\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12#\n\rrules_removed\x18\x03 \x01(\x05R\x0crulesRemoved"M\n\x13RemovePolicyRequest\x12\x19\n\x08agent_id\x18\x01 \x01(\tR\x07agentId\x12\x1b\n\tpolicy_id\x18\x02 \x01(\tR\x08policyId"o\n\x14RemovePolicyResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07success\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12#\n\rrules_removed\x18\x03 \x01(\x05R\x0crulesRemoved"\x15\n\x13GetRuleStatsRequest"\xc3\x01\n\nTableStats\x12\x1b\n\tfamily_id\x18\x01 \x01(\tR\x08familyId\x12\x19\n\x08layer_id\x18\x02 \x01(\tR\x07layerId\x12\x18\n\x07version\x18\x03 \x01(\x03R\x07version\x12\x1d\n\nrule_count\x18\x04 \x01(\x05R\truleCount\x12!\n\x0cglobal_count\x18\x05 \x01(\x05R\x0bglobalCount\x12!\n\x0cscoped_count\x18\x06 \x01(\x05R\x0bscopedCount"\x9d\x02\n\x14GetRuleStatsResponse\x12%\n\x0ebridge_version\x18\x01 \x01(\x03R\rbridgeVersion\x12!\n\x0ctotal_tables\x18\x02 \x01(\x05R\x0btotalTables\x12\x1f\n\x0btotal_rules\x18\x03 \x01(\x05R\ntotalRules\x12,\n\x12total_global_rules\x18\x04 \x01(\x05R\x10totalGlobalRules\x12,\n\x12total_scoped_rules\x18\x05 \x01(\x05R\x10totalScopedRules\x12>\n\x0btable_stats\x18\x06 \x03(\x0b2\x1d.rule_installation.TableStatsR\ntableStats"\xc0\x01\n\x0eEnforceRequest\x12*\n\x11intent_event_json\x18\x01 \x01(\tR\x0fintentEventJson\x12#\n\rintent_vector\x18\x02 \x03(\x02R\x0cintentVector\x12\x1d\n\nrequest_id\x18\x03 \x01(\tR\trequestId\x12\x1f\n\x0bdrift_score\x18\x04 \x01(\x02R\ndriftScore\x12\x1d\n\nsession_id\x18\x05 \x01(\tR\tsessionId"\x99\x02\n\x0cRuleEvidence\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId\x12\x1b\n\trule_name\x18\x02 \x01(\tR\x08ruleName\x12\x1a\n\x08decision\x18\x03 \x01(\x05R\x08decision\x12"\n\x0csimilarities\x18\x04 \x03(\x02R\x0csimilarities\x12)\n\x10triggering_slice\x18\x05 \x01(\tR\x0ftriggeringSlice\x12%\n\x0eanchor_matched\x18\x06 \x01(\tR\ranchorMatched\x12\x1e\n\nthresholds\x18\x07 \x03(\x02R\nthresholds\x12!\n\x0cscoring_mode\x18\x08 \x01(\tR\x0bscoringMode"\xd8\x02\n\x0fEnforceResponse\x12\x1a\n\x08decision\x18\x01 \x01(\x05R\x08decision\x12-\n\x12slice_similarities\x18\x02 \x03(\x02R\x11sliceSimilarities\x12\'\n\x0frules_evaluated\x18\x03 \x01(\x05R\x0erulesEvaluated\x12;\n\x08evidence\x18\x04 \x03(\x0b2\x1f.rule_installation.RuleEvidenceR\x08evidence\x12\x1d\n\nrequest_id\x18\x05 \x01(\tR\trequestId\x12#\n\rdecision_name\x18\x06 \x01(\tR\x0cdecisionName\x12\'\n\x0fmodified_params\x18\x07 \x01(\tR\x0emodifiedParams\x12\'\n\x0fdrift_triggered\x18\x08 \x01(\x08R\x0edriftTriggered"\xe5\x02\n\x15QueryTelemetryRequest\x12\x1e\n\x08agent_id\x18\x01 \x01(\tH\x00R\x07agentId\x88\x01\x01\x12 \n\ttenant_id\x18\x02 \x01(\tH\x01R\x08tenantId\x88\x01\x01\x12\x1f\n\x08decision\x18\x03 \x01(\x05H\x02R\x08decision\x88\x01\x01\x12\x19\n\x05layer\x18\x04 \x01(\tH\x03R\x05layer\x88\x01\x01\x12\'\n\rstart_time_ms\x18\x05 \x01(\x03H\x04R\x0bstartTimeMs\x88\x01\x01\x12#\n\x0bend_time_ms\x18\x06 \x01(\x03H\x05R\tendTimeMs\x88\x01\x01\x12\x14\n\x05limit\x18\x07 \x01(\x05R\x05limit\x12\x16\n\x06offset\x18\x08 \x01(\x05R\x06offsetB\x0b\n\t_agent_idB\x0c\n\n_tenant_idB\x0b\n\t_decisionB\x08\n\x06_layerB\x10\n\x0e_start_time_msB\x0e\n\x0c_end_time_ms"\xce\x02\n\x19EnforcementSessionSummary\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId\x12\x19\n\x08agent_id\x18\x02 \x01(\tR\x07agentId\x12\x1b\n\ttenant_id\x18\x03 \x01(\tR\x08tenantId\x12\x14\n\x05layer\x18\x04 \x01(\tR\x05layer\x12!\n\x0ctimestamp_ms\x18\x05 \x01(\x03R\x0btimestampMs\x12%\n\x0efinal_decision\x18\x06 \x01(\x05R\rfinalDecision\x122\n\x15rules_evaluated_count\x18\x07 \x01(\x05R\x13rulesEvaluatedCount\x12\x1f\n\x0bduration_us\x18\x08 \x01(\x03R\ndurationUs\x12%\n\x0eintent_summary\x18\t \x01(\tR\rintentSummary"\x83\x01\n\x16QueryTelemetryResponse\x12H\n\x08sessions\x18\x01 \x03(\x0b2,.rule_installation.EnforcementSessionSummaryR\x08sessions\x12\x1f\n\x0btotal_count\x18\x02 \x01(\x05R\ntotalCount"2\n\x11GetSessionRequest\x12\x1d\n\nsession_id\x18\x01 \x01(\tR\tsessionId"7\n\x12GetSessionResponse\x12!\n\x0csession_json\x18\x01 \x01(\tR\x0bsessionJson"4\n\x13RefreshRulesRequest\x12\x1d\n\nfamily_ids\x18\x01 \x03(\tR\tfamilyIds"\xa0\x03\n\x14RefreshRulesResponse\x12\x18\n\x07success\x18\x01 \x01(\x08R\x07success\x12\x18\n\x07message\x18\x02 \x01(\tR\x07message\x12\'\n\x0frules_refreshed\x18\x03 \x01(\x05R\x0erulesRefreshed\x12\x1f\n\x0bduration_ms\x18\x04 \x01(\x03R\ndurationMs\x12!\n\x0ctimestamp_ms\x18\x05 \x01(\x03R\x0btimestampMs\x12%\n\x0ebridge_version\x18\x06 \x01(\x03R\rbridgeVersion\x12\x1c\n\tunchanged\x18\x07 \x01(\x08R\tunchanged\x12\x1f\n\x0brules_added\x18\x08 \x01(\x05R\nrulesAdded\x12#\n\rrules_removed\x18\t \x01(\x05R\x0crulesRemoved\x12#\n\rrules_changed\x18\n \x01(\x05R\x0crulesChanged\x12\x18\n\x07trigger\x18\x0b \x01(\tR\x07trigger\x12\x1d\n\nfamily_ids\x18\x0c \x03(\tR\tfamilyIds")\n\x0eGetRuleRequest\x12\x17\n\x07rule_id\x18\x01 \x01(\tR\x06ruleId"p\n\x0fGetRuleResponse\x12\x14\n\x05found\x18\x01 \x01(\x08R\x05found\x123\n\x04rule\x18\x02 \x01(\x0b2\x1f.rule_installation.RuleInstanceR\x04rule\x12\x12\n\x04tier\x18\x03 \x01(\tR\x04tier"\xeb\x02\n\x13RefreshStatsMessage\x12\'\n\x0frules_refreshed\x18\x01 \x01(\x05R\x0erulesRefreshed\x12\x1f\n\x0bduration_ms\x18\x02 \x01(\x03R\ndurationMs\x12!\n\x0ctimestamp_ms\x18\x03 \x01(\x03R\x0btimestampMs\x12\x18\n\x07trigger\x18\x04 \x01(\tR\x07trigger\x12\x1d\n\nfamily_ids\x18\x05 \x03(\tR\tfamilyIds\x12%\n\x0ebridge_version\x18\x06 \x01(\x03R\rbridgeVersion\x12\x1f\n\x0brules_added\x18\x07 \x01(\x05R\nrulesAdded\x12#\n\rrules_removed\x18\x08 \x01(\x05R\x0crulesRemoved\x12#\n\rrules_changed\x18\t \x01(\x05R\x0crulesChanged\x12\x1c\n\tunchanged\x18\n \x01(\x08R\tunchanged"\x19\n\x17GetRefreshStatusRequest"\x9b\x05\n\x18GetRefreshStatusResponse\x12+\n\x11scheduler_enabled\x18\x01 \x01(\x08R\x10schedulerEnabled\x12+\n\x11scheduler_running\x18\x02 \x01(\x08R\x10schedulerRunning\x12&\n\x0flast_success_ms\x18\x03 \x01(\x03R\rlastSuccessMs\x12-\n\x13last_success_age_ms\x18\x04 \x01(\x03R\x10lastSuccessAgeMs\x12&\n\x0fnext_refresh_ms\x18\x05 \x01(\x03R\rnextRefreshMs\x12E\n\nlast_stats\x18\x06 \x01(\x0b2&.rule_installation.RefreshStatsMessageR\tlastStats\x121\n\x14consecutive_failures\x18\x07 \x01(\x05R\x13consecutiveFailures\x12\x1d\n\nlast_error\x18\x08 \x01(\tR\tlastError\x12,\n\x12current_interval_s\x18\t \x01(\x01R\x10currentIntervalS\x12\x1b\n\tbackoff_s\x18\n \x01(\x01R\x08backoffS\x12%\n\x0ebridge_version\x18\x0b \x01(\x03R\rbridgeVersion\x12\x1b\n\thot_rules\x18\x0c \x01(\x05R\x08hotRules\x12!\n\x0chot_capacity\x18\r \x01(\x05R\x0bhotCapacity\x12\x1d\n\nwarm_rules\x18\x0e \x01(\x05R\twarmRules\x12\x14\n\x05stale\x18\x0f \x01(\x08R\x05stale\x12&\n\x0fmax_staleness_s\x18\x10 \x01(\x01R\rmaxStalenessS2\xcf\x07\n\tDataPlane\x12_\n\x0cInstallRules\x12&.rule_installation.InstallRulesRequest\x1a\'.rule_installation.InstallRulesResponse\x12k\n\x10RemoveAgentRules\x12*.rule_installation.RemoveAgentRulesRequest\x1a+.rule_installation.RemoveAgentRulesResponse\x12_\n\x0cRemovePolicy\x12&.rule_installation.RemovePolicyRequest\x1a\'.rule_installation.RemovePolicyResponse\x12_\n\x0cGetRuleStats\x12&.rule_installation.GetRuleStatsRequest\x1a\'.rule_installation.GetRuleStatsResponse\x12P\n\x07Enforce\x12!.rule_installation.EnforceRequest\x1a".rule_installation.EnforceResponse\x12e\n\x0eQueryTelemetry\x12(.rule_installation.QueryTelemetryRequest\x1a).rule_installation.QueryTelemetryResponse\x12Y\n\nGetSession\x12$.rule_installation.GetSessionRequest\x1a%.rule_installation.GetSessionResponse\x12_\n\x0cRefreshRules\x12&.rule_installation.RefreshRulesRequest\x1a\'.rule_installation.RefreshRulesResponse\x12P\n\x07GetRule\x12!.rule_installation.GetRuleRequest\x1a".rule_installation.GetRuleResponse\x12k\n\x10GetRefreshStatus\x12*.rule_installation.GetRefreshStatusRequest\x1a+.rule_installation.GetRefreshStatusResponseb\x06proto3'
 )
 
 
@@ -1089,7 +1103,7 @@ class DataPlaneBase(betterproto2_grpclib.ServiceBase):
 
     async def query_telemetry(self, message: "QueryTelemetryRequest") -> "QueryTelemetryResponse":
         """
-        Telemetry queries (not implemented yet).
+        Enforcement session summaries (not implemented yet).
         """
 
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)

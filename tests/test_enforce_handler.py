@@ -1,0 +1,122 @@
+"""The Enforce handler in process: a real bridge on a temporary store, no gRPC.
+
+Both entry points (betterproto2 messages for typed callers, bytes for the wire) give the
+same answer; every decision reaches the observers once, with its durations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from factories import make_rule
+from grpclib import GRPCError, Status
+
+from guardrefresh.bridge import Bridge
+from guardrefresh.enforce import EnforcementEngine, IntentEncoder
+from guardrefresh.model import PolicyType, RuleAnchors
+from guardrefresh.proto import rule_installation as pb
+from guardrefresh.server import EnforceHandler, EnforceOutcome
+
+TENANT = "tenant-h"
+
+
+def intent_json(tenant: str = TENANT, layer: str | None = None) -> str:
+    document = {
+        "id": "evt", "schemaVersion": "v1.3", "tenantId": tenant, "timestamp": 1.0,
+        "actor": {"id": "agent-h", "type": "agent"}, "action": "a", "resource": {"type": "r"},
+        "data": {"sensitivity": []}, "risk": {"authn": "none"}, "layer": layer,
+    }  # fmt: skip
+    return json.dumps(document)
+
+
+@pytest.fixture
+async def bridge(tmp_path: Path) -> AsyncIterator[Bridge]:
+    bridge = await Bridge.open(tmp_path / "warm.bin", make_dirs=True)
+    try:
+        yield bridge
+    finally:
+        bridge.close()
+
+
+async def install_allow_rule(bridge: Bridge) -> list[float]:
+    rows = np.random.default_rng(3).standard_normal((4, 32)).astype(np.float32)
+    rule = make_rule(
+        "h-allow", agent_id=TENANT, layer="", policy_type=PolicyType.CONTEXT_ALLOW,
+        drift_threshold=0.5, modification_spec="", params={"rule_decision": "min"},
+        anchors=RuleAnchors.from_slots([[r.tolist()] for r in rows], (1, 1, 1, 1)),
+        installed_by=TENANT,
+    )  # fmt: skip
+    await bridge.install_rules(TENANT, [rule])
+    return [float(v) for v in rows.ravel()]
+
+
+async def test_both_entry_points_agree_and_observers_see_each_decision(bridge: Bridge) -> None:
+    vector = await install_allow_rule(bridge)
+    seen: list[EnforceOutcome] = []
+    handler = EnforceHandler(
+        EnforcementEngine(bridge), IntentEncoder(None, None), observers=[seen.append]
+    )
+    for drift, name in ((0.1, "ALLOW"), (0.9, "STEP_UP")):
+        request = pb.EnforceRequest(
+            intent_event_json=intent_json(), intent_vector=vector, request_id=f"r-{drift}",
+            drift_score=drift, session_id="s-1",
+        )  # fmt: skip
+        typed = await handler.enforce(request)
+        wire = pb.EnforceResponse.parse(await handler.enforce_bytes(bytes(request)))
+        assert typed == wire
+        assert (typed.decision_name, typed.request_id, typed.rules_evaluated) == (
+            name,
+            f"r-{drift}",
+            1,
+        )
+        assert typed.drift_triggered is (name == "STEP_UP")
+    assert [o.decision_name for o in seen] == ["ALLOW", "ALLOW", "STEP_UP", "STEP_UP"]
+    outcome = seen[0]
+    assert (outcome.tenant_id, outcome.agent_id, outcome.layer) == (TENANT, "agent-h", None)
+    assert (outcome.session_id, outcome.encoded, outcome.encode_us) == ("s-1", False, 0)
+    assert outcome.encode_failure is None and outcome.error == ""
+    assert outcome.rule_query_us >= 0 and 0 < outcome.evaluation_us <= outcome.total_us
+
+
+async def test_no_request_id_gets_a_uuid_and_no_vector_no_encoder_is_fail_closed(
+    bridge: Bridge,
+) -> None:
+    await install_allow_rule(bridge)
+    seen: list[EnforceOutcome] = []
+    handler = EnforceHandler(
+        EnforcementEngine(bridge), IntentEncoder(None, None), observers=[seen.append]
+    )
+    response = await handler.enforce(pb.EnforceRequest(intent_event_json=intent_json()))
+    assert len(response.request_id) == 36 and response.request_id.count("-") == 4
+    assert (response.decision_name, response.rules_evaluated) == ("DENY", 0)
+    [outcome] = seen
+    assert (outcome.encoded, outcome.encode_failure) == (True, "not_configured")
+    assert "--management-plane-url" in outcome.error
+
+
+async def test_a_broken_observer_does_not_fail_the_request(
+    bridge: Bridge, caplog: pytest.LogCaptureFixture
+) -> None:
+    vector = await install_allow_rule(bridge)
+
+    def broken(outcome: EnforceOutcome) -> None:
+        raise RuntimeError("observer bug")
+
+    handler = EnforceHandler(
+        EnforcementEngine(bridge), IntentEncoder(None, None), observers=[broken]
+    )
+    request = pb.EnforceRequest(intent_event_json=intent_json(), intent_vector=vector)
+    assert (await handler.enforce(request)).decision_name == "ALLOW"
+    assert "Enforce observer" in caplog.text and "observer bug" in caplog.text
+
+
+async def test_malformed_bytes_are_invalid_argument(bridge: Bridge) -> None:
+    handler = EnforceHandler(EnforcementEngine(bridge), IntentEncoder(None, None))
+    with pytest.raises(GRPCError) as info:
+        await handler.enforce_bytes(b"\x0a\xff\xff\xff")
+    assert info.value.status is Status.INVALID_ARGUMENT
+    assert "malformed EnforceRequest" in str(info.value.message)
