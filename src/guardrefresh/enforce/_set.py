@@ -118,7 +118,7 @@ class EvalSet:
 
         trigger = weighted[:, :m].argmax(axis=0)
         columns = np.arange(m)
-        anchor = best[:, self.order[:m]][trigger, columns]
+        anchor = best[trigger, self.order[:m]]
         anchor = np.where(sims[trigger, columns] > 0, anchor, -1)
         evidence = tuple(
             map(
