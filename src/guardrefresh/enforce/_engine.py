@@ -208,11 +208,18 @@ class EnforcementEngine:
                 break
             if self._sets[key] is not keep:
                 total -= _SET_BYTES_PER_RULE * len(self._sets.pop(key))
+        dropped = False
         for key in list(self._groups):
             if total <= self._cache_bytes:
                 break
             if key not in kept:
                 total -= self._groups.pop(key).nbytes
+                dropped = True
+        if dropped:
+            # Sets over a dropped group would be rebuilt anyway; do not let them pin it.
+            for key, eval_set in list(self._sets.items()):
+                if any(self._groups.get(g.key) is not g for g in eval_set.groups):
+                    del self._sets[key]
         if len(self._meta) > 4 * sum(g.live_count for g in self._groups.values()) + 1024:
             self._meta.clear()
 

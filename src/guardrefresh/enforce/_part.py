@@ -9,6 +9,7 @@ when evaluation sets are assembled.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -108,11 +109,17 @@ class Columns:
         out = Columns()
         picks = rows.tolist()
         for name in ("ids", "names", "modes", "errors", "specs", "threshold_tuples"):
-            values = getattr(self, name)
-            setattr(out, name, [values[i] for i in picks])
+            setattr(out, name, _pick(getattr(self, name), picks))
         for name in ("passes", "priority", "drift", "weights", "thresholds", "wavg", "invalid"):
             setattr(out, name, getattr(self, name)[rows])
         return out
+
+
+def _pick(values: list[Any], picks: list[int]) -> list[Any]:
+    """``[values[i] for i in picks]``, at C speed (itemgetter) for the long lists of sets."""
+    if len(picks) < 2:
+        return [values[i] for i in picks]
+    return list(operator.itemgetter(*picks)(values))
 
 
 def _empty(name: str) -> npt.NDArray[Any]:
