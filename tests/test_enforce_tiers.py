@@ -241,6 +241,14 @@ async def test_memory_budget_evicts_cold_sets_and_still_answers(tmp_path: Path) 
     assert engine.cached_bytes > 0
     again = {t: check(engine, bridge, vector, tenant_id=t) for t in ("t3", "t1", "t2")}
     assert first == again
+    # Only what the last decision needed is kept: as much as an engine that served only t2.
+    alone = EnforcementEngine(bridge, cache_bytes=0)
+    alone.evaluate(vector, tenant_id="t2", layer=None, drift_score=0.0)
+    assert engine.cached_bytes == alone.cached_bytes
+    unbounded = EnforcementEngine(bridge)
+    for t in ("t1", "t2", "t3"):
+        unbounded.evaluate(vector, tenant_id=t, layer=None, drift_score=0.0)
+    assert unbounded.cached_bytes > engine.cached_bytes
     bridge.close()
 
 
