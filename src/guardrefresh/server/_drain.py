@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -27,19 +27,20 @@ import grpclib.metadata
 import grpclib.protocol
 import grpclib.server
 import grpclib.utils
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 from h2.connection import H2Connection
+from h2.settings import SettingCodes
 from h2.utilities import SizeLimitDict
 
 __all__ = [
     "GRPCLIB_VERSION",
     "ExpiredDeadlineWrapper",
+    "advertise_max_concurrent_streams",
     "answer_expired_deadlines",
     "check_internals",
     "close_listener",
     "closed_streams_remembered",
-    "limit_request_size",
+    "connection_of",
+    "intercept_request_reads",
     "listening_port",
     "open_streams",
     "remember_closed_streams",
@@ -249,14 +250,23 @@ def trailers_sent(stream: grpclib.server.Stream[Any, Any]) -> bool:
     return bool(stream._send_trailing_metadata_done)
 
 
-def limit_request_size(stream: grpclib.server.Stream[Any, Any], max_bytes: int) -> None:
-    """Refuse request messages larger than ``max_bytes`` before their body is read.
+def connection_of(stream: grpclib.server.Stream[Any, Any]) -> Hashable:
+    """The HTTP/2 connection a call came on, as a key (the same object for all its calls)."""
+    # Stream._stream: the call's grpclib.protocol.Stream; its ``connection`` is the
+    # grpclib Connection of the HTTP/2 connection, one per client connection.
+    connection: Hashable = stream._stream.connection
+    return connection
 
-    grpclib reads each message as ``recv_data(5)`` (compression flag and length)
-    and then ``recv_data(length)``, buffering the whole body. Wrapping ``recv_data``
-    of this call's HTTP/2 stream refuses a body larger than ``max_bytes`` at its
-    length prefix, with ``RESOURCE_EXHAUSTED``, before any of it is buffered.
-    ``max_bytes`` must be at least 5 so that the prefix itself passes.
+
+def intercept_request_reads(
+    stream: grpclib.server.Stream[Any, Any],
+    reader: Callable[[Callable[[int], Awaitable[bytes]], int], Awaitable[bytes]],
+) -> None:
+    """Make every read of this call's request bytes go through ``reader(read, size)``.
+
+    grpclib reads each message as ``recv_data(5)`` (compression flag and length) and
+    then ``recv_data(length)``, buffering the whole body; ``reader`` gets grpclib's own
+    ``read`` and the size asked for, and may refuse (raise) before anything is read.
     """
     # Stream._stream: the call's grpclib.protocol.Stream; recv_message() reads
     # through its recv_data(). Patching this one instance leaves other calls alone.
@@ -267,14 +277,31 @@ def limit_request_size(stream: grpclib.server.Stream[Any, Any], max_bytes: int) 
     recv_data: weakref.WeakMethod[Callable[[int], Awaitable[bytes]]]
     recv_data = weakref.WeakMethod(h2_stream.recv_data)
 
-    async def guarded_recv_data(size: int) -> bytes:
-        if size > max_bytes:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"request message of {size} bytes exceeds the limit of {max_bytes} bytes",
-            )
-        read = recv_data()
-        assert read is not None, "a stream is alive while it is read from"
-        return await read(size)
+    async def read(size: int) -> bytes:
+        method = recv_data()
+        assert method is not None, "a stream is alive while it is read from"
+        return await method(size)
 
-    h2_stream.recv_data = guarded_recv_data
+    async def intercepted_recv_data(size: int) -> bytes:
+        return await reader(read, size)
+
+    h2_stream.recv_data = intercepted_recv_data
+
+
+def advertise_max_concurrent_streams(protocol: asyncio.Protocol, limit: int) -> None:
+    """Tell the client of a new connection how many streams it may have open at once.
+
+    ``protocol`` is the connection's ``H2Protocol``, right after ``connection_made()``
+    (which has sent h2's initial SETTINGS, with h2's default of 100). A different
+    ``limit`` goes out in a second SETTINGS frame at once; h2 enforces it once the client
+    acknowledges it (RFC 9113 section 6.5.3: a conforming client does so at once), and
+    until then the 100 of the first frame. A client that opens more streams than it was
+    allowed breaks the protocol: h2 raises, and grpclib closes that connection.
+    """
+    h2_connection = _h2_connection(protocol)
+    if h2_connection.local_settings.max_concurrent_streams == limit:
+        return
+    h2_connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: limit})
+    # H2Protocol.connection: grpclib's Connection (see _h2_connection); flush() writes
+    # what h2 has queued to the transport, as grpclib does after each event.
+    protocol.connection.flush()  # type: ignore[attr-defined]

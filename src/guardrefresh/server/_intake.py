@@ -1,0 +1,146 @@
+"""What a call may cost the server before its handler runs.
+
+grpclib reads a request message as ``recv_data(5)`` (the compression flag and the
+length) and then ``recv_data(length)``, buffering the whole body. The host makes each
+call's reads go through a :class:`RequestReader` (see ``_drain.intercept_request_reads``),
+which enforces, in order:
+
+1. the size limit: a message longer than ``max_message_bytes`` is refused at its
+   length prefix (RESOURCE_EXHAUSTED), before any of it is buffered;
+2. the pending-bytes budget: a body reserves its declared length in the process-wide
+   :class:`~._budget.ByteBudget` until the handler may run; one that does not fit is
+   refused (RESOURCE_EXHAUSTED);
+3. the receive deadline: the first message must be complete within
+   ``request_timeout`` of the call's headers, a later one within ``request_timeout`` of
+   its length prefix; else the call ends with DEADLINE_EXCEEDED (grpclib then resets the
+   stream, since the client has not finished sending);
+4. admission: once the first message is in, the call waits for a run slot
+   (:class:`~._admission.Admission`), still holding its reservation, since its bytes are
+   still waiting; a refused call ends with RESOURCE_EXHAUSTED.
+
+So a client that stalls its bodies, or opens thousands of streams and never sends,
+holds at most the budget, and only for ``request_timeout``; and a slot is only ever
+held by a call whose request has fully arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Hashable
+
+import attrs
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from ._admission import Admission, AdmissionRefused
+from ._budget import ByteBudget
+
+__all__ = ["RequestLimits", "RequestReader"]
+
+logger = logging.getLogger(__name__)
+
+_Read = Callable[[int], Awaitable[bytes]]
+
+
+@attrs.frozen
+class RequestLimits:
+    """The limits every call's request reads share (one per host)."""
+
+    max_message_bytes: int
+    budget: ByteBudget
+    #: Seconds; see the module docstring.
+    request_timeout: float
+    #: None: calls run as soon as their request is in.
+    admission: Admission | None
+
+
+class RequestReader:
+    """Reads one call's request messages under :class:`RequestLimits`.
+
+    ``connection`` identifies the call's HTTP/2 connection (for fair admission);
+    ``admit`` is False for calls that never wait for a slot (health, reflection).
+    Call :meth:`finish` once the call's task has ended: it gives back the run slot.
+    """
+
+    def __init__(self, limits: RequestLimits, *, connection: Hashable, admit: bool) -> None:
+        self._limits = limits
+        self._connection = connection
+        self._admit = admit and limits.admission is not None
+        self._loop = asyncio.get_running_loop()
+        self._first_deadline = self._loop.time() + limits.request_timeout
+        self._expect_body = False
+        self._messages = 0
+        self._holds_slot = False
+
+    @property
+    def holds_slot(self) -> bool:
+        """Whether this call holds a run slot now."""
+        return self._holds_slot
+
+    async def read(self, read: _Read, size: int) -> bytes:
+        """``read(size)`` under the limits; raises :exc:`GRPCError` when one is crossed.
+
+        Cancellation (client reset, its deadline, the drain) propagates; any
+        reservation is given back first.
+        """
+        limits = self._limits
+        if size > limits.max_message_bytes:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"request message of {size} bytes exceeds the limit of "
+                f"{limits.max_message_bytes} bytes",
+            )
+        if not self._expect_body:
+            # A length prefix, or the end of the stream (b"").
+            deadline = self._first_deadline if self._messages == 0 else None
+            prefix = await self._within(read(size), deadline)
+            self._expect_body = bool(prefix)
+            return prefix
+        self._expect_body = False
+        first = self._messages == 0
+        self._messages += 1
+        if not limits.budget.try_reserve(size):
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"server busy: request bodies in progress hold {limits.budget.in_use} of "
+                f"{limits.budget.limit} bytes; a body of {size} bytes does not fit",
+            )
+        try:
+            deadline = self._first_deadline if first else self._loop.time() + limits.request_timeout
+            body = await self._within(read(size), deadline)
+            if first and self._admit:
+                await self._acquire_slot()
+            return body
+        finally:
+            limits.budget.release(size)
+
+    def finish(self) -> None:
+        """The call has ended: give back its run slot, if it holds one. Idempotent."""
+        if self._holds_slot:
+            self._holds_slot = False
+            assert self._limits.admission is not None
+            self._limits.admission.release()
+
+    async def _within(self, reading: Awaitable[bytes], deadline: float | None) -> bytes:
+        if deadline is None:
+            return await reading
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await reading
+        except TimeoutError:
+            timeout = self._limits.request_timeout
+            logger.debug("request not received within %s s; ending the call", timeout)
+            raise GRPCError(
+                Status.DEADLINE_EXCEEDED,
+                f"request message not received within {timeout:g} s",
+            ) from None
+
+    async def _acquire_slot(self) -> None:
+        admission = self._limits.admission
+        assert admission is not None
+        try:
+            await admission.acquire(self._connection)
+        except AdmissionRefused as exc:
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, str(exc)) from None
+        self._holds_slot = True
