@@ -31,6 +31,7 @@ from collections.abc import Hashable
 import attrs
 
 __all__ = [
+    "QUEUED_PER_RUNNING",
     "RUNNING_PER_CPU",
     "Admission",
     "AdmissionRefused",

@@ -40,6 +40,7 @@ __all__ = [
     "close_listener",
     "closed_streams_remembered",
     "connection_of",
+    "forget_closed_connections",
     "intercept_request_reads",
     "listening_port",
     "open_streams",
@@ -81,6 +82,9 @@ def check_internals(server: grpclib.server.Server) -> None:
         ExpiredDeadlineWrapper,
     ):
         problems.append("server.DeadlineWrapper is missing")
+    # Server.__gc_collect__: grpclib's own sweep of closed connections' handlers.
+    if not callable(getattr(server, "__gc_collect__", None)):
+        problems.append("Server.__gc_collect__ is missing")
     # protocol.Stream.recv_data(size): every read of a request message goes through it.
     if not callable(getattr(grpclib.protocol.Stream, "recv_data", None)):
         problems.append("protocol.Stream.recv_data is missing")
@@ -194,6 +198,20 @@ def close_listener(server: grpclib.server.Server) -> None:
     # Server._server: see _asyncio_server; None when start() never completed.
     if server._server is not None:
         _asyncio_server(server).close()
+
+
+def forget_closed_connections(server: grpclib.server.Server) -> None:
+    """Drop grpclib's references to the calls of connections that have closed.
+
+    grpclib keeps each closed connection's handler, with the tasks of the calls it
+    cancelled (and through their exceptions' tracebacks, the calls' streams and buffered
+    request bytes), until ten more connections have been made. After a flood nothing
+    may come: this sweeps them now. The calls' objects form reference cycles, so the
+    cyclic GC frees them afterwards.
+    """
+    # Server.__gc_collect__: keeps only the handlers not closed or with tasks still
+    # running (a closed handler's check_closed() also forgets its finished tasks).
+    server.__gc_collect__()
 
 
 def open_streams(protocol: asyncio.Protocol) -> int:

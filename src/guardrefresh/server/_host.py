@@ -35,6 +35,7 @@ import grpclib.events
 import grpclib.server
 import trio
 import trio_asyncio
+import trio_util
 from grpclib.const import Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
@@ -405,6 +406,7 @@ class GrpcHost:
             max_queued_rpcs = default_max_queued(max_concurrent_rpcs)
         self._admission = Admission(max_concurrent_rpcs, max_queued_rpcs)
         self._budget = ByteBudget(max_pending_request_bytes)
+        self._calls_ended: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
         self._limits = RequestLimits(
             max_message_bytes=max_message_bytes,
             budget=self._budget,
@@ -468,6 +470,22 @@ class GrpcHost:
     def request_budget(self) -> ByteBudget:
         """Bytes of request bodies being received or waiting for a slot (see ``_budget``)."""
         return self._budget
+
+    @property
+    def calls_ended(self) -> trio_util.AsyncValue[int]:
+        """Calls whose task has ended since the host was made (only grows)."""
+        return self._calls_ended
+
+    def forget_closed_connections(self) -> None:
+        """Let grpclib drop what it keeps of connections that have closed (see
+        ``_drain.forget_closed_connections``); the cyclic GC then frees it."""
+        if self._server is not None:
+            _drain.forget_closed_connections(self._server)
+
+    @property
+    def calls_open(self) -> int:
+        """Calls whose handler task is running now, health and reflection streams included."""
+        return len(self._calls)
 
     @property
     def admission(self) -> Admission:
@@ -695,6 +713,7 @@ class GrpcHost:
         # Runs after grpclib sent the trailers and released the stream.
         call.reader.finish()
         self._calls.discard(call)
+        self._calls_ended.value += 1
         self._wakeup.set()
 
     def _connection_made(self, connection: _TrackedConnection) -> None:
