@@ -51,6 +51,11 @@ class RawH2Client:
         self._ending: set[int] = set()
         self._flush()
 
+    @property
+    def sending(self) -> bool:
+        """Whether some stream still has request bytes to send (flow control allowing)."""
+        return bool(self._pending) and not self.closed
+
     def close(self) -> None:
         self.sock.close()
 
