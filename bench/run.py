@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m bench.run [--sizes 1000,10000,100000] [--only storage,refresh,grpc]
+    python -m bench.run [--sizes 1000,10000,100000] [--only storage,refresh,grpc,edge]
                         [--out bench/results/latest.json] [--tiny]
 
 ``--tiny`` shrinks every size, repeat count and window so the whole run takes
@@ -10,7 +10,7 @@ well under a minute (tests/test_bench.py runs it); its numbers say nothing about
 the targets, which then read ``met: null``.
 
 The document: ``meta`` (machine, versions, plan, timings) and one section per
-benchmark group (``storage``, ``refresh``, ``grpc``), each mapping a benchmark
+benchmark group (``storage``, ``refresh``, ``grpc``, ``edge``), each mapping a benchmark
 name to its parameters, samples summary, median, p99, targets and ``met``;
 ``summary`` lists every benchmark that has a target, with its verdict.
 """
@@ -38,7 +38,7 @@ __all__ = ["main", "run"]
 
 logger = logging.getLogger("bench")
 
-GROUPS = ("storage", "refresh", "grpc")
+GROUPS = ("storage", "refresh", "grpc", "edge")
 DEFAULT_SIZES = (1000, 10_000, 100_000)
 DEFAULT_OUT = Path("bench/results/latest.json")
 
@@ -64,11 +64,12 @@ def _groups(text: str) -> tuple[str, ...]:
 
 
 def _runners() -> dict[str, Callable[[Workspace, Plan], dict[str, Any]]]:
+    from .edge import run_edge
     from .grpc_server import run_grpc
     from .refresh import run_refresh
     from .storage import run_storage
 
-    return {"storage": run_storage, "refresh": run_refresh, "grpc": run_grpc}
+    return {"storage": run_storage, "refresh": run_refresh, "grpc": run_grpc, "edge": run_edge}
 
 
 def _summary(document: dict[str, Any]) -> list[dict[str, Any]]:
