@@ -44,19 +44,23 @@ class Calls:
 
     def start(self, name: str, connection: str) -> None:
         self._done[name] = asyncio.Event()
+        self.admission.enter(connection)  # as the request reader does at the headers
         self.tasks[name] = asyncio.create_task(self._run(name, connection))
 
     async def _run(self, name: str, connection: str) -> None:
         try:
-            await self.admission.acquire(connection)
-        except AdmissionRefused:
-            self.refused.append(name)
-            return
-        self.order.append(name)
-        try:
-            await self._done[name].wait()
+            try:
+                await self.admission.acquire(connection)
+            except AdmissionRefused:
+                self.refused.append(name)
+                return
+            self.order.append(name)
+            try:
+                await self._done[name].wait()
+            finally:
+                self.admission.release()
         finally:
-            self.admission.release()
+            self.admission.leave(connection)
 
     async def finish(self, name: str) -> None:
         self._done[name].set()
@@ -81,6 +85,7 @@ async def test_calls_run_at_once_up_to_the_cap_then_wait_in_order(
             await calls.finish(name)
         assert calls.order == ["a1", "a2", "a3", "a4"]
         assert (admission.running, admission.queued, admission.refused) == (0, 0, 0)
+        assert admission.load("A") == 0
 
     await on_asyncio(body)
 
@@ -264,3 +269,41 @@ def test_defaults_scale_with_the_cpus() -> None:
     assert _admission.default_max_running(4) == 4 * _admission.RUNNING_PER_CPU
     assert _admission.default_max_running() >= _admission.RUNNING_PER_CPU
     assert _admission.default_max_queued(16) == 16 * _admission.QUEUED_PER_RUNNING
+
+
+async def test_the_busier_connection_is_shed_even_with_as_few_waiting(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A connection with many calls in progress loses its waiting call to one with one call."""
+
+    async def body() -> None:
+        admission = Admission(max_running=1, max_queued=2)
+        calls = Calls(admission)
+        for _ in range(20):
+            admission.enter("flood")  # calls of the flooder being received or refused
+        admission.enter("other")
+        admission.enter("polite")
+        calls.start("running", "flood")
+        calls.start("f1", "flood")
+        calls.start("o1", "other")
+        await settle()
+        assert admission.queued == 2
+        # Queue full; every line has one call waiting. The polite connection (1 call in
+        # progress) takes the flooder's place (20 in progress), not the other's (1).
+        calls.start("p1", "polite")
+        await settle()
+        assert calls.refused == ["f1"]
+        assert admission.waiting("polite") == 1 and admission.waiting("other") == 1
+        # Equally busy connections do not displace each other.
+        admission.enter("peer")
+        calls.start("x1", "peer")
+        await settle()
+        assert calls.refused == ["f1", "x1"]
+        for _ in range(20):
+            admission.leave("flood")
+        for key in ("other", "polite", "peer"):
+            admission.leave(key)
+        assert admission.load("flood") == 1  # the running call
+        assert admission.load("polite") == 1 and admission.load("peer") == 0
+
+    await on_asyncio(body)

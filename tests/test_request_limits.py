@@ -316,3 +316,75 @@ async def test_someone_can_wait_for_bytes_to_be_released(
         nursery.start_soon(waiter)
         await trio.sleep(1)
         budget.release(60)
+
+
+async def test_a_shed_connection_is_not_read_for_a_while(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """ShedBackoff pauses a real transport's reading, restarts on a new shed, then resumes."""
+
+    async def body() -> None:
+        import random
+        import socket
+
+        from guardrefresh.server._intake import ShedBackoff
+
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+        try:
+            backoff = ShedBackoff(4.0, rng=random.Random(1))
+            backoff.shed(transport)
+            assert not transport.is_reading() and backoff.paused == 1
+            await asyncio.sleep(1.9)  # the shortest pause is half of 4 s
+            assert not transport.is_reading()
+            backoff.shed(transport)  # shed again: the pause starts over
+            await asyncio.sleep(1.9)
+            assert not transport.is_reading()
+            await asyncio.sleep(4.5)  # the longest pause is 1.5 x 4 s
+            assert transport.is_reading() and backoff.paused == 0
+            transport.close()
+            backoff.shed(transport)  # a closing connection is left alone
+            assert backoff.paused == 0
+        finally:
+            transport.close()
+            theirs.close()
+
+    await on_asyncio(body)
+
+
+async def test_a_refused_call_makes_its_connection_back_off(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def body() -> None:
+        shed: list[object] = []
+
+        class Recorder:
+            def shed(self, connection: object) -> None:
+                shed.append(connection)
+
+        admission = Admission(max_running=1, max_queued=0)
+        lim = RequestLimits(
+            max_message_bytes=100,
+            budget=ByteBudget(100),
+            request_timeout=TIMEOUT_S,
+            admission=admission,
+            backoff=Recorder(),  # type: ignore[arg-type]
+        )
+        running = RequestReader(lim, connection="A", admit=True)
+        source = Source()
+        source.send(prefix(0))
+        source.send(b"")
+        await read_message(running, source)
+        assert admission.load("A") == 1
+        refused = RequestReader(lim, connection="B", admit=True)
+        source.send(prefix(0))
+        source.send(b"")
+        with pytest.raises(GRPCError):
+            await read_message(refused, source)
+        assert shed == ["B"]
+        refused.finish()
+        running.finish()
+        assert admission.load("A") == admission.load("B") == 0
+
+    await on_asyncio(body)

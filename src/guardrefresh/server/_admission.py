@@ -12,10 +12,12 @@ Fairness is per connection (an HTTP/2 connection is the unit a client controls):
 - Waiting calls are kept in one queue per connection, and a freed slot goes to the
   connections in turn (round robin), the oldest call of each first. A connection
   with 50 calls waiting gets one turn per round, as does one with a single call.
-- When the queue is full, a call from a connection that has fewer calls waiting than
-  the connection with the most takes the place of that connection's newest waiting
-  call, which is refused instead. So a connection that floods is the one shed, and a
-  connection sending one request at a time always gets in line.
+- When the queue is full, a call from a connection with fewer calls in progress (from
+  its headers to its end: being received, waiting or running; see :meth:`enter`) than
+  the busiest connection with a call waiting takes the place of that connection's
+  newest waiting call, which is refused instead; otherwise it is refused itself. So a
+  connection that floods is the one shed, and a connection sending one request at a
+  time always gets in line. Between connections equally busy nothing moves (no churn).
 
 Runs on the asyncio side (grpclib's handlers are asyncio tasks); single-threaded, no
 locks. Health and reflection calls never come here: the host exempts them.
@@ -94,9 +96,8 @@ class Admission:
         self._lines: dict[Hashable, _Line] = {}
         #: Connections with calls waiting, in turn order; each appears once.
         self._turns: collections.deque[_Line] = collections.deque()
-        #: Lines by their length, to find the longest in O(1): {length: {line: None}}.
-        self._by_length: dict[int, dict[_Line, None]] = collections.defaultdict(dict)
-        self._longest = 0
+        #: Calls in progress per connection (between enter() and leave()).
+        self._load: dict[Hashable, int] = {}
         #: Calls refused so far (on arrival or displaced from the queue).
         self.refused = 0
 
@@ -118,6 +119,22 @@ class Admission:
         """Calls waiting for a slot now."""
         return self._queued
 
+    def enter(self, key: Hashable) -> None:
+        """A call of connection ``key`` has begun (its headers came); pair with :meth:`leave`."""
+        self._load[key] = self._load.get(key, 0) + 1
+
+    def leave(self, key: Hashable) -> None:
+        """A call of connection ``key`` has ended."""
+        load = self._load[key] - 1
+        if load:
+            self._load[key] = load
+        else:
+            del self._load[key]
+
+    def load(self, key: Hashable) -> int:
+        """Calls of connection ``key`` in progress now."""
+        return self._load.get(key, 0)
+
     def waiting(self, key: Hashable) -> int:
         """Calls of connection ``key`` waiting for a slot now."""
         line = self._lines.get(key)
@@ -127,18 +144,17 @@ class Admission:
         """Take a run slot for a call of connection ``key``, waiting in line if need be.
 
         Raises :exc:`AdmissionRefused` at once when the queue is full and ``key``
-        has at least as many calls waiting as any other connection, or later when a
-        call of a connection with fewer waiting took this one's place. If cancelled
+        is at least as busy as every connection with a call waiting, or later when a
+        call of a less busy connection took this one's place. If cancelled
         while waiting, the call leaves the line and holds no slot; if cancelled just
         as its turn came, the slot passes on.
         """
         if self._running < self._max_running and not self._queued:
             self._running += 1
             return
-        line = self._lines.get(key)
-        mine = len(line.waiters) if line is not None else 0
         if self._queued >= self._max_queued:
-            self._displace_for(mine)
+            self._displace_for(key)
+        line = self._lines.get(key)
         if line is None:
             line = self._lines[key] = _Line(key)
             self._turns.append(line)
@@ -169,14 +185,19 @@ class Admission:
 
     # ----------------------------------------------------------------- lines ---
 
-    def _displace_for(self, mine: int) -> None:
-        """Make room for one call of a connection with ``mine`` calls waiting, or refuse it."""
-        if self._longest <= mine:
+    def _business(self, line: _Line) -> tuple[int, int]:
+        return self._load.get(line.key, 0), len(line.waiters)
+
+    def _displace_for(self, key: Hashable) -> None:
+        """Make room for one call of connection ``key``, or refuse it."""
+        # As it would be with this call waiting too: equals never displace each other.
+        mine = (self._load.get(key, 0), self.waiting(key) + 1)
+        victim = max(self._turns, key=self._business, default=None)
+        if victim is None or self._business(victim) <= mine or victim.key == key:
             self.refused += 1
             raise AdmissionRefused(
                 f"server at capacity: {self._running} calls running, {self._queued} waiting"
             )
-        victim = next(iter(self._by_length[self._longest]))
         future = victim.waiters[-1]
         self._remove(victim, future)
         self.refused += 1
@@ -185,17 +206,15 @@ class Admission:
         future.set_exception(
             AdmissionRefused(
                 f"server at capacity: {self._running} calls running, {self._queued + 1} "
-                "waiting; this connection had the most waiting"
+                "waiting; this connection was the busiest"
             )
         )
 
     def _push(self, line: _Line, future: asyncio.Future[None]) -> None:
-        self._move(line, len(line.waiters), len(line.waiters) + 1)
         line.waiters.append(future)
         self._queued += 1
 
     def _pop_oldest(self, line: _Line) -> asyncio.Future[None]:
-        self._move(line, len(line.waiters), len(line.waiters) - 1)
         self._queued -= 1
         future = line.waiters.popleft()
         if not line.waiters:
@@ -205,23 +224,8 @@ class Admission:
     def _remove(self, line: _Line, future: asyncio.Future[None]) -> None:
         if future not in line.waiters:
             return  # release() or a displacement took it out already
-        self._move(line, len(line.waiters), len(line.waiters) - 1)
         self._queued -= 1
         line.waiters.remove(future)
         if not line.waiters:
             del self._lines[line.key]
             self._turns.remove(line)
-
-    def _move(self, line: _Line, old: int, new: int) -> None:
-        """Keep :attr:`_by_length` and :attr:`_longest` in step with a line's length."""
-        if old:
-            bucket = self._by_length[old]
-            del bucket[line]
-            if not bucket:
-                del self._by_length[old]
-        if new:
-            self._by_length[new][line] = None
-        if new > self._longest:
-            self._longest = new
-        while self._longest and self._longest not in self._by_length:
-            self._longest -= 1

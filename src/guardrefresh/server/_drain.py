@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Hashable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -268,12 +268,14 @@ def trailers_sent(stream: grpclib.server.Stream[Any, Any]) -> bool:
     return bool(stream._send_trailing_metadata_done)
 
 
-def connection_of(stream: grpclib.server.Stream[Any, Any]) -> Hashable:
-    """The HTTP/2 connection a call came on, as a key (the same object for all its calls)."""
-    # Stream._stream: the call's grpclib.protocol.Stream; its ``connection`` is the
-    # grpclib Connection of the HTTP/2 connection, one per client connection.
-    connection: Hashable = stream._stream.connection
-    return connection
+def connection_of(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTransport:
+    """The transport of the connection a call came on (the same for all its calls)."""
+    # Stream._stream: the call's grpclib.protocol.Stream; its _transport is the
+    # asyncio transport of the client's connection, set at construction.
+    transport = stream._stream._transport
+    if not isinstance(transport, asyncio.BaseTransport):
+        raise RuntimeError(f"grpclib stream has transport {transport!r}")
+    return transport
 
 
 def intercept_request_reads(

@@ -49,7 +49,7 @@ from guardrefresh.proto.google_proto_descriptor_pool import default_google_proto
 from . import _drain
 from ._admission import Admission, default_max_queued, default_max_running
 from ._budget import ByteBudget
-from ._intake import RequestLimits, RequestReader
+from ._intake import RequestLimits, RequestReader, ShedBackoff
 
 __all__ = ["DEFAULT_EXEMPT_METHODS", "SHUTDOWN_MESSAGE", "DrainReport", "GrpcHost"]
 
@@ -91,6 +91,8 @@ MAX_CONCURRENT_STREAMS = 100
 MAX_PENDING_REQUEST_BYTES = 64 * 1024 * 1024
 #: Seconds a call's request message may take to arrive.
 REQUEST_TIMEOUT_S = 30.0
+#: Seconds a connection is not read after one of its calls was shed (see _intake).
+SHED_PAUSE_S = 4.0
 
 
 class _RefusingProtoCodec(ProtoCodec):  # type: ignore[misc]  # grpclib is not type-checked
@@ -412,6 +414,7 @@ class GrpcHost:
             budget=self._budget,
             request_timeout=float(request_timeout),
             admission=self._admission,
+            backoff=ShedBackoff(SHED_PAUSE_S),
         )
         self._services = tuple(services)
         self._service_names = tuple(_service_name(s) for s in self._services)

@@ -16,7 +16,9 @@ which enforces, in order:
    stream, since the client has not finished sending);
 4. admission: once the first message is in, the call waits for a run slot
    (:class:`~._admission.Admission`), still holding its reservation, since its bytes are
-   still waiting; a refused call ends with RESOURCE_EXHAUSTED.
+   still waiting; a refused call ends with RESOURCE_EXHAUSTED, and its connection is not
+   read for a moment (:class:`ShedBackoff`): a flooding client would otherwise send the
+   next call at once, and refusing calls costs the server almost as much as serving them.
 
 So a client that stalls its bodies, or opens thousands of streams and never sends,
 holds at most the budget, and only for ``request_timeout``; and a slot is only ever
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Hashable
 
 import attrs
@@ -36,11 +39,49 @@ from grpclib.exceptions import GRPCError
 from ._admission import Admission, AdmissionRefused
 from ._budget import ByteBudget
 
-__all__ = ["RequestLimits", "RequestReader"]
+__all__ = ["RequestLimits", "RequestReader", "ShedBackoff"]
 
 logger = logging.getLogger(__name__)
 
 _Read = Callable[[int], Awaitable[bytes]]
+
+
+class ShedBackoff:
+    """Stop reading a connection for about ``seconds`` after one of its calls was shed.
+
+    Its calls already read go on and its answers are still written; what the client
+    sends meanwhile waits in the socket buffers (TCP pushes back on it). A later shed
+    restarts the pause. Each pause lasts 0.5 to 1.5 times ``seconds`` (at random), so
+    that connections shed together are not all read again at the same moment (a flood
+    of calls every ``seconds``). ``connection`` is the connection's transport.
+    """
+
+    def __init__(self, seconds: float, *, rng: random.Random | None = None) -> None:
+        self._seconds = seconds
+        self._rng = rng or random.Random()
+        self._resume_at: dict[asyncio.ReadTransport, asyncio.TimerHandle] = {}
+
+    @property
+    def paused(self) -> int:
+        """Connections not being read now."""
+        return len(self._resume_at)
+
+    def shed(self, connection: Hashable) -> None:
+        if not isinstance(connection, asyncio.ReadTransport) or connection.is_closing():
+            return
+        timer = self._resume_at.pop(connection, None)
+        if timer is not None:
+            timer.cancel()
+        else:
+            connection.pause_reading()
+        loop = asyncio.get_running_loop()
+        pause = self._seconds * self._rng.uniform(0.5, 1.5)
+        self._resume_at[connection] = loop.call_later(pause, self._resume, connection)
+
+    def _resume(self, connection: asyncio.ReadTransport) -> None:
+        del self._resume_at[connection]
+        if not connection.is_closing():
+            connection.resume_reading()
 
 
 @attrs.frozen
@@ -53,6 +94,8 @@ class RequestLimits:
     request_timeout: float
     #: None: calls run as soon as their request is in.
     admission: Admission | None
+    #: None: a connection whose call was shed is read on at once.
+    backoff: ShedBackoff | None = None
 
 
 class RequestReader:
@@ -72,6 +115,10 @@ class RequestReader:
         self._expect_body = False
         self._messages = 0
         self._holds_slot = False
+        if self._admit:
+            assert limits.admission is not None
+            limits.admission.enter(connection)
+        self._finished = False
 
     @property
     def holds_slot(self) -> bool:
@@ -117,10 +164,17 @@ class RequestReader:
 
     def finish(self) -> None:
         """The call has ended: give back its run slot, if it holds one. Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        admission = self._limits.admission
         if self._holds_slot:
             self._holds_slot = False
-            assert self._limits.admission is not None
-            self._limits.admission.release()
+            assert admission is not None
+            admission.release()
+        if self._admit:
+            assert admission is not None
+            admission.leave(self._connection)
 
     async def _within(self, reading: Awaitable[bytes], deadline: float | None) -> bytes:
         if deadline is None:
@@ -142,5 +196,7 @@ class RequestReader:
         try:
             await admission.acquire(self._connection)
         except AdmissionRefused as exc:
+            if self._limits.backoff is not None:
+                self._limits.backoff.shed(self._connection)
             raise GRPCError(Status.RESOURCE_EXHAUSTED, str(exc)) from None
         self._holds_slot = True
