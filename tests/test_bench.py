@@ -48,6 +48,10 @@ EXPECTED = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     ],
+    "edge": [
+        "fresh_client_GetRuleStats_under_flood",
+        "health_check_under_flood",
+    ],
 }
 
 #: Benchmarks that carry a target in a full run; --tiny records it with met = None.
@@ -63,6 +67,7 @@ WITH_TARGETS = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     },
+    "edge": {"fresh_client_GetRuleStats_under_flood", "health_check_under_flood"},
 }
 
 
@@ -144,6 +149,12 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
         low, high = ratio["median_95ci"]
         assert ratio["samples"]["min"] <= low <= ratio["median"] <= high <= ratio["samples"]["max"]
     assert grpc["idle_cpu_percent"]["median"] >= 0
+    edge = document["edge"]
+    fresh = edge["fresh_client_GetRuleStats_under_flood"]
+    assert fresh["parameters"]["flood_seconds"] == meta["plan"]["edge_seconds"]
+    assert sum(fresh["flood_calls"].values()) > 0  # the flooders did flood
+    assert fresh["probes"] >= 1 and edge["health_check_under_flood"]["probes"] >= 1
+    assert set(fresh["rss_mib"]) == {"before", "end_of_flood", "after"}
 
     # Every benchmark with a target shows up in the summary, with its verdict.
     summarized = {row["benchmark"] for row in document["summary"]}
