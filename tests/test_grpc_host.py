@@ -695,6 +695,12 @@ async def test_grpclib_internals_the_drain_relies_on_are_still_there() -> None:
         _drain.ExpiredDeadlineWrapper,
     )
     assert {"cancelled", "cancel_failed", "_error"} <= set(vars(grpclib.utils.Wrapper))
+    # The edge limits: a call's transport, grpclib's sweep of closed connections, and
+    # the connection's flush after the stream-limit SETTINGS.
+    assert "self._transport = transport" in inspect.getsource(grpclib.protocol.Stream.__init__)
+    assert callable(grpclib.server.Server.__gc_collect__)
+    assert "h.check_closed()" in inspect.getsource(grpclib.server.Server.__gc_collect__)
+    assert callable(grpclib.protocol.Connection.flush)
 
     async with trio_asyncio.open_loop():
         server = grpclib.server.Server([ScriptedDataPlane()])

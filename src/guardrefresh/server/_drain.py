@@ -5,7 +5,8 @@ telling their clients and leaves open connections serving), no request size limi
 answers a call whose deadline passed before it started with UNKNOWN "Internal Server
 Error" (logging an ERROR traceback per call); and the h2 connections it makes remember
 their last 65,536 closed streams (12-15 MB each). The host mends all four through a few
-private attributes. They are reached only through the functions below, one comment per
+private attributes, which also let it bound what each call may cost before its handler
+runs (``_intake``: request reads, the call's connection, the advertised stream limit). They are reached only through the functions below, one comment per
 access, so that an upgrade breaks in one place; :func:`check_internals` runs before the
 server binds and ``tests/test_grpc_host.py`` has a canary test for each attribute, so a
 breaking upgrade fails loudly rather than silently losing the drain. grpclib is pinned

@@ -409,12 +409,13 @@ class GrpcHost:
         self._admission = Admission(max_concurrent_rpcs, max_queued_rpcs)
         self._budget = ByteBudget(max_pending_request_bytes)
         self._calls_ended: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
+        self._backoff = ShedBackoff(SHED_PAUSE_S)
         self._limits = RequestLimits(
             max_message_bytes=max_message_bytes,
             budget=self._budget,
             request_timeout=float(request_timeout),
             admission=self._admission,
-            backoff=ShedBackoff(SHED_PAUSE_S),
+            backoff=self._backoff,
         )
         self._services = tuple(services)
         self._service_names = tuple(_service_name(s) for s in self._services)
@@ -741,6 +742,7 @@ class GrpcHost:
         exempt_open = len(self._calls) - self._in_flight_at_start
 
         self._status.set(False)
+        self._backoff.resume_all()  # the drain reads on until clients close their side
         logger.info(
             "drain 1/6 (%s): health NOT_SERVING; %d RPCs in flight, "
             "%d health/reflection streams open, grace %.3f s",

@@ -78,6 +78,12 @@ class ShedBackoff:
         pause = self._seconds * self._rng.uniform(0.5, 1.5)
         self._resume_at[connection] = loop.call_later(pause, self._resume, connection)
 
+    def resume_all(self) -> None:
+        """Read every paused connection again now (the drain needs to see clients close)."""
+        for connection, timer in list(self._resume_at.items()):
+            timer.cancel()
+            self._resume(connection)
+
     def _resume(self, connection: asyncio.ReadTransport) -> None:
         del self._resume_at[connection]
         if not connection.is_closing():
