@@ -48,6 +48,10 @@ EXPECTED = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     ],
+    "edge": [
+        "fresh_client_GetRuleStats_under_flood",
+        "health_check_under_flood",
+    ],
     "codec": [
         f"{message}_{how}"
         for message, ways in (
@@ -97,6 +101,7 @@ WITH_TARGETS = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     },
+    "edge": {"fresh_client_GetRuleStats_under_flood", "health_check_under_flood"},
     "codec": set(),
     # Decision targets are stated for 1,000 and 10,000 rules only.
     "enforce": {"speedup_vs_reference_50"},
@@ -196,6 +201,12 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
     assert encoded["parameters"]["evidence"] == 50 and encoded["parameters"]["bytes"] > 0
     assert encoded["samples"]["n"] == meta["plan"]["codec_repeats"]
     assert codec["GetRuleResponse_encode_betterproto2"]["parameters"]["anchor_floats"] == 2048
+    edge = document["edge"]
+    fresh = edge["fresh_client_GetRuleStats_under_flood"]
+    assert fresh["parameters"]["flood_seconds"] == meta["plan"]["edge_seconds"]
+    assert sum(fresh["flood_calls"].values()) > 0  # the flooders did flood
+    assert fresh["probes"] >= 1 and edge["health_check_under_flood"]["probes"] >= 1
+    assert set(fresh["rss_mib"]) == {"before", "end_of_flood", "after"}
 
     # Every benchmark with a target shows up in the summary, with its verdict.
     summarized = {row["benchmark"] for row in document["summary"]}
