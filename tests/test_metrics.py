@@ -613,6 +613,7 @@ class FakeOutcome:
     encode_us: int = 0
     encoded: bool = False
     encode_failure: str | None = None
+    refused: bool = False
 
 
 def test_enforce_metrics_count_decisions_latency_rules_and_encoder_failures() -> None:
@@ -632,6 +633,8 @@ def test_enforce_metrics_count_decisions_latency_rules_and_encoder_failures() ->
             encode_us=1_500_000, total_us=1_500_100,
         )
     )  # fmt: skip
+    # A request refused with INVALID_ARGUMENT decided nothing: no Enforce metric moves.
+    metrics.enforce.observe(FakeOutcome(decision_name="DENY", rules_evaluated=0, refused=True))
     assert get("guardrefresh_enforce_total", {"decision": "ALLOW"}) == 2
     assert get("guardrefresh_enforce_total", {"decision": "STEP_UP"}) == 1
     assert get("guardrefresh_enforce_total", {"decision": "DENY"}) == 1
