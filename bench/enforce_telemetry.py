@@ -69,7 +69,7 @@ def _check_recording(channel_on: Any, channel_off: Any, calls: int) -> int:
     query = channel_on.unary_unary(QUERY_TELEMETRY)
     deadline = time.monotonic() + 10.0
     while True:
-        total = pb.QueryTelemetryResponse.parse(query(request, timeout=30)).total_count
+        total = int(pb.QueryTelemetryResponse.parse(query(request, timeout=30)).total_count)
         if total >= calls or time.monotonic() > deadline:
             break
         time.sleep(0.1)

@@ -64,6 +64,7 @@ EXPECTED = {
         "Enforce_latency_20_rules",
         "Enforce_latency_50_rules",
         "Enforce_throughput_20_rules_8_clients",
+        "Enforce_telemetry_on_off_p50_ratio_20_rules",
     ],
     "telemetry": [
         "ingest_dropped_per_s",
@@ -88,7 +89,11 @@ WITH_TARGETS = {
         "idle_cpu_percent",
     },
     "codec": set(),
-    "enforce_grpc": {"Enforce_latency_20_rules", "Enforce_latency_50_rules"},
+    "enforce_grpc": {
+        "Enforce_latency_20_rules",
+        "Enforce_latency_50_rules",
+        "Enforce_telemetry_on_off_p50_ratio_20_rules",
+    },
     "telemetry": {"ingest_dropped_per_s", "query_tenant_decision_last_hour_50", "query_newest_50"},
 }
 
@@ -179,6 +184,14 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
     assert encoded["parameters"]["evidence"] == 50 and encoded["parameters"]["bytes"] > 0
     assert encoded["samples"]["n"] == meta["plan"]["codec_repeats"]
     assert codec["GetRuleResponse_encode_betterproto2"]["parameters"]["anchor_floats"] == 2048
+
+    # Telemetry on and off measured side by side, the on service really recording.
+    ratio = document["enforce_grpc"]["Enforce_telemetry_on_off_p50_ratio_20_rules"]
+    assert ratio["parameters"]["rounds"] == ratio["samples"]["n"] == len(ratio["values"]) == 2
+    assert ratio["targets"] == [{"stat": "median", "op": ">=", "value": 0.9, "unit": "ratio"}]
+    assert all(_number(ratio["p50_ms"][mode]) for mode in ("on", "off"))
+    assert all(ratio["server_cpu_us_per_request"][mode] > 0 for mode in ("on", "off"))
+    assert ratio["sessions_recorded"] >= 1 + 5 + 2 * 10
 
     # Every benchmark with a target shows up in the summary, with its verdict.
     summarized = {row["benchmark"] for row in document["summary"]}
