@@ -21,6 +21,7 @@ from telemetry_support import make_session
 
 from guardrefresh.telemetry import (
     SCHEMA_VERSION,
+    WRITER_NICE,
     EnforcementSession,
     InvalidQueryError,
     SessionQuery,
@@ -438,3 +439,29 @@ async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded(db: Pa
     assert not wal.exists() or wal.stat().st_size == 0  # the last close checkpoints it all
     with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 4800
+
+
+async def test_the_service_writer_runs_below_the_request_path_and_restores_its_thread(
+    db: Path,
+) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    async with open_telemetry(db) as telemetry:
+        writer = telemetry.writer
+        assert telemetry.record(make_session("s1", timestamp_ms=T0))
+        await trio.to_thread.run_sync(wait_for, lambda: writer.counters.committed == 1)
+        assert writer.nice == WRITER_NICE
+        assert writer.native_id is not None and writer.native_id != threading.get_native_id()
+        assert os.getpriority(os.PRIO_PROCESS, writer.native_id) == base + WRITER_NICE
+        # Only that thread: the Trio thread (Enforce's) keeps its priority.
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    # Trio reuses its worker threads: the writer's is back at the service's priority
+    # (when the process may raise it again, as here: root in the test machine, or
+    # CAP_SYS_NICE).
+    if os.geteuid() == 0:
+        assert os.getpriority(os.PRIO_PROCESS, writer.native_id) == base
+
+
+def test_a_writer_run_directly_keeps_the_callers_priority(db: Path) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    write_all(db, [make_session("s1", timestamp_ms=T0)])
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base

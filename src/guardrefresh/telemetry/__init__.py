@@ -38,7 +38,7 @@ from ._session import (
     decision_name_of,
     legacy_decision,
 )
-from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, SessionWriter, session_row
+from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, WRITER_NICE, SessionWriter, session_row
 
 __all__ = [
     "BLOCK",
@@ -52,6 +52,7 @@ __all__ = [
     "PASS",
     "PRUNE_STEP_BUDGET_S",
     "SCHEMA_VERSION",
+    "WRITER_NICE",
     "Checkpointer",
     "Durations",
     "EnforceOutcomeLike",
