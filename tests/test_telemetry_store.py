@@ -21,6 +21,7 @@ from telemetry_support import make_session
 
 from guardrefresh.telemetry import (
     SCHEMA_VERSION,
+    STORED_RULE_FIELDS,
     WRITER_NICE,
     EnforcementSession,
     InvalidQueryError,
@@ -28,6 +29,7 @@ from guardrefresh.telemetry import (
     SessionReader,
     SessionWriter,
     TelemetryRecorder,
+    expand_stored_json,
     open_telemetry,
 )
 
@@ -465,3 +467,24 @@ def test_a_writer_run_directly_keeps_the_callers_priority(db: Path) -> None:
     base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
     write_all(db, [make_session("s1", timestamp_ms=T0)])
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
+def test_rules_are_stored_as_rows_and_served_as_the_full_document(db: Path) -> None:
+    session = make_session("compact", timestamp_ms=T0, rules=50)
+    write_all(db, [session])
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        [(stored,)] = conn.execute("SELECT session_json FROM sessions").fetchall()
+    full = session.to_json()
+    assert len(stored) < len(full) / 2  # 50 rules: rows instead of 18-field objects
+    rows = json.loads(stored)["rules_evaluated"]
+    assert len(rows) == 50 and len(rows[0]) == len(STORED_RULE_FIELDS)
+    reader = SessionReader(db)
+    try:
+        assert reader.get("compact") == full
+        # A row written as a full document (as before) is served as it is.
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("UPDATE sessions SET session_json = ?", (full,))
+        assert reader.get("compact") == full
+        assert expand_stored_json(full) is full
+    finally:
+        reader.close()

@@ -94,7 +94,7 @@ def session_row(session: EnforcementSession) -> Row:
         session.durations.total_us,
         session.summary(),
         session.deciding_rule_id,
-        session.to_json(),
+        session.to_stored_json(),
     )
 
 
