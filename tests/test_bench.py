@@ -60,6 +60,16 @@ EXPECTED = {
         for how in ("betterproto2", "compiled", "speedup", *ways)
     ],
     # --tiny runs 20 and 50 rules in scope (100 and 1,000 in a full run).
+    "enforce": [
+        "decide_nothing_matching_50",
+        "decide_nothing_matching_200",
+        "build_evaluation_set_50",
+        "build_evaluation_set_200",
+        "decide_after_install_10_50",
+        "decide_after_install_10_200",
+        "reference_nothing_matching_50",
+        "speedup_vs_reference_50",
+    ],
     "enforce_grpc": [
         "Enforce_latency_20_rules",
         "Enforce_latency_50_rules",
@@ -89,6 +99,8 @@ WITH_TARGETS = {
         "idle_cpu_percent",
     },
     "codec": set(),
+    # Decision targets are stated for 1,000 and 10,000 rules only.
+    "enforce": {"speedup_vs_reference_50"},
     "enforce_grpc": {
         "Enforce_latency_20_rules",
         "Enforce_latency_50_rules",
@@ -179,6 +191,11 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
         low, high = ratio["median_95ci"]
         assert ratio["samples"]["min"] <= low <= ratio["median"] <= high <= ratio["samples"]["max"]
     assert grpc["idle_cpu_percent"]["median"] >= 0
+    enforce = document["enforce"]
+    assert enforce["decide_nothing_matching_200"]["parameters"]["rules_in_scope"] == 200
+    assert enforce["decide_nothing_matching_200"]["samples"]["n"] == 5
+    # The engine beats the scalar reference even at 50 rules.
+    assert enforce["speedup_vs_reference_50"]["median"] > 1
     codec = document["codec"]
     encoded = codec["EnforceResponse_encode_compiled"]
     assert encoded["parameters"]["evidence"] == 50 and encoded["parameters"]["bytes"] > 0

@@ -1,7 +1,9 @@
 """The Enforce handler in process: a real bridge on a temporary store, no gRPC.
 
 Both entry points (betterproto2 messages for typed callers, bytes for the wire) give the
-same answer; every decision reaches the observers once, with its durations.
+same answer; every decision reaches the observers once, with its durations. The handler
+runs where grpclib runs it, on the asyncio side of a trio-asyncio loop (it crosses to
+Trio to build a scope's evaluation set in a worker thread).
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -24,7 +26,7 @@ from guardrefresh.enforce import EnforcementEngine, IntentEncoder
 from guardrefresh.metrics import ServiceMetrics
 from guardrefresh.model import PolicyType, RuleAnchors
 from guardrefresh.proto import rule_installation as pb
-from guardrefresh.server import EnforceHandler, EnforceOutcome, open_asyncio_loop
+from guardrefresh.server import EnforceHandler, EnforceOutcome
 
 TENANT = "tenant-h"
 
@@ -38,13 +40,23 @@ def intent_json(tenant: str = TENANT, layer: str | None = None) -> str:
     return json.dumps(document)
 
 
+T = TypeVar("T")
+
+
 @pytest.fixture
 async def bridge(tmp_path: Path) -> AsyncIterator[Bridge]:
     bridge = await Bridge.open(tmp_path / "warm.bin", make_dirs=True)
     try:
-        yield bridge
+        async with trio_asyncio.open_loop():
+            yield bridge
     finally:
         bridge.close()
+
+
+async def on_asyncio(handler: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run one handler call as grpclib does: an asyncio coroutine on the shared loop."""
+    result: T = await trio_asyncio.aio_as_trio(handler)(*args)
+    return result
 
 
 async def install_allow_rule(bridge: Bridge) -> list[float]:
@@ -70,8 +82,8 @@ async def test_both_entry_points_agree_and_observers_see_each_decision(bridge: B
             intent_event_json=intent_json(), intent_vector=vector, request_id=f"r-{drift}",
             drift_score=drift, session_id="s-1",
         )  # fmt: skip
-        typed = await handler.enforce(request)
-        wire = pb.EnforceResponse.parse(await handler.enforce_bytes(bytes(request)))
+        typed = await on_asyncio(handler.enforce, request)
+        wire = pb.EnforceResponse.parse(await on_asyncio(handler.enforce_bytes, bytes(request)))
         assert typed == wire
         assert (typed.decision_name, typed.request_id, typed.rules_evaluated) == (
             name,
@@ -95,7 +107,7 @@ async def test_no_request_id_gets_a_uuid_and_no_vector_no_encoder_is_fail_closed
     handler = EnforceHandler(
         EnforcementEngine(bridge), IntentEncoder(None, None), observers=[seen.append]
     )
-    response = await handler.enforce(pb.EnforceRequest(intent_event_json=intent_json()))
+    response = await on_asyncio(handler.enforce, pb.EnforceRequest(intent_event_json=intent_json()))
     assert len(response.request_id) == 36 and response.request_id.count("-") == 4
     assert (response.decision_name, response.rules_evaluated) == ("DENY", 0)
     [outcome] = seen
@@ -115,14 +127,14 @@ async def test_a_broken_observer_does_not_fail_the_request(
         EnforcementEngine(bridge), IntentEncoder(None, None), observers=[broken]
     )
     request = pb.EnforceRequest(intent_event_json=intent_json(), intent_vector=vector)
-    assert (await handler.enforce(request)).decision_name == "ALLOW"
+    assert (await on_asyncio(handler.enforce, request)).decision_name == "ALLOW"
     assert "Enforce observer" in caplog.text and "observer bug" in caplog.text
 
 
 async def test_malformed_bytes_are_invalid_argument(bridge: Bridge) -> None:
     handler = EnforceHandler(EnforcementEngine(bridge), IntentEncoder(None, None))
     with pytest.raises(GRPCError) as info:
-        await handler.enforce_bytes(b"\x0a\xff\xff\xff")
+        await on_asyncio(handler.enforce_bytes, b"\x0a\xff\xff\xff")
     assert info.value.status is Status.INVALID_ARGUMENT
     assert "malformed EnforceRequest" in str(info.value.message)
 
@@ -143,7 +155,7 @@ def handler_with_metrics(bridge: Bridge) -> tuple[EnforceHandler, list[EnforceOu
 
 async def refused(handler: EnforceHandler, request: pb.EnforceRequest) -> str:
     with pytest.raises(GRPCError) as info:
-        await handler.enforce_bytes(bytes(request))
+        await on_asyncio(handler.enforce_bytes, bytes(request))
     assert info.value.status is Status.INVALID_ARGUMENT
     return str(info.value.message)
 
@@ -180,8 +192,9 @@ async def test_refused_requests_are_reported_as_refused_denials_not_decisions(
     get = metrics.registry.get_sample_value
     assert get("guardrefresh_enforce_total", {"decision": "DENY"}) == 0
     assert get("guardrefresh_enforce_duration_seconds_count") == 0
-    await handler.enforce_bytes(
-        bytes(pb.EnforceRequest(intent_event_json=good, intent_vector=vector))
+    await on_asyncio(
+        handler.enforce_bytes,
+        bytes(pb.EnforceRequest(intent_event_json=good, intent_vector=vector)),
     )
     assert get("guardrefresh_enforce_total", {"decision": "ALLOW"}) == 1
     assert [o.refused for o in seen] == [True, True, True, False]
@@ -225,12 +238,9 @@ async def test_a_large_bad_intent_parsed_in_a_thread_keeps_what_could_be_read(
 ) -> None:
     handler, seen, _ = handler_with_metrics(bridge)
     text = json.dumps({"tenantId": "t-big", "padding": "x" * 70_000})
-    # The thread is started from the asyncio side, as in the service.
-    async with open_asyncio_loop():
-        with pytest.raises(GRPCError) as info:
-            await trio_asyncio.aio_as_trio(handler.enforce_bytes)(
-                bytes(pb.EnforceRequest(intent_event_json=text))
-            )
+    # Parsed in a worker thread (over 64 KiB), started from the asyncio side.
+    with pytest.raises(GRPCError) as info:
+        await on_asyncio(handler.enforce_bytes, bytes(pb.EnforceRequest(intent_event_json=text)))
     assert info.value.status is Status.INVALID_ARGUMENT
     [outcome] = seen
     assert outcome.refused and outcome.tenant_id == "t-big" and outcome.intent.raw == text
@@ -239,7 +249,7 @@ async def test_a_large_bad_intent_parsed_in_a_thread_keeps_what_could_be_read(
 async def test_undecodable_bytes_are_reported_as_a_refusal(bridge: Bridge) -> None:
     handler, seen, _ = handler_with_metrics(bridge)
     with pytest.raises(GRPCError):
-        await handler.enforce_bytes(b"\x0a\xff\xff\xff")
+        await on_asyncio(handler.enforce_bytes, b"\x0a\xff\xff\xff")
     [outcome] = seen
     assert outcome.refused and "malformed EnforceRequest" in outcome.error
     assert uuid.UUID(outcome.request_id)
