@@ -178,6 +178,13 @@ def engine_version(postgres: PostgresServer, dsn: str) -> int:
     return int(out.strip())
 
 
+def engine_horizon(postgres: PostgresServer, dsn: str) -> int:
+    out = postgres.sql(
+        "SELECT value FROM guardrefresh_meta WHERE key = 'horizon'", database_name(dsn)
+    )
+    return int(out.strip())
+
+
 def store_rules(path: Path) -> tuple[int, dict[str, int]]:
     """(bridge version, rule id -> digest) of a warm store, read as an offline tool does."""
     store = WarmStore(path)
@@ -226,6 +233,7 @@ def enforce_request(pb2: Any, vector: Sequence[float], request_id: str) -> Any:
         "resource": {"type": "database"},
         "data": {"sensitivity": []},
         "risk": {"authn": "none"},
+        "layer": "L1",  # the layer of the rules pb_rule makes
     }
     return pb2.EnforceRequest(
         intent_event_json=json.dumps(intent),
