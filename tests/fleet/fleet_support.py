@@ -54,6 +54,14 @@ class Replica:
         self.client = DataPlaneClient(modules, self.process.port)
         return self.client
 
+    def serving(self) -> bool:
+        """Whether grpc.health.v1 Check answers SERVING (the whole server)."""
+        assert self.client is not None
+        outcome = self.client.raw_path("/grpc.health.v1.Health/Check", b"", deadline_s=5.0)
+        assert outcome.ok, outcome.details
+        # HealthCheckResponse: field 1 (status) as a varint; SERVING = 1, NOT_SERVING = 2.
+        return bytes(outcome.response) == b"\x08\x01"
+
     def status(self) -> Any:
         assert self.client is not None
         return self.client.status()
@@ -75,8 +83,10 @@ class Fleet:
         self.pb2 = modules.pb2
         self.replicas: dict[str, Replica] = {}
 
-    def start(self, *names: str, extra: Sequence[str] = ()) -> list[Replica]:
-        """Start replicas (in parallel) and wait until each listens and is in sync."""
+    def start(
+        self, *names: str, extra: Sequence[str] = (), wait_sync: bool = True
+    ) -> list[Replica]:
+        """Start replicas (in parallel) and wait until each listens (and is in sync)."""
         started = []
         for name in names:
             workdir = self.root / name
@@ -87,17 +97,23 @@ class Fleet:
             self.replicas[name] = replica
             started.append(replica)
         for replica in started:
-            replica.wait_ready()
+            if wait_sync:
+                replica.wait_ready()
+            else:
+                replica.process.wait_listening()
             replica.connect(self.modules)
         return started
 
-    def restart(self, name: str) -> Replica:
+    def restart(self, name: str, *, wait_sync: bool = True) -> Replica:
         old = self.replicas[name]
         old.close()
         process = ServiceProcess(old.workdir, *old.args)
         replica = Replica(name, old.workdir, old.args, process)
         self.replicas[name] = replica
-        replica.wait_ready()
+        if wait_sync:
+            replica.wait_ready()
+        else:
+            replica.process.wait_listening()
         replica.connect(self.modules)
         return replica
 

@@ -115,12 +115,18 @@ def test_a_killed_replica_catches_up_with_thousands_of_changes(
 def test_the_database_down_reads_and_enforce_serve_writes_unavailable_then_converge(
     tmp_path: Path, postgres: PostgresServer, pg_dsn: str, grpcio_modules: types.SimpleNamespace
 ) -> None:
-    with running_fleet(tmp_path, pg_dsn, grpcio_modules, "a", "b", "c") as fleet:
+    """PostgreSQL stopped for about 10 s. Replicas a and b keep their defaults (degraded but
+    up); c runs with --max-replication-lag 2 --fail-when-stale and goes NOT_SERVING; b is
+    restarted during the outage: it serves its local rules but stays NOT_SERVING until its
+    first sync."""
+    with running_fleet(tmp_path, pg_dsn, grpcio_modules, "a", "b") as fleet:
+        fleet.start("c", extra=("--max-replication-lag", "2", "--fail-when-stale"))
         pb2 = fleet.pb2
         assert fleet.install("a", [f"r-{i}" for i in range(20)]).ok
         before = wait_converged(fleet, postgres)
         request = enforce_request(pb2, intent_like(0), "req-down")
         expected = fleet["b"].client.call("Enforce", request).SerializeToString(deterministic=True)
+        assert all(fleet[name].serving() for name in "abc")
         with postgres.stopped():
             deadline = time.monotonic() + 10.0
             for name in "abc":
@@ -133,6 +139,7 @@ def test_the_database_down_reads_and_enforce_serve_writes_unavailable_then_conve
             assert "fleet database" in written.details
             removed = fleet.remove("c", "r-1")
             assert removed.code is grpc.StatusCode.UNAVAILABLE
+            fleet.restart("b", wait_sync=False)  # starts from its own store
             while time.monotonic() < deadline:  # keep serving for the whole outage
                 for name in "abc":
                     client = fleet[name].client
@@ -141,22 +148,27 @@ def test_the_database_down_reads_and_enforce_serve_writes_unavailable_then_conve
                     assert got.ok, got.details
                     answer = client.call("Enforce", request)
                     assert answer.SerializeToString(deterministic=True) == expected
-                    assert client.health_responds(5.0)
                 time.sleep(0.5)
-            status = fleet["a"].status().replication
-            assert not status.connected and status.lag_s > 5 and status.last_error
-        # Back: every replica reconnects, and writes work again everywhere.
+            assert fleet["a"].serving()  # degraded but up
+            assert not fleet["b"].serving()  # never synced since its start
+            assert not fleet["b"].status().replication.synced
+            assert not fleet["c"].serving()  # lag over its limit, --fail-when-stale
+            status = fleet["c"].status().replication
+            assert not status.connected and status.lag_s > 5 and status.lagging
+            assert status.last_error
+        # Back: every replica reconnects and serves, and writes work again everywhere.
         for name in "abc":
             wait_until(
-                lambda name=name: fleet[name].status().replication.connected,
+                lambda name=name: fleet[name].serving(),
                 timeout=15.0,
-                what=f"replica {name} to reconnect",
+                what=f"replica {name} to reconnect and report SERVING",
             )
         assert fleet.install("c", ["after-outage"]).ok
         assert fleet.remove("a", "r-1").ok
         rules = wait_converged(fleet, postgres)
         assert set(rules) == (set(before) - {"r-1"}) | {"after-outage"}
         assert "during-outage" not in rules
+        fleet["c"].process.wait_for_log("Replication lag .* exceeds --max-replication-lag 2s")
 
 
 def test_two_writers_updating_the_same_rules_leave_every_replica_identical(
