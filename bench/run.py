@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m bench.run [--sizes 1000,10000,100000] [--only storage,refresh,grpc,codec,enforce_grpc,telemetry]
+    python -m bench.run [--sizes 1000,10000,100000] [--only storage,refresh,grpc,codec,enforce_grpc,telemetry,fleet]
                         [--out bench/results/latest.json] [--tiny]
 
 ``--tiny`` shrinks every size, repeat count and window so the whole run takes
@@ -11,7 +11,7 @@ the targets, which then read ``met: null``.
 
 The document: ``meta`` (machine, versions, plan, timings) and one section per
 benchmark group (``storage``, ``refresh``, ``grpc``, ``codec``, ``enforce_grpc``,
-``telemetry``), each mapping a benchmark name to its parameters, samples summary, median,
+``telemetry``, ``fleet``), each mapping a benchmark name to its parameters, samples summary, median,
 p99, targets and ``met``;
 ``summary`` lists every benchmark that has a target, with its verdict.
 """
@@ -39,7 +39,7 @@ __all__ = ["main", "run"]
 
 logger = logging.getLogger("bench")
 
-GROUPS = ("storage", "refresh", "grpc", "codec", "enforce_grpc", "telemetry")
+GROUPS = ("storage", "refresh", "grpc", "codec", "enforce_grpc", "telemetry", "fleet")
 DEFAULT_SIZES = (1000, 10_000, 100_000)
 DEFAULT_OUT = Path("bench/results/latest.json")
 
@@ -67,6 +67,7 @@ def _groups(text: str) -> tuple[str, ...]:
 def _runners() -> dict[str, Callable[[Workspace, Plan], dict[str, Any]]]:
     from .codec import run_codec
     from .enforce_grpc import run_enforce_grpc
+    from .fleet import run_fleet
     from .grpc_server import run_grpc
     from .refresh import run_refresh
     from .storage import run_storage
@@ -79,6 +80,7 @@ def _runners() -> dict[str, Callable[[Workspace, Plan], dict[str, Any]]]:
         "codec": run_codec,
         "enforce_grpc": run_enforce_grpc,
         "telemetry": run_telemetry,
+        "fleet": run_fleet,
     }
 
 

@@ -29,6 +29,8 @@ BACKOFF_MIN_S = 0.05
 BACKOFF_MAX_S = 2.0
 #: Rows per pull (~4 MB of rules); a page never splits one write.
 PAGE_ROWS = 500
+#: Pages up to this many rules are decoded on the event loop (well under a millisecond).
+_INLINE_ROWS = 16
 #: A repeated failure is logged again at most this often.
 _LOG_EVERY_S = 60.0
 
@@ -244,7 +246,10 @@ class Replica:
                 if pull.upserts or pull.deletes:
                     if pull.oldest_change_at is not None and self._behind_since is None:
                         self._behind_since = pull.oldest_change_at
-                    columns = await trio.to_thread.run_sync(_page_columns, pull)
+                    if len(pull.upserts) > _INLINE_ROWS:
+                        columns = await trio.to_thread.run_sync(_page_columns, pull)
+                    else:  # a few rules: cheaper here than a thread hop
+                        columns = _page_columns(pull)
                     await self._bridge.apply_replicated(columns)
                     self.applied.value = pull.version
                 if not pull.more:

@@ -50,13 +50,16 @@ class WriteOutcome:
 
 async def _begin_write(connection: asyncpg.Connection, count: int, *, serialise: bool) -> int:
     """Take the writers' lock and reserve ``count`` versions; returns the first."""
-    if serialise:
-        await connection.execute("SELECT pg_advisory_xact_lock($1)", WRITE_LOCK)
-    first: int = await connection.fetchval(f"SELECT nextval('{VERSION_SEQUENCE}')")
-    if count > 1:
-        # Safe: every caller of nextval holds the lock taken above.
-        await connection.execute(f"SELECT setval('{VERSION_SEQUENCE}', $1)", first + count - 1)
-    return first
+    # One round trip: the lock (in FROM, so taken before the target list runs), then
+    # the range. setval after nextval is safe: every caller of nextval holds the lock.
+    lock = "pg_advisory_xact_lock($2)" if serialise else "(SELECT $2::bigint)"
+    last: int = await connection.fetchval(
+        f"SELECT setval('{VERSION_SEQUENCE}', nextval('{VERSION_SEQUENCE}') + $1 - 1) "
+        f"FROM {lock} AS held",
+        count,
+        WRITE_LOCK,
+    )
+    return last - count + 1
 
 
 async def _notify(connection: asyncpg.Connection, end: int) -> None:
@@ -193,10 +196,11 @@ class Head:
 
 
 async def _head(connection: asyncpg.Connection) -> Head:
-    horizon: int = await connection.fetchval(
-        f"SELECT value FROM {META_TABLE} WHERE key = 'horizon'"
+    row = await connection.fetchrow(
+        f"SELECT (SELECT value FROM {META_TABLE} WHERE key = 'horizon') AS horizon, "
+        f"(SELECT coalesce(max(version), 0) FROM {RULES_TABLE}) AS newest"
     )
-    newest: int = await connection.fetchval(f"SELECT coalesce(max(version), 0) FROM {RULES_TABLE}")
+    horizon, newest = int(row["horizon"]), int(row["newest"])
     return Head(max(newest, horizon), horizon)
 
 
