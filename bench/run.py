@@ -88,7 +88,8 @@ def _summary(document: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for group in GROUPS:
         for name, result in document.get(group, {}).items():
-            if result.get("targets"):
+            # A group that could not run records {"skipped": reason}.
+            if isinstance(result, dict) and result.get("targets"):
                 rows.append(
                     {
                         "benchmark": f"{group}.{name}",
