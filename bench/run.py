@@ -2,7 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m bench.run [--sizes 1000,10000,100000] [--only storage,refresh,grpc,codec,enforce_grpc,telemetry,fleet]
+    python -m bench.run [--sizes 1000,10000,100000]
+                        [--only storage,refresh,grpc,edge,codec,enforce,enforce_grpc,telemetry,fleet]
                         [--out bench/results/latest.json] [--tiny]
 
 ``--tiny`` shrinks every size, repeat count and window so the whole run takes
@@ -10,9 +11,9 @@ well under a minute (tests/test_bench.py runs it); its numbers say nothing about
 the targets, which then read ``met: null``.
 
 The document: ``meta`` (machine, versions, plan, timings) and one section per
-benchmark group (``storage``, ``refresh``, ``grpc``, ``codec``, ``enforce_grpc``,
-``telemetry``, ``fleet``), each mapping a benchmark name to its parameters, samples summary, median,
-p99, targets and ``met``;
+benchmark group (``storage``, ``refresh``, ``grpc``, ``edge``, ``codec``, ``enforce``,
+``enforce_grpc``, ``telemetry``, ``fleet``), each mapping a benchmark name to its parameters, samples
+summary, median, p99, targets and ``met``;
 ``summary`` lists every benchmark that has a target, with its verdict.
 """
 
@@ -39,7 +40,17 @@ __all__ = ["main", "run"]
 
 logger = logging.getLogger("bench")
 
-GROUPS = ("storage", "refresh", "grpc", "codec", "enforce_grpc", "telemetry", "fleet")
+GROUPS = (
+    "storage",
+    "refresh",
+    "grpc",
+    "edge",
+    "codec",
+    "enforce",
+    "enforce_grpc",
+    "telemetry",
+    "fleet",
+)
 DEFAULT_SIZES = (1000, 10_000, 100_000)
 DEFAULT_OUT = Path("bench/results/latest.json")
 
@@ -66,6 +77,8 @@ def _groups(text: str) -> tuple[str, ...]:
 
 def _runners() -> dict[str, Callable[[Workspace, Plan], dict[str, Any]]]:
     from .codec import run_codec
+    from .edge import run_edge
+    from .enforce import run_enforce
     from .enforce_grpc import run_enforce_grpc
     from .fleet import run_fleet
     from .grpc_server import run_grpc
@@ -77,7 +90,9 @@ def _runners() -> dict[str, Callable[[Workspace, Plan], dict[str, Any]]]:
         "storage": run_storage,
         "refresh": run_refresh,
         "grpc": run_grpc,
+        "edge": run_edge,
         "codec": run_codec,
+        "enforce": run_enforce,
         "enforce_grpc": run_enforce_grpc,
         "telemetry": run_telemetry,
         "fleet": run_fleet,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import functools
@@ -35,6 +36,7 @@ from ..server import (
     EnforceHandler,
     EnforceObserver,
     GrpcHost,
+    LoopErrorHandler,
     max_connections_for,
     open_asyncio_loop,
 )
@@ -47,6 +49,7 @@ from ._fleet import Fleet, FleetStartupError, open_fleet, watch_replication
 from ._health import ServingGate
 from ._limits import raise_fd_limit
 from ._memory import release_free_memory, tune_allocator
+from ._trim import trim_after_request_bursts
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +85,7 @@ async def serve_service(
         raise StartupError(f"cannot open warm storage: {exc}") from None
     try:
         async with (
-            open_asyncio_loop(),
+            open_asyncio_loop() as loop,
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
@@ -100,10 +103,17 @@ async def serve_service(
                 telemetry,
                 fleet,
                 _edge_limits(config, fd_limit),
+                _loop_errors(loop),
                 task_status,
             )
     finally:
         bridge.close()
+
+
+def _loop_errors(loop: asyncio.AbstractEventLoop) -> LoopErrorHandler | None:
+    """The counters of the loop's error handler (installed by ``open_asyncio_loop``)."""
+    handler = loop.get_exception_handler()
+    return handler if isinstance(handler, LoopErrorHandler) else None
 
 
 @contextlib.asynccontextmanager
@@ -192,6 +202,7 @@ async def _supervise(
     telemetry: Telemetry | None,
     fleet: Fleet | None,
     edge_limits: EdgeLimits,
+    loop_errors: LoopErrorHandler | None,
     task_status: trio.TaskStatus[int],
 ) -> None:
     ssl_context, auth = _security(config)
@@ -247,10 +258,22 @@ async def _supervise(
         host=config.server.host,
         port=config.server.port,
         max_message_bytes=config.server.max_message_bytes,
+        max_concurrent_streams=config.server.max_concurrent_streams,
+        max_pending_request_bytes=config.server.max_pending_request_bytes,
+        request_timeout=config.server.request_timeout,
+        # 0 = GrpcHost's defaults, sized to this machine.
+        max_concurrent_rpcs=config.server.max_concurrent_rpcs or None,
+        max_queued_rpcs=config.server.max_queued_rpcs or None,
         ssl=ssl_context,
         on_call_done=metrics.observe_rpc,
         authorize=auth.check if auth is not None else None,
         edge_limits=edge_limits,
+    )
+    metrics.bind_edge(
+        counts=lambda: host.edge_counts,
+        open_connections=lambda: host.open_connections,
+        max_connections=edge_limits.max_connections,
+        loop_errors=loop_errors,
     )
     gate = ServingGate(host)
     if fleet is not None:
@@ -299,6 +322,13 @@ async def _supervise(
             # Scripts and tests wait for this line: keep its shape.
             logger.info("Listening on %s:%d", config.server.host, port)
             nursery.start_soon(_compact_in_background, bridge)
+            nursery.start_soon(
+                trim_after_request_bursts,
+                host.request_budget.released,
+                host.calls_ended,
+                lambda: host.calls_open,
+                host.forget_closed_connections,
+            )
             nursery.start_soon(
                 _watch_staleness, gate, refresher, staleness_limit, config.health.fail_when_stale
             )
