@@ -6,7 +6,7 @@ end-to-end suite with replica processes is ``tests/fleet``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import asyncpg
@@ -51,8 +51,23 @@ async def engine(pg_dsn: str) -> AsyncIterator[Engine]:
         yield engine
 
 
-async def open_bridge(path: Path) -> Bridge:
-    return await Bridge.open(path, make_dirs=True)
+OpenBridge = Callable[[Path], Awaitable[Bridge]]
+
+
+@pytest.fixture
+def open_bridge() -> Iterator[OpenBridge]:
+    """Opens bridges (warm stores) and closes them after the test (their journal
+    descriptors would otherwise outlive it)."""
+    opened: list[Bridge] = []
+
+    async def open_one(path: Path) -> Bridge:
+        bridge = await Bridge.open(path, make_dirs=True)
+        opened.append(bridge)
+        return bridge
+
+    yield open_one
+    for bridge in opened:
+        bridge.close()
 
 
 def store_content(bridge: Bridge) -> dict[str, Rule]:
@@ -182,7 +197,9 @@ async def test_migrations_apply_once_even_when_replicas_start_together(
 # -- writes and the replica ----------------------------------------------------------------
 
 
-async def test_writes_keep_the_single_node_rules_and_errors(engine: Engine, tmp_path: Path) -> None:
+async def test_writes_keep_the_single_node_rules_and_errors(
+    engine: Engine, tmp_path: Path, open_bridge: OpenBridge
+) -> None:
     bridge = await open_bridge(tmp_path / "a" / "w.bin")
     replica = Replica(bridge, engine)
     writer = FleetWriter(bridge, engine, replica)
@@ -209,7 +226,7 @@ async def test_writes_keep_the_single_node_rules_and_errors(engine: Engine, tmp_
 
 @pytest.mark.parametrize("serialise", [True, False], ids=["with-lock", "without-lock"])
 async def test_without_the_writers_lock_a_replica_misses_a_late_commit(
-    engine: Engine, pg_dsn: str, tmp_path: Path, serialise: bool
+    engine: Engine, pg_dsn: str, tmp_path: Path, open_bridge: OpenBridge, serialise: bool
 ) -> None:
     """Writer A takes its version first but commits after writer B. With the advisory
     lock B waits for A, so versions become visible in order; without it the replica
@@ -254,7 +271,7 @@ async def test_without_the_writers_lock_a_replica_misses_a_late_commit(
 
 
 async def test_a_store_ahead_of_the_fleet_is_replaced_by_the_fleets_rules(
-    engine: Engine, tmp_path: Path
+    engine: Engine, tmp_path: Path, open_bridge: OpenBridge
 ) -> None:
     path = tmp_path / "r" / "w.bin"
     path.parent.mkdir()
@@ -272,7 +289,7 @@ async def test_a_store_ahead_of_the_fleet_is_replaced_by_the_fleets_rules(
 
 
 async def test_reconciliation_finds_a_rule_set_changed_behind_its_back(
-    engine: Engine, tmp_path: Path
+    engine: Engine, tmp_path: Path, open_bridge: OpenBridge
 ) -> None:
     bridge = await open_bridge(tmp_path / "r" / "w.bin")
     replica = Replica(bridge, engine)
@@ -292,7 +309,7 @@ async def test_reconciliation_finds_a_rule_set_changed_behind_its_back(
 
 
 async def test_tombstones_are_collected_one_replica_at_a_time_and_raise_the_horizon(
-    engine: Engine, pg_dsn: str, tmp_path: Path
+    engine: Engine, pg_dsn: str, tmp_path: Path, open_bridge: OpenBridge
 ) -> None:
     bridge = await open_bridge(tmp_path / "r" / "w.bin")
     replica = Replica(bridge, engine)
