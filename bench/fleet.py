@@ -145,10 +145,16 @@ def _replica(directory: Path, dsn: str) -> Iterator[_Replica]:
         _stop(proc, what="replica")
 
 
-def _install_request(rules: Sequence[Any]) -> bytes:
+#: The writing benchmarks' rules belong to this agent, so Enforce (tenant TENANT) sees
+#: only its own 100 rules, whatever was written before.
+WRITER = "bench-writer"
+
+
+def _install_request(rules: Sequence[Any], agent: str = WRITER) -> bytes:
+    rules = [attrs.evolve(r, agent_id=agent, installed_by=agent) for r in rules]
     return bytes(
         pb.InstallRulesRequest(
-            agent_id=TENANT, rules=[rule_to_proto(r) for r in rules], config_id="bench"
+            agent_id=agent, rules=[rule_to_proto(r) for r in rules], config_id="bench"
         )
     )
 
@@ -289,10 +295,12 @@ def _seed_database(dsn: str, n: int, batch: int = 1000) -> None:
             await apply_migrations(connection, RULES_MIGRATIONS)
             for start in range(0, n, batch):
                 rules = [
-                    attrs.evolve(r, rule_id=f"resync-{start + i:07d}")
+                    attrs.evolve(
+                        r, rule_id=f"resync-{start + i:07d}", agent_id=WRITER, installed_by=WRITER
+                    )
                     for i, r in enumerate(bench_rules(min(batch, n - start), seed=start))
                 ]
-                await write_install(connection, TENANT, encode_rules(rules))
+                await write_install(connection, WRITER, encode_rules(rules))
             await connection.execute("UPDATE guardrefresh_meta SET value = 1")
         finally:
             await connection.close()
@@ -344,10 +352,20 @@ def run_fleet(ws: Workspace, plan: Plan) -> dict[str, Any]:
                 targets=(Target("median", "<=", 2.0, "s"),),
                 applies=not tiny,
             )
+            enforce_rules = [
+                attrs.evolve(r, rule_id=f"enf-{i:04d}") for i, r in enumerate(bench_rules(100))
+            ]
+            replicas[0].call(INSTALL, _install_request(enforce_rules, TENANT))
+            _wait_applied(replicas, replicas[0].status().local_version)
             one = _enforce_rps(replicas[:1], 6, windows, window_s)
             three = _enforce_rps(replicas, 6, windows, window_s)
             results["enforce_rps_3_over_1"] = entry(
-                parameters={"clients": 6, "windows": windows, "window_s": window_s},
+                parameters={
+                    "clients": 6,
+                    "rules_in_scope": 100,
+                    "windows": windows,
+                    "window_s": window_s,
+                },
                 unit="ratio",
                 samples=[three / one],
                 extra={"rps_1_replica": one, "rps_3_replicas": three},
