@@ -1,7 +1,10 @@
-"""Enforcement telemetry: every Enforce call recorded as a session in SQLite, read back.
+"""Enforcement telemetry: every Enforce call recorded as a session, read back.
 
-:func:`open_telemetry` runs the store (writer thread, read connection) for a block;
-:class:`EnforcementSession` is one record; :class:`SessionQuery` filters pages.
+:func:`open_telemetry` runs the store for a block: SQLite on a single node (writer
+thread, read connection), or the fleet's PostgreSQL when given the fleet's engine (every
+replica writes into one table, any replica reads the whole fleet's). Both are a
+:class:`TelemetryStore`. :class:`EnforcementSession` is one record;
+:class:`SessionQuery` filters pages.
 """
 
 from ._checkpoint import CHECKPOINT_WAL_BYTES, Checkpointer
@@ -14,6 +17,9 @@ from ._observer import (
     SessionSink,
     session_from_outcome,
 )
+from ._pg_schema import PG_SCHEMA_VERSION, TelemetrySchemaError
+from ._pg_service import PostgresTelemetry, open_postgres_telemetry
+from ._pg_writer import PostgresSessionWriter
 from ._query import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -25,7 +31,7 @@ from ._query import (
     TelemetryUnavailableError,
 )
 from ._recorder import DEFAULT_QUEUE_CAPACITY, TelemetryRecorder
-from ._service import Telemetry, TelemetryStats, open_telemetry
+from ._service import Telemetry, open_telemetry
 from ._session import (
     BLOCK,
     DECISION_NAMES,
@@ -38,6 +44,7 @@ from ._session import (
     decision_name_of,
     legacy_decision,
 )
+from ._store import DEFAULT_BATCH_SIZE, EngineLike, TelemetryStats, TelemetryStore
 from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, SessionWriter, session_row
 
 __all__ = [
@@ -45,11 +52,13 @@ __all__ = [
     "CHECKPOINT_WAL_BYTES",
     "COMMIT_BUCKETS",
     "DECISION_NAMES",
+    "DEFAULT_BATCH_SIZE",
     "DEFAULT_LIMIT",
     "DEFAULT_QUEUE_CAPACITY",
     "INTENT_JSON_LIMIT",
     "MAX_LIMIT",
     "PASS",
+    "PG_SCHEMA_VERSION",
     "PRUNE_STEP_BUDGET_S",
     "SCHEMA_VERSION",
     "Checkpointer",
@@ -58,9 +67,12 @@ __all__ = [
     "EnforceRecorder",
     "EnforcementResultLike",
     "EnforcementSession",
+    "EngineLike",
     "EvidenceLike",
     "IntentLike",
     "InvalidQueryError",
+    "PostgresSessionWriter",
+    "PostgresTelemetry",
     "QueryPage",
     "RuleEvaluation",
     "SessionQuery",
@@ -71,7 +83,9 @@ __all__ = [
     "Telemetry",
     "TelemetryDatabaseError",
     "TelemetryRecorder",
+    "TelemetrySchemaError",
     "TelemetryStats",
+    "TelemetryStore",
     "TelemetryUnavailableError",
     "cap_intent_json",
     "decision_name_of",
@@ -79,6 +93,7 @@ __all__ = [
     "intent_summary",
     "legacy_decision",
     "open_database",
+    "open_postgres_telemetry",
     "open_telemetry",
     "session_from_outcome",
     "session_row",
