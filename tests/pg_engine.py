@@ -19,32 +19,32 @@ import trio_asyncio
 T = TypeVar("T")
 
 
-class TestEngine:
+class PoolEngine:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self.calls = 0
 
     async def run(self, fn: Callable[..., Awaitable[T]], /, *args: Any) -> T:
         self.calls += 1
-        try:
-            return await trio_asyncio.aio_as_trio(self._call)(fn, *args)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            # Idle connections likely died with the failing one.
-            self._pool.expire_connections()
-            raise
+        return await trio_asyncio.aio_as_trio(self._call)(fn, *args)
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        async with self._pool.acquire(timeout=2.0) as connection:
-            return await fn(connection, *args)
+        try:
+            async with self._pool.acquire(timeout=2.0) as connection:
+                return await fn(connection, *args)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            # Idle connections likely died with the failing one (a coroutine: asyncio side).
+            await self._pool.expire_connections()
+            raise
 
 
 @contextlib.asynccontextmanager
-async def open_test_engine(dsn: str, *, pool_size: int = 3) -> AsyncIterator[TestEngine]:
+async def open_test_engine(dsn: str, *, pool_size: int = 3) -> AsyncIterator[PoolEngine]:
     pool = await trio_asyncio.aio_as_trio(asyncpg.create_pool)(
         dsn, min_size=0, max_size=pool_size, timeout=2.0, command_timeout=10.0
     )
     try:
-        yield TestEngine(pool)
+        yield PoolEngine(pool)
     finally:
         with (
             trio.CancelScope(shield=True),

@@ -42,7 +42,7 @@ from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
 from ..storage import StorageError
-from ..telemetry import EnforceRecorder, Telemetry, open_telemetry
+from ..telemetry import EnforceRecorder, TelemetryStore, open_telemetry
 from ._limits import raise_fd_limit
 from ._memory import release_free_memory, tune_allocator
 
@@ -102,7 +102,7 @@ async def serve_service(
 
 
 @contextlib.asynccontextmanager
-async def _open_telemetry(config: ServiceConfig) -> AsyncIterator[Telemetry | None]:
+async def _open_telemetry(config: ServiceConfig) -> AsyncIterator[TelemetryStore | None]:
     """The telemetry store, or None with --no-telemetry."""
     settings = config.telemetry
     if not settings.enabled:
@@ -119,7 +119,7 @@ async def _open_telemetry(config: ServiceConfig) -> AsyncIterator[Telemetry | No
     ) as telemetry:
         logger.info(
             "Telemetry: recording Enforce sessions in %s (kept %ss, at most %d)",
-            path,
+            telemetry.location,
             f"{settings.retention:g}",
             settings.max_sessions,
         )
@@ -173,7 +173,7 @@ async def _supervise(
     bridge: Bridge,
     refresher: RefreshService,
     encoder: IntentEncoder,
-    telemetry: Telemetry | None,
+    telemetry: TelemetryStore | None,
     edge_limits: EdgeLimits,
     task_status: trio.TaskStatus[int],
 ) -> None:

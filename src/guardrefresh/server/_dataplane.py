@@ -53,7 +53,7 @@ from ..telemetry import (
     InvalidQueryError,
     SessionQuery,
     SessionSummary,
-    Telemetry,
+    TelemetryStore,
     TelemetryUnavailableError,
 )
 from ._enforce import EnforceHandler
@@ -184,7 +184,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         *,
         staleness_limit_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
-        telemetry: Telemetry | None = None,
+        telemetry: TelemetryStore | None = None,
         enforcer: EnforceHandler | None = None,
     ) -> None:
         #: Decides Enforce requests; by default without a management plane encoder
@@ -386,7 +386,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         return await self.enforcer.enforce_bytes(data)
 
     # -- telemetry (reads in worker threads, through Trio) ------------------------
-    def _telemetry_or_refuse(self) -> Telemetry:
+    def _telemetry_or_refuse(self) -> TelemetryStore:
         if self._telemetry is None:
             raise GRPCError(
                 Status.FAILED_PRECONDITION,
