@@ -263,3 +263,29 @@ async def test_leaving_while_postgresql_is_down_ends_within_the_flush_timeout(
     assert elapsed < 4.0
     stats = store.stats()
     assert stats.recorded == 0 and stats.dropped == 100
+
+
+async def test_reads_work_from_asyncio_handlers_as_the_data_plane_calls_them(pg_dsn: str) -> None:
+    # The gRPC handlers are asyncio code: they await the store through trio_as_aio, and
+    # the store reaches asyncpg through the engine (asyncio -> Trio -> asyncio).
+    async with (
+        engine_for(pg_dsn) as engine,
+        open_telemetry(Path("unused"), engine=engine, batch_window_s=0.01) as store,
+    ):
+        await record_all(store, [make_session(f"h{i}", timestamp_ms=T0 + i) for i in range(30)])
+
+        async def handler(i: int) -> tuple[int, str | None]:
+            page = await trio_asyncio.trio_as_aio(store.query)(SessionQuery(limit=5, offset=i))
+            document = await trio_asyncio.trio_as_aio(store.get)(f"h{i}")
+            return page.total_count, document
+
+        results: list[tuple[int, str | None]] = []
+
+        async def call(i: int) -> None:
+            results.append(await trio_asyncio.aio_as_trio(handler)(i))
+
+        async with trio.open_nursery() as nursery:
+            for i in range(10):  # concurrently: more than the reader's connections
+                nursery.start_soon(call, i)
+    assert len(results) == 10
+    assert all(total == 30 and document is not None for total, document in results)
