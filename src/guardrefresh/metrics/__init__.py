@@ -17,6 +17,7 @@ from ._metrics import (
     grpc_code_name,
     refresh_error_reason,
 )
+from ._replication import ReplicationStatusLike
 from ._telemetry import TelemetryStatsLike
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "EnforceMetrics",
     "EnforceOutcomeLike",
     "RefreshStatsLike",
+    "ReplicationStatusLike",
     "SchedulerStatusLike",
     "ServiceMetrics",
     "TelemetryStatsLike",
