@@ -40,6 +40,16 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
+#: Failures that mean the connection itself is gone.
+_CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    OSError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+)
+
+
 class Engine:
     """A small asyncpg pool on the trio-asyncio loop; use :func:`open_engine`."""
 
@@ -66,13 +76,18 @@ class Engine:
         try:
             result: T = await trio_asyncio.aio_as_trio(self._call)(fn, *args)
         except _UNAVAILABLE as exc:
-            self._pool.expire_connections()
             raise EngineUnavailableError(f"{what} failed: {describe(exc)}") from exc
         return result
 
     async def _call(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as connection:
-            return await fn(connection, *args)
+        try:
+            async with self._pool.acquire(timeout=self.settings.connect_timeout_s) as connection:
+                return await fn(connection, *args)
+        except _CONNECTION_LOST:
+            # The other idle connections most likely died with this one (a restart):
+            # renew them on their next use rather than fail one call on each.
+            await self._pool.expire_connections()
+            raise
 
     @contextlib.asynccontextmanager
     async def listen(
