@@ -17,9 +17,9 @@ from pathlib import Path
 
 import trio
 import trio_asyncio
-from pg_engine import open_test_engine
-from telemetry_support import make_session
+from telemetry_support import engine_settings, make_session
 
+from guardrefresh.replication import open_engine
 from guardrefresh.telemetry import open_telemetry
 
 MAX_SECONDS = 30.0
@@ -31,7 +31,7 @@ async def main(dsn: str, prefix: str, count: int) -> None:
     with trio.fail_after(MAX_SECONDS):
         async with (
             trio_asyncio.open_loop(),
-            open_test_engine(dsn) as engine,
+            open_engine(engine_settings(dsn)) as engine,
             open_telemetry(Path("unused"), engine=engine, batch_window_s=0.02) as store,
         ):
             for i in range(count):

@@ -19,9 +19,9 @@ import pytest
 import trio
 import trio_asyncio
 from helpers_grpc import wait_until
-from pg_engine import open_test_engine
-from telemetry_support import make_session
+from telemetry_support import engine_settings, make_session
 
+from guardrefresh.replication import open_engine
 from guardrefresh.telemetry import (
     EnforcementSession,
     SessionQuery,
@@ -47,7 +47,7 @@ def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
     async def open_pg(**options: Any) -> AsyncIterator[TelemetryStore]:
         async with (
             trio_asyncio.open_loop(),
-            open_test_engine(dsn) as engine,
+            open_engine(engine_settings(dsn)) as engine,
             open_telemetry(path, engine=engine, **options) as store,
         ):
             yield store

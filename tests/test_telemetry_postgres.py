@@ -19,10 +19,10 @@ import pytest
 import trio
 import trio_asyncio
 from helpers_grpc import wait_until
-from pg_engine import PoolEngine, open_test_engine
 from pg_support import PostgresServer
-from telemetry_support import make_session
+from telemetry_support import engine_settings, make_session
 
+from guardrefresh.replication import Engine, open_engine
 from guardrefresh.telemetry import (
     PG_SCHEMA_VERSION,
     EnforcementSession,
@@ -41,8 +41,8 @@ TESTS = Path(__file__).parent
 
 
 @contextlib.asynccontextmanager
-async def engine_for(dsn: str) -> AsyncIterator[PoolEngine]:
-    async with trio_asyncio.open_loop(), open_test_engine(dsn) as engine:
+async def engine_for(dsn: str) -> AsyncIterator[Engine]:
+    async with trio_asyncio.open_loop(), open_engine(engine_settings(dsn)) as engine:
         yield engine
 
 
