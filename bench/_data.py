@@ -248,6 +248,11 @@ class Plan:
     grpc_streams: int
     refresh_rpc_calls: int
     idle_window_s: float
+    #: The flood of the admission benchmark: processes x connections x streams, seconds.
+    edge_flood_processes: int
+    edge_connections: int
+    edge_streams: int
+    edge_seconds: float
     #: Timed samples per codec benchmark.
     codec_repeats: int = 15
 
@@ -270,6 +275,11 @@ class Plan:
             grpc_streams=4,
             refresh_rpc_calls=200,
             idle_window_s=60.0,
+            # The 500 x 50 cannot be generated beside the server on 2 cores.
+            edge_flood_processes=2,
+            edge_connections=50,
+            edge_streams=20,
+            edge_seconds=20.0,
         )
 
     @classmethod
@@ -290,6 +300,10 @@ class Plan:
             grpc_streams=2,
             refresh_rpc_calls=10,
             idle_window_s=2.0,
+            edge_flood_processes=1,
+            edge_connections=2,
+            edge_streams=5,
+            edge_seconds=3.0,
             codec_repeats=3,
         )
 

@@ -2,7 +2,8 @@
 
 Usage (from the repository root)::
 
-    python -m bench.run [--sizes 1000,10000,100000] [--only storage,refresh,grpc,codec,enforce_grpc,telemetry]
+    python -m bench.run [--sizes 1000,10000,100000]
+                        [--only storage,refresh,grpc,edge,codec,enforce,enforce_grpc,telemetry]
                         [--out bench/results/latest.json] [--tiny]
 
 ``--tiny`` shrinks every size, repeat count and window so the whole run takes
@@ -10,9 +11,9 @@ well under a minute (tests/test_bench.py runs it); its numbers say nothing about
 the targets, which then read ``met: null``.
 
 The document: ``meta`` (machine, versions, plan, timings) and one section per
-benchmark group (``storage``, ``refresh``, ``grpc``, ``codec``, ``enforce_grpc``,
-``telemetry``), each mapping a benchmark name to its parameters, samples summary, median,
-p99, targets and ``met``;
+benchmark group (``storage``, ``refresh``, ``grpc``, ``edge``, ``codec``, ``enforce``,
+``enforce_grpc``, ``telemetry``), each mapping a benchmark name to its parameters, samples
+summary, median, p99, targets and ``met``;
 ``summary`` lists every benchmark that has a target, with its verdict.
 """
 
@@ -39,7 +40,7 @@ __all__ = ["main", "run"]
 
 logger = logging.getLogger("bench")
 
-GROUPS = ("storage", "refresh", "grpc", "codec", "enforce_grpc", "telemetry")
+GROUPS = ("storage", "refresh", "grpc", "edge", "codec", "enforce", "enforce_grpc", "telemetry")
 DEFAULT_SIZES = (1000, 10_000, 100_000)
 DEFAULT_OUT = Path("bench/results/latest.json")
 
@@ -66,6 +67,8 @@ def _groups(text: str) -> tuple[str, ...]:
 
 def _runners() -> dict[str, Callable[[Workspace, Plan], dict[str, Any]]]:
     from .codec import run_codec
+    from .edge import run_edge
+    from .enforce import run_enforce
     from .enforce_grpc import run_enforce_grpc
     from .grpc_server import run_grpc
     from .refresh import run_refresh
@@ -76,7 +79,9 @@ def _runners() -> dict[str, Callable[[Workspace, Plan], dict[str, Any]]]:
         "storage": run_storage,
         "refresh": run_refresh,
         "grpc": run_grpc,
+        "edge": run_edge,
         "codec": run_codec,
+        "enforce": run_enforce,
         "enforce_grpc": run_enforce_grpc,
         "telemetry": run_telemetry,
     }

@@ -32,7 +32,14 @@ def anchors_of(block: np.ndarray, counts: Sequence[int]) -> RuleAnchors:
     (padding as the management plane may send it), which the engine must ignore."""
     vectors = np.array(block, dtype=np.float32).reshape(BLOCK_SHAPE)
     vectors.flags.writeable = False
-    return RuleAnchors(vectors, (int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3])))
+    scored = (int(counts[0]), int(counts[1]), int(counts[2]), int(counts[3]))
+    # Rows sent: up to the last non-zero one (padding is stored as sent), at least the count.
+    nonzero = vectors.any(axis=2)
+    sent = tuple(
+        max(scored[s], int(np.flatnonzero(nonzero[s]).max()) + 1 if nonzero[s].any() else 0)
+        for s in range(4)
+    )
+    return RuleAnchors(vectors, scored, (sent[0], sent[1], sent[2], sent[3]))
 
 
 def slot_block(slots: Sequence[Sequence[Sequence[float]]], *, padding: float = 0.0) -> np.ndarray:

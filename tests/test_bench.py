@@ -48,6 +48,10 @@ EXPECTED = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     ],
+    "edge": [
+        "fresh_client_GetRuleStats_under_flood",
+        "health_check_under_flood",
+    ],
     "codec": [
         f"{message}_{how}"
         for message, ways in (
@@ -60,6 +64,16 @@ EXPECTED = {
         for how in ("betterproto2", "compiled", "speedup", *ways)
     ],
     # --tiny runs 20 and 50 rules in scope (100 and 1,000 in a full run).
+    "enforce": [
+        "decide_nothing_matching_50",
+        "decide_nothing_matching_200",
+        "build_evaluation_set_50",
+        "build_evaluation_set_200",
+        "decide_after_install_10_50",
+        "decide_after_install_10_200",
+        "reference_nothing_matching_50",
+        "speedup_vs_reference_50",
+    ],
     "enforce_grpc": [
         "Enforce_latency_20_rules",
         "Enforce_latency_50_rules",
@@ -87,7 +101,10 @@ WITH_TARGETS = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     },
+    "edge": {"fresh_client_GetRuleStats_under_flood", "health_check_under_flood"},
     "codec": set(),
+    # Decision targets are stated for 1,000 and 10,000 rules only.
+    "enforce": {"speedup_vs_reference_50"},
     "enforce_grpc": {"Enforce_latency_20_rules", "Enforce_latency_50_rules"},
     "telemetry": {"ingest_dropped_per_s", "query_tenant_decision_last_hour_50", "query_newest_50"},
 }
@@ -174,11 +191,22 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
         low, high = ratio["median_95ci"]
         assert ratio["samples"]["min"] <= low <= ratio["median"] <= high <= ratio["samples"]["max"]
     assert grpc["idle_cpu_percent"]["median"] >= 0
+    enforce = document["enforce"]
+    assert enforce["decide_nothing_matching_200"]["parameters"]["rules_in_scope"] == 200
+    assert enforce["decide_nothing_matching_200"]["samples"]["n"] == 5
+    # The engine beats the scalar reference even at 50 rules.
+    assert enforce["speedup_vs_reference_50"]["median"] > 1
     codec = document["codec"]
     encoded = codec["EnforceResponse_encode_compiled"]
     assert encoded["parameters"]["evidence"] == 50 and encoded["parameters"]["bytes"] > 0
     assert encoded["samples"]["n"] == meta["plan"]["codec_repeats"]
     assert codec["GetRuleResponse_encode_betterproto2"]["parameters"]["anchor_floats"] == 2048
+    edge = document["edge"]
+    fresh = edge["fresh_client_GetRuleStats_under_flood"]
+    assert fresh["parameters"]["flood_seconds"] == meta["plan"]["edge_seconds"]
+    assert sum(fresh["flood_calls"].values()) > 0  # the flooders did flood
+    assert fresh["probes"] >= 1 and edge["health_check_under_flood"]["probes"] >= 1
+    assert set(fresh["rss_mib"]) == {"before", "end_of_flood", "after"}
 
     # Every benchmark with a target shows up in the summary, with its verdict.
     summarized = {row["benchmark"] for row in document["summary"]}

@@ -1,17 +1,21 @@
 """The Enforce handler in process: a real bridge on a temporary store, no gRPC.
 
 Both entry points (betterproto2 messages for typed callers, bytes for the wire) give the
-same answer; every decision reaches the observers once, with its durations.
+same answer; every decision reaches the observers once, with its durations. The handler
+runs where grpclib runs it, on the asyncio side of a trio-asyncio loop (it crosses to
+Trio to build a scope's evaluation set in a worker thread).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
+import trio_asyncio
 from factories import make_rule
 from grpclib import GRPCError, Status
 
@@ -33,13 +37,23 @@ def intent_json(tenant: str = TENANT, layer: str | None = None) -> str:
     return json.dumps(document)
 
 
+T = TypeVar("T")
+
+
 @pytest.fixture
 async def bridge(tmp_path: Path) -> AsyncIterator[Bridge]:
     bridge = await Bridge.open(tmp_path / "warm.bin", make_dirs=True)
     try:
-        yield bridge
+        async with trio_asyncio.open_loop():
+            yield bridge
     finally:
         bridge.close()
+
+
+async def on_asyncio(handler: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Run one handler call as grpclib does: an asyncio coroutine on the shared loop."""
+    result: T = await trio_asyncio.aio_as_trio(handler)(*args)
+    return result
 
 
 async def install_allow_rule(bridge: Bridge) -> list[float]:
@@ -65,8 +79,8 @@ async def test_both_entry_points_agree_and_observers_see_each_decision(bridge: B
             intent_event_json=intent_json(), intent_vector=vector, request_id=f"r-{drift}",
             drift_score=drift, session_id="s-1",
         )  # fmt: skip
-        typed = await handler.enforce(request)
-        wire = pb.EnforceResponse.parse(await handler.enforce_bytes(bytes(request)))
+        typed = await on_asyncio(handler.enforce, request)
+        wire = pb.EnforceResponse.parse(await on_asyncio(handler.enforce_bytes, bytes(request)))
         assert typed == wire
         assert (typed.decision_name, typed.request_id, typed.rules_evaluated) == (
             name,
@@ -90,7 +104,7 @@ async def test_no_request_id_gets_a_uuid_and_no_vector_no_encoder_is_fail_closed
     handler = EnforceHandler(
         EnforcementEngine(bridge), IntentEncoder(None, None), observers=[seen.append]
     )
-    response = await handler.enforce(pb.EnforceRequest(intent_event_json=intent_json()))
+    response = await on_asyncio(handler.enforce, pb.EnforceRequest(intent_event_json=intent_json()))
     assert len(response.request_id) == 36 and response.request_id.count("-") == 4
     assert (response.decision_name, response.rules_evaluated) == ("DENY", 0)
     [outcome] = seen
@@ -110,13 +124,13 @@ async def test_a_broken_observer_does_not_fail_the_request(
         EnforcementEngine(bridge), IntentEncoder(None, None), observers=[broken]
     )
     request = pb.EnforceRequest(intent_event_json=intent_json(), intent_vector=vector)
-    assert (await handler.enforce(request)).decision_name == "ALLOW"
+    assert (await on_asyncio(handler.enforce, request)).decision_name == "ALLOW"
     assert "Enforce observer" in caplog.text and "observer bug" in caplog.text
 
 
 async def test_malformed_bytes_are_invalid_argument(bridge: Bridge) -> None:
     handler = EnforceHandler(EnforcementEngine(bridge), IntentEncoder(None, None))
     with pytest.raises(GRPCError) as info:
-        await handler.enforce_bytes(b"\x0a\xff\xff\xff")
+        await on_asyncio(handler.enforce_bytes, b"\x0a\xff\xff\xff")
     assert info.value.status is Status.INVALID_ARGUMENT
     assert "malformed EnforceRequest" in str(info.value.message)

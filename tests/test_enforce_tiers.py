@@ -241,4 +241,47 @@ async def test_memory_budget_evicts_cold_sets_and_still_answers(tmp_path: Path) 
     assert engine.cached_bytes > 0
     again = {t: check(engine, bridge, vector, tenant_id=t) for t in ("t3", "t1", "t2")}
     assert first == again
+    # Only what the last decision needed is kept: as much as an engine that served only t2.
+    alone = EnforcementEngine(bridge, cache_bytes=0)
+    alone.evaluate(vector, tenant_id="t2", layer=None, drift_score=0.0)
+    assert engine.cached_bytes == alone.cached_bytes
+    unbounded = EnforcementEngine(bridge)
+    for t in ("t1", "t2", "t3"):
+        unbounded.evaluate(vector, tenant_id=t, layer=None, drift_score=0.0)
+    assert unbounded.cached_bytes > engine.cached_bytes
+    bridge.close()
+
+
+async def test_prepare_builds_off_the_event_loop(tmp_path: Path) -> None:
+    path = tmp_path / "warm_storage.bin"
+    bridge = await Bridge.open(path, make_dirs=True)
+    rules = tenant_rules(24)
+    await bridge.install_rules("t1", rules)
+    engine = EnforcementEngine(bridge)
+    assert not engine.is_ready("t1", "L1")
+    await engine.prepare("t1", "L1")
+    assert engine.is_ready("t1", "L1")
+    assert not engine.is_ready("t2", "L1")  # t2's own groups are not built yet
+    vector = intents(1, rules)[0]
+    prepared = check(engine, bridge, vector, layer="L1")
+    # Writes since are patched in by evaluate: still ready.
+    await bridge.install_rules("t1", [allow_all("late", agent_id="t1", layer="L1")])
+    assert engine.is_ready("t1", "L1")
+    assert check(engine, bridge, vector, layer="L1").rules_evaluated >= 1
+    await engine.prepare("t1", "L1")  # nothing to do
+    # A cold engine decides the same.
+    assert EnforcementEngine(bridge).evaluate(
+        vector, tenant_id="t1", layer="L1", drift_score=0.0
+    ) == engine.evaluate(vector, tenant_id="t1", layer="L1", drift_score=0.0)
+    assert prepared.rules_evaluated >= 1
+    # New content under a new generation: everything is rebuilt, so not ready.
+    other = WarmStore(path)
+    table = await trio.to_thread.run_sync(other.compact)
+    await trio.to_thread.run_sync(other.append, table, [], ["late"])
+    other.close()
+    bridge.adopt(await trio.to_thread.run_sync(bridge.store.load))
+    assert not engine.is_ready("t1", "L1")
+    await engine.prepare("t1", "L1")
+    assert engine.is_ready("t1", "L1")
+    check(engine, bridge, vector, layer="L1")
     bridge.close()

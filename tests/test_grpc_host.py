@@ -710,6 +710,12 @@ async def test_grpclib_internals_the_drain_relies_on_are_still_there() -> None:
     # oversized_frame_pending: h2 buffers unparsed input in incoming_buffer._data and
     # checks a frame's length only once the whole frame is there.
     assert isinstance(h2.connection.H2Connection().incoming_buffer._data, bytearray)
+    # The edge limits: a call's transport, grpclib's sweep of closed connections, and
+    # the connection's flush after the stream-limit SETTINGS.
+    assert "self._transport = transport" in inspect.getsource(grpclib.protocol.Stream.__init__)
+    assert callable(grpclib.server.Server.__gc_collect__)
+    assert "h.check_closed()" in inspect.getsource(grpclib.server.Server.__gc_collect__)
+    assert callable(grpclib.protocol.Connection.flush)
 
     async with trio_asyncio.open_loop():
         server = grpclib.server.Server([ScriptedDataPlane()])

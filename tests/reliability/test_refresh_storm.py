@@ -54,6 +54,11 @@ RULES = 3000
 CONNECTIONS = 10
 CALLS_PER_CONNECTION = 100
 CALLS = CONNECTIONS * CALLS_PER_CONNECTION
+#: A storm is a thousand calls in flight at once, far more than the default admission
+#: limits let run (8 per CPU, 4 x that queued; the rest RESOURCE_EXHAUSTED): these tests
+#: are about single flight, so the service gets room for all of them. What admission
+#: does to a flood is tested in test_edge_calls.py.
+ROOM_FOR_THE_STORM = ("--max-concurrent-rpcs", str(CALLS + 100))
 STORM_TIMEOUT_S = 120.0
 LOADS = "guardrefresh_warm_storage_loads_total"
 REFRESHED = r"INFO guardrefresh\.refresh\._service: Refreshed \d+ rules"
@@ -140,7 +145,7 @@ def test_refresh_storm_with_a_blocked_writer_costs_one_load(
 ) -> None:
     warm = tmp_path / "data" / "warm_storage.bin"
     build_store(warm, RULES)
-    args = ("--no-scheduler",)
+    args = ("--no-scheduler", *ROOM_FOR_THE_STORM)
     with running_service(tmp_path, *args, metrics_port=free_port()) as service:
         assert service.metrics_served, service.log
         clients = [
@@ -192,7 +197,9 @@ def test_free_running_refresh_storms_share_sequential_loads(
 ) -> None:
     warm = tmp_path / "data" / "warm_storage.bin"
     build_store(warm, RULES)
-    with running_service(tmp_path, "--no-scheduler", metrics_port=free_port()) as service:
+    with running_service(
+        tmp_path, "--no-scheduler", *ROOM_FOR_THE_STORM, metrics_port=free_port()
+    ) as service:
         assert service.metrics_served, service.log
         clients = [
             DataPlaneClient(grpcio_modules, service.port, own_connection=True)

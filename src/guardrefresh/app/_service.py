@@ -50,6 +50,7 @@ from ._fleet import Fleet, FleetStartupError, open_fleet, watch_replication
 from ._health import ServingGate
 from ._limits import raise_fd_limit
 from ._memory import release_free_memory, tune_allocator
+from ._trim import trim_after_request_bursts
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +267,12 @@ async def _supervise(
         host=config.server.host,
         port=config.server.port,
         max_message_bytes=config.server.max_message_bytes,
+        max_concurrent_streams=config.server.max_concurrent_streams,
+        max_pending_request_bytes=config.server.max_pending_request_bytes,
+        request_timeout=config.server.request_timeout,
+        # 0 = GrpcHost's defaults, sized to this machine.
+        max_concurrent_rpcs=config.server.max_concurrent_rpcs or None,
+        max_queued_rpcs=config.server.max_queued_rpcs or None,
         ssl=ssl_context,
         on_call_done=metrics.observe_rpc,
         authorize=auth.check if auth is not None else None,
@@ -318,6 +325,13 @@ async def _supervise(
             # Scripts and tests wait for this line: keep its shape.
             logger.info("Listening on %s:%d", config.server.host, port)
             nursery.start_soon(_compact_in_background, bridge)
+            nursery.start_soon(
+                trim_after_request_bursts,
+                host.request_budget.released,
+                host.calls_ended,
+                lambda: host.calls_open,
+                host.forget_closed_connections,
+            )
             nursery.start_soon(
                 _watch_staleness, gate, refresher, staleness_limit, config.health.fail_when_stale
             )

@@ -80,6 +80,23 @@ class ServerConfig:
     )
     #: 0: never.
     idle_timeout: float = attrs.field(default=_default("server.idle_timeout"), validator=_SERVER)
+    max_concurrent_streams: int = attrs.field(
+        default=_default("server.max_concurrent_streams"), validator=_SERVER
+    )
+    max_pending_request_bytes: int = attrs.field(
+        default=_default("server.max_pending_request_bytes"), validator=_SERVER
+    )
+    request_timeout: float = attrs.field(
+        default=_default("server.request_timeout"), validator=_SERVER
+    )
+    #: 0 = sized to this machine: 8 per CPU.
+    max_concurrent_rpcs: int = attrs.field(
+        default=_default("server.max_concurrent_rpcs"), validator=_SERVER
+    )
+    #: 0 = 4 x max_concurrent_rpcs.
+    max_queued_rpcs: int = attrs.field(
+        default=_default("server.max_queued_rpcs"), validator=_SERVER
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -488,6 +488,62 @@ SETTINGS: tuple[Setting[Any], ...] = (
         help="Seconds a connection may stay open without an open stream before it gets "
         "GOAWAY and is closed; 0 = never.",
     ),
+    Setting(
+        section="server",
+        key="max_concurrent_streams",
+        flag="--max-concurrent-streams",
+        env="GUARDREFRESH_MAX_CONCURRENT_STREAMS",
+        kind=INTEGER,
+        default=100,
+        constraint=_between(1, 2**31 - 1),
+        help="HTTP/2 streams (calls) a client may have open at once on one connection, "
+        "advertised in SETTINGS_MAX_CONCURRENT_STREAMS; a client that opens more loses "
+        "the connection.",
+    ),
+    Setting(
+        section="server",
+        key="max_pending_request_bytes",
+        flag="--max-pending-request-bytes",
+        env="GUARDREFRESH_MAX_PENDING_REQUEST_BYTES",
+        kind=INTEGER,
+        default=64 * 1024 * 1024,
+        constraint=_at_least(1024),
+        help="Bytes of request messages being received or waiting to run, in all; a call "
+        "whose message would go beyond it is refused with RESOURCE_EXHAUSTED.",
+    ),
+    Setting(
+        section="server",
+        key="request_timeout",
+        flag="--request-timeout",
+        env="GUARDREFRESH_REQUEST_TIMEOUT",
+        kind=SECONDS,
+        default=30.0,
+        constraint=_above(0),
+        help="Seconds a call's request message may take to arrive after its headers; a "
+        "slower call ends with DEADLINE_EXCEEDED and its stream is reset.",
+    ),
+    Setting(
+        section="server",
+        key="max_concurrent_rpcs",
+        flag="--max-concurrent-rpcs",
+        env="GUARDREFRESH_MAX_CONCURRENT_RPCS",
+        kind=INTEGER,
+        default=0,
+        constraint=_at_least(0),
+        help="Calls whose handlers run at once (health checks not counted); more wait in "
+        "a queue shared fairly between connections. 0 = 8 per CPU this process may use.",
+    ),
+    Setting(
+        section="server",
+        key="max_queued_rpcs",
+        flag="--max-queued-rpcs",
+        env="GUARDREFRESH_MAX_QUEUED_RPCS",
+        kind=INTEGER,
+        default=0,
+        constraint=_at_least(0),
+        help="Calls that may wait for a slot; beyond it the connection with the most "
+        "waiting is refused with RESOURCE_EXHAUSTED. 0 = 4 x max_concurrent_rpcs.",
+    ),
     # [storage]
     Setting(
         section="storage",

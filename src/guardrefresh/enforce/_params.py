@@ -8,12 +8,13 @@ what the original engine accepted, including what it fell back to.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
+import struct
 from collections.abc import Mapping
 
 import attrs
-import numpy as np
 
 from ..model import ParamScalar
 from ._result import MODE_MIN, MODE_WEIGHTED_AVG, SLOT_NAMES
@@ -81,6 +82,13 @@ def parse_thresholds(value: object) -> Quad | None:
     """
     if not isinstance(value, str):
         return None
+    return _parse_thresholds_text(value)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_thresholds_text(value: str) -> Quad | None:
+    # Cached: rules mostly share a handful of threshold texts, and evaluation sets
+    # are built from thousands of rules at once.
     try:
         doc = json.loads(value, object_pairs_hook=_Pairs, parse_constant=_reject_constant)
     except (ValueError, RecursionError):
@@ -109,9 +117,20 @@ def parse_thresholds(value: object) -> Quad | None:
             return None
         if not math.isfinite(number):
             return None
-        with np.errstate(over="ignore"):
-            numbers.append(float(np.float32(number)))
+        numbers.append(_float32(number))
     return (numbers[0], numbers[1], numbers[2], numbers[3])
+
+
+def _float32(number: float) -> float:
+    """``number`` rounded to float32, infinity beyond its range (as a Rust ``as f32``)."""
+    try:
+        result: float = _F32.unpack(_F32.pack(number))[0]
+    except OverflowError:
+        return math.copysign(math.inf, number)
+    return result
+
+
+_F32 = struct.Struct("<f")
 
 
 def _reject_constant(name: str) -> None:

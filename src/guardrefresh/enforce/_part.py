@@ -9,6 +9,7 @@ when evaluation sets are assembled.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -40,8 +41,17 @@ PASS_OF_CODE = np.zeros(max(POLICY_CODES.values()) + 1, dtype=np.int8)
 for _policy, _code in POLICY_CODES.items():
     PASS_OF_CODE[_code] = _PASS_OF_POLICY[_policy]
 
-#: What a part needs from a rule's params, looked up once per rule content.
-RuleMeta = tuple[RuleScoring, str]
+#: What a part needs from a rule's params, looked up once per rule content: thresholds,
+#: mode, name, error (see RuleScoring) and modification_spec. A plain tuple of atomic
+#: values on purpose: the garbage collector stops tracking those, and a large heap of
+#: tracked objects makes every full collection (which evidence building triggers) slower.
+RuleMeta = tuple[Quad, str, str, str, str]
+
+
+def rule_meta(scoring: RuleScoring, spec: str) -> RuleMeta:
+    return (scoring.thresholds, scoring.mode, scoring.name, scoring.error, spec)
+
+
 MetaLookup = Callable[[Segment, int], RuleMeta]
 
 
@@ -99,11 +109,17 @@ class Columns:
         out = Columns()
         picks = rows.tolist()
         for name in ("ids", "names", "modes", "errors", "specs", "threshold_tuples"):
-            values = getattr(self, name)
-            setattr(out, name, [values[i] for i in picks])
+            setattr(out, name, _pick(getattr(self, name), picks))
         for name in ("passes", "priority", "drift", "weights", "thresholds", "wavg", "invalid"):
             setattr(out, name, getattr(self, name)[rows])
         return out
+
+
+def _pick(values: list[Any], picks: list[int]) -> list[Any]:
+    """``[values[i] for i in picks]``, at C speed (itemgetter) for the long lists of sets."""
+    if len(picks) < 2:
+        return [values[i] for i in picks]
+    return list(operator.itemgetter(*picks)(values))
 
 
 def _empty(name: str) -> npt.NDArray[Any]:
@@ -123,16 +139,21 @@ def _empty(name: str) -> npt.NDArray[Any]:
 class Part:
     """Normalised anchors and columns of some rules (see the module docstring)."""
 
-    __slots__ = ("alive", "anchors", "cols", "n", "widths")
+    __slots__ = ("_scratch", "alive", "anchors", "cols", "n", "widths")
 
     def __init__(self, cols: Columns, anchors: list[F32 | None], widths: tuple[int, ...]) -> None:
         self.cols = cols
         self.n = len(cols)
-        #: Per slot: (n * width, 32) float32, unit rows (or zero rows for padding and
-        #: zero-norm anchors), or None when no rule here has an anchor in that slot.
+        #: Per slot: (width * n, 32) float32, anchor-major (all rules' anchor 0, then all
+        #: rules' anchor 1, ...), unit rows (zero rows for padding and zero-norm anchors),
+        #: or None when no rule here has an anchor in that slot. Anchor-major makes the
+        #: best-anchor reduction run across rules (long rows) rather than along 16-wide
+        #: rows: measured 12 % faster for 10,000 rules.
         self.anchors = anchors
         self.widths = widths
         self.alive: Bools = np.ones(self.n, dtype=np.bool_)
+        # Reused output of the products (scoring is synchronous, one call at a time).
+        self._scratch: F32 | None = None
 
     @property
     def nbytes(self) -> int:
@@ -160,11 +181,11 @@ class Part:
             block = np.zeros((0, 4, 16, ANCHOR_DIM), dtype=np.float32)
         cols = Columns()
         cols.ids = ids
-        cols.names = [scoring.name for scoring, _ in metas]
-        cols.modes = [scoring.mode for scoring, _ in metas]
-        cols.errors = [scoring.error for scoring, _ in metas]
-        cols.specs = [spec for _, spec in metas]
-        cols.threshold_tuples = [scoring.thresholds for scoring, _ in metas]
+        cols.threshold_tuples = [meta[0] for meta in metas]
+        cols.modes = [meta[1] for meta in metas]
+        cols.names = [meta[2] for meta in metas]
+        cols.errors = [meta[3] for meta in metas]
+        cols.specs = [meta[4] for meta in metas]
         cols.wavg = np.array([m == "weighted-avg" for m in cols.modes], dtype=np.bool_)
         cols.invalid = np.array([bool(e) for e in cols.errors], dtype=np.bool_)
         cols.thresholds = np.array(cols.threshold_tuples, dtype=np.float64).reshape(n, 4)
@@ -211,13 +232,14 @@ class Part:
                 continue
             pieces = []
             for part, rows in zip(parts, keep, strict=True):
-                block = np.zeros((len(rows), width, ANCHOR_DIM), dtype=np.float32)
+                block = np.zeros((width, len(rows), ANCHOR_DIM), dtype=np.float32)
                 own = part.anchors[s]
                 if own is not None and len(rows):
                     w = part.widths[s]
-                    block[:, :w] = own.reshape(part.n, w, ANCHOR_DIM)[rows]
+                    block[:w] = own.reshape(w, part.n, ANCHOR_DIM)[:, rows]
                 pieces.append(block)
-            anchors.append(np.ascontiguousarray(np.concatenate(pieces).reshape(-1, ANCHOR_DIM)))
+            merged = np.concatenate(pieces, axis=1)
+            anchors.append(np.ascontiguousarray(merged.reshape(-1, ANCHOR_DIM)))
         return cls(cols, anchors, tuple(widths))
 
     def score(self, intent: list[F32 | None], sims: F32, best: npt.NDArray[np.int16]) -> None:
@@ -233,26 +255,35 @@ class Part:
                 sims[s] = 0.0
                 best[s] = -1
                 continue
-            dots = (anchors @ query).reshape(n, width)
+            scratch = self._scratch
+            if scratch is None or len(scratch) < n * width:
+                scratch = self._scratch = np.empty(n * max(self.widths), dtype=np.float32)
+            # Single-threaded on purpose: a BLAS pool that needs the other core stalls the
+            # event loop whenever that core is busy (measured: median 28 ms instead of
+            # 3.6 ms for 10,000 rules on a shared 2-core machine).
+            dots = np.einsum("ij,j->i", anchors, query, out=scratch[: n * width])
+            dots = dots.reshape(width, n)
             if width == 1:
-                sims[s] = dots[:, 0]
+                sims[s] = dots[0]
                 best[s] = 0
             else:
-                index = dots.argmax(axis=1)
-                best[s] = index
-                sims[s] = np.take_along_axis(dots, index[:, None], axis=1)[:, 0]
+                top = dots.max(axis=0)
+                sims[s] = top
+                best[s] = (dots == top).argmax(axis=0)
 
 
 def _normalised(vectors: F32, counts: Ints) -> F32:
-    """(n, width, 32) anchors -> (n * width, 32) float32 unit rows; rows at or past a
-    rule's count, and rows with a norm below :data:`MIN_NORM`, become zero."""
+    """(n, width, 32) anchors -> (width * n, 32) float32 unit rows, anchor-major; rows at
+    or past a rule's count, and rows with a norm below :data:`MIN_NORM`, become zero."""
     n, width, _ = vectors.shape
     wide = vectors.astype(np.float64)
     norms = np.sqrt(np.einsum("nkd,nkd->nk", wide, wide))
     real = (np.arange(width)[None, :] < counts[:, None]) & (norms >= MIN_NORM)
     scale = np.divide(1.0, norms, out=np.zeros_like(norms), where=real)
     wide *= scale[:, :, None]
-    return np.ascontiguousarray(wide.reshape(n * width, ANCHOR_DIM), dtype=np.float32)
+    return np.ascontiguousarray(wide.transpose(1, 0, 2), dtype=np.float32).reshape(
+        width * n, ANCHOR_DIM
+    )
 
 
 def normalised_intent(vector: npt.ArrayLike) -> list[F32 | None]:

@@ -118,7 +118,7 @@ class EvalSet:
 
         trigger = weighted[:, :m].argmax(axis=0)
         columns = np.arange(m)
-        anchor = best[:, self.order[:m]][trigger, columns]
+        anchor = best[trigger, self.order[:m]]
         anchor = np.where(sims[trigger, columns] > 0, anchor, -1)
         evidence = tuple(
             map(
@@ -127,7 +127,7 @@ class EvalSet:
                     cols.ids[:m],
                     cols.names[:m],
                     matched[:m].astype(np.int8).tolist(),
-                    map(tuple, sims[:, :m].T.tolist()),
+                    zip(*sims[:, :m].tolist(), strict=True),
                     _SLOT_TEXT[trigger].tolist(),
                     _ANCHOR_TEXT[anchor].tolist(),
                     cols.threshold_tuples[:m],

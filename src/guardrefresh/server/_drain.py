@@ -5,7 +5,8 @@ telling their clients and leaves open connections serving), no request size limi
 answers a call whose deadline passed before it started with UNKNOWN "Internal Server
 Error" (logging an ERROR traceback per call); and the h2 connections it makes remember
 their last 65,536 closed streams (12-15 MB each). The host mends all four through a few
-private attributes. They are reached only through the functions below, one comment per
+private attributes, which also let it bound what each call may cost before its handler
+runs (``_intake``: request reads, the call's connection, the advertised stream limit). They are reached only through the functions below, one comment per
 access, so that an upgrade breaks in one place; :func:`check_internals` runs before the
 server binds and ``tests/test_grpc_host.py`` has a canary test for each attribute, so a
 breaking upgrade fails loudly rather than silently losing the drain. grpclib is pinned
@@ -50,17 +51,21 @@ from h2.events import (
     UnknownFrameReceived,
 )
 from h2.exceptions import ProtocolError
+from h2.settings import SettingCodes
 from h2.utilities import SizeLimitDict
 
 __all__ = [
     "GRPCLIB_VERSION",
     "ExpiredDeadlineWrapper",
+    "advertise_max_concurrent_streams",
     "answer_expired_deadlines",
     "check_internals",
     "close_listener",
     "closed_streams_remembered",
+    "connection_of",
+    "forget_closed_connections",
     "ignore_unknown_frames",
-    "limit_request_size",
+    "intercept_request_reads",
     "listening_port",
     "observe_stream_resets",
     "open_streams",
@@ -106,6 +111,9 @@ def check_internals(server: grpclib.server.Server) -> None:
         ExpiredDeadlineWrapper,
     ):
         problems.append("server.DeadlineWrapper is missing")
+    # Server.__gc_collect__: grpclib's own sweep of closed connections' handlers.
+    if not callable(getattr(server, "__gc_collect__", None)):
+        problems.append("Server.__gc_collect__ is missing")
     # protocol.Stream.recv_data(size): every read of a request message goes through it.
     if not callable(getattr(grpclib.protocol.Stream, "recv_data", None)):
         problems.append("protocol.Stream.recv_data is missing")
@@ -240,6 +248,20 @@ def close_listener(server: grpclib.server.Server) -> None:
         _asyncio_server(server).close()
 
 
+def forget_closed_connections(server: grpclib.server.Server) -> None:
+    """Drop grpclib's references to the calls of connections that have closed.
+
+    grpclib keeps each closed connection's handler, with the tasks of the calls it
+    cancelled (and through their exceptions' tracebacks, the calls' streams and buffered
+    request bytes), until ten more connections have been made. After a flood nothing
+    may come: this sweeps them now. The calls' objects form reference cycles, so the
+    cyclic GC frees them afterwards.
+    """
+    # Server.__gc_collect__: keeps only the handlers not closed or with tasks still
+    # running (a closed handler's check_closed() also forgets its finished tasks).
+    server.__gc_collect__()
+
+
 def open_streams(protocol: asyncio.Protocol) -> int:
     """How many HTTP/2 streams grpclib still tracks on one server connection.
 
@@ -294,14 +316,25 @@ def trailers_sent(stream: grpclib.server.Stream[Any, Any]) -> bool:
     return bool(stream._send_trailing_metadata_done)
 
 
-def limit_request_size(stream: grpclib.server.Stream[Any, Any], max_bytes: int) -> None:
-    """Refuse request messages larger than ``max_bytes`` before their body is read.
+def connection_of(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTransport:
+    """The transport of the connection a call came on (the same for all its calls)."""
+    # Stream._stream: the call's grpclib.protocol.Stream; its _transport is the
+    # asyncio transport of the client's connection, set at construction.
+    transport = stream._stream._transport
+    if not isinstance(transport, asyncio.BaseTransport):
+        raise RuntimeError(f"grpclib stream has transport {transport!r}")
+    return transport
 
-    grpclib reads each message as ``recv_data(5)`` (compression flag and length)
-    and then ``recv_data(length)``, buffering the whole body. Wrapping ``recv_data``
-    of this call's HTTP/2 stream refuses a body larger than ``max_bytes`` at its
-    length prefix, with ``RESOURCE_EXHAUSTED``, before any of it is buffered.
-    ``max_bytes`` must be at least 5 so that the prefix itself passes.
+
+def intercept_request_reads(
+    stream: grpclib.server.Stream[Any, Any],
+    reader: Callable[[Callable[[int], Awaitable[bytes]], int], Awaitable[bytes]],
+) -> None:
+    """Make every read of this call's request bytes go through ``reader(read, size)``.
+
+    grpclib reads each message as ``recv_data(5)`` (compression flag and length) and
+    then ``recv_data(length)``, buffering the whole body; ``reader`` gets grpclib's own
+    ``read`` and the size asked for, and may refuse (raise) before anything is read.
     """
     # Stream._stream: the call's grpclib.protocol.Stream; recv_message() reads
     # through its recv_data(). Patching this one instance leaves other calls alone.
@@ -312,17 +345,34 @@ def limit_request_size(stream: grpclib.server.Stream[Any, Any], max_bytes: int) 
     recv_data: weakref.WeakMethod[Callable[[int], Awaitable[bytes]]]
     recv_data = weakref.WeakMethod(h2_stream.recv_data)
 
-    async def guarded_recv_data(size: int) -> bytes:
-        if size > max_bytes:
-            raise GRPCError(
-                Status.RESOURCE_EXHAUSTED,
-                f"request message of {size} bytes exceeds the limit of {max_bytes} bytes",
-            )
-        read = recv_data()
-        assert read is not None, "a stream is alive while it is read from"
-        return await read(size)
+    async def read(size: int) -> bytes:
+        method = recv_data()
+        assert method is not None, "a stream is alive while it is read from"
+        return await method(size)
 
-    h2_stream.recv_data = guarded_recv_data
+    async def intercepted_recv_data(size: int) -> bytes:
+        return await reader(read, size)
+
+    h2_stream.recv_data = intercepted_recv_data
+
+
+def advertise_max_concurrent_streams(protocol: asyncio.Protocol, limit: int) -> None:
+    """Tell the client of a new connection how many streams it may have open at once.
+
+    ``protocol`` is the connection's ``H2Protocol``, right after ``connection_made()``
+    (which has sent h2's initial SETTINGS, with h2's default of 100). A different
+    ``limit`` goes out in a second SETTINGS frame at once; h2 enforces it once the client
+    acknowledges it (RFC 9113 section 6.5.3: a conforming client does so at once), and
+    until then the 100 of the first frame. A client that opens more streams than it was
+    allowed breaks the protocol: h2 raises, and grpclib closes that connection.
+    """
+    h2_connection = _h2_connection(protocol)
+    if h2_connection.local_settings.max_concurrent_streams == limit:
+        return
+    h2_connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: limit})
+    # H2Protocol.connection: grpclib's Connection (see _h2_connection); flush() writes
+    # what h2 has queued to the transport, as grpclib does after each event.
+    protocol.connection.flush()  # type: ignore[attr-defined]
 
 
 def _processors(protocol: asyncio.Protocol) -> dict[type[Any], Callable[[Any], None]]:
@@ -453,7 +503,7 @@ def require_request_message(stream: grpclib.server.Stream[Any, Any]) -> None:
     if stream._cardinality.client_streaming:
         return
     recv_message: weakref.WeakMethod[Callable[[], Awaitable[Any]]]
-    recv_message = weakref.WeakMethod(stream.recv_message)  # see limit_request_size
+    recv_message = weakref.WeakMethod(stream.recv_message)  # see intercept_request_reads
 
     async def recv_required_message() -> Any:
         read = recv_message()

@@ -298,7 +298,11 @@ class EnforceHandler:
         else:
             # Selecting the rules in scope is usually a lookup of a prepared set; it is
             # rebuilt after installs and removals. Timed apart for telemetry: evaluate()
-            # finds the set prepared by this call.
+            # finds the set prepared by this call. A scope seen for the first time (or
+            # after a new storage generation) is built in a worker thread: decoding and
+            # normalising thousands of rules would stall every other call on the loop.
+            if not self.engine.is_ready(intent.tenant_id, intent.layer):
+                await trio_asyncio.trio_as_aio(self.engine.prepare)(intent.tenant_id, intent.layer)
             self.engine.evaluation_set(intent.tenant_id, intent.layer)
             eval_start = self._clock_ns()
             result = self.engine.evaluate(

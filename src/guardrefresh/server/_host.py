@@ -37,6 +37,7 @@ import grpclib.events
 import grpclib.server
 import trio
 import trio_asyncio
+import trio_util
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.check import ServiceStatus
@@ -47,8 +48,11 @@ from grpclib.reflection.service import ServerReflection
 from guardrefresh.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 
 from . import _drain
+from ._admission import Admission, default_max_queued, default_max_running
+from ._budget import ByteBudget
 from ._codec import CompiledProtoCodec
 from ._connections import ConnectionGuard, EdgeCounts, EdgeLimits
+from ._intake import RequestLimits, RequestReader, ShedBackoff
 
 __all__ = ["DEFAULT_EXEMPT_METHODS", "SHUTDOWN_MESSAGE", "DrainReport", "GrpcHost"]
 
@@ -83,6 +87,15 @@ _ABORT_WAIT_S = 0.5
 #: MAX_CONCURRENT_STREAMS), so that any frame still in flight when its stream closed
 #: meets a remembered stream; about 0.2 MB per connection instead of h2's 12-15 MB.
 CLOSED_STREAMS_REMEMBERED = 1000
+
+#: HTTP/2 streams a client may have open at once on one connection (SETTINGS).
+MAX_CONCURRENT_STREAMS = 100
+#: Bytes of request bodies being received or waiting for a run slot, process-wide.
+MAX_PENDING_REQUEST_BYTES = 64 * 1024 * 1024
+#: Seconds a call's request message may take to arrive.
+REQUEST_TIMEOUT_S = 30.0
+#: Seconds a connection is not read after one of its calls was shed (see _intake).
+SHED_PAUSE_S = 4.0
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -137,6 +150,7 @@ class _Call:
     stream: grpclib.server.Stream[Any, Any]
     method: str
     exempt: bool
+    reader: RequestReader
     forced: bool = False
 
 
@@ -209,6 +223,7 @@ class _TrackedConnection(asyncio.Protocol):
         self._host._connection_made(self)
         self._inner.connection_made(transport)
         _drain.remember_closed_streams(self._inner, self._host._closed_streams_remembered)
+        _drain.advertise_max_concurrent_streams(self._inner, self._host._max_concurrent_streams)
 
     @property
     def closed_streams_remembered(self) -> int:
@@ -312,7 +327,15 @@ class GrpcHost:
 
     Request messages larger than ``max_message_bytes`` are refused with
     RESOURCE_EXHAUSTED at their length prefix, before their body is buffered.
-    Responses are not limited. Each connection remembers its latest
+    Responses are not limited. What a call may cost before its handler runs is
+    bounded (see ``_intake``): each connection advertises ``max_concurrent_streams``;
+    request bodies being received or waiting for a slot hold at most
+    ``max_pending_request_bytes`` in all (beyond it: RESOURCE_EXHAUSTED); a request
+    message must arrive within ``request_timeout`` seconds (else DEADLINE_EXCEEDED);
+    at most ``max_concurrent_rpcs`` calls run at once and ``max_queued_rpcs`` more
+    wait, shared fairly between connections (beyond it: RESOURCE_EXHAUSTED, see
+    ``_admission``; None picks the defaults sized to this machine). Exempt methods
+    never wait for a slot. Each connection remembers its latest
     ``closed_streams_remembered`` ended streams (h2 would keep 2**16, over 10 MB per
     long-lived connection). ``exempt_methods`` (full paths) are neither counted
     in flight nor rejected while draining. ``edge_limits`` bound the connections
@@ -345,6 +368,11 @@ class GrpcHost:
         authorize: Callable[[str, Mapping[str, Any]], None] | None = None,
         closed_streams_remembered: int = CLOSED_STREAMS_REMEMBERED,
         edge_limits: EdgeLimits | None = None,
+        max_concurrent_streams: int = MAX_CONCURRENT_STREAMS,
+        max_pending_request_bytes: int = MAX_PENDING_REQUEST_BYTES,
+        request_timeout: float = REQUEST_TIMEOUT_S,
+        max_concurrent_rpcs: int | None = None,
+        max_queued_rpcs: int | None = None,
     ) -> None:
         if not services:
             raise ValueError("GrpcHost needs at least one service")
@@ -359,6 +387,28 @@ class GrpcHost:
             )
         self._closed_streams_remembered = closed_streams_remembered
         self._guard = ConnectionGuard(edge_limits if edge_limits is not None else EdgeLimits())
+        if not 1 <= max_concurrent_streams <= 2**31 - 1:
+            raise ValueError(
+                f"max_concurrent_streams must be in 1..2**31-1, got {max_concurrent_streams}"
+            )
+        self._max_concurrent_streams = max_concurrent_streams
+        if not request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0, got {request_timeout!r}")
+        if max_concurrent_rpcs is None:
+            max_concurrent_rpcs = default_max_running()
+        if max_queued_rpcs is None:
+            max_queued_rpcs = default_max_queued(max_concurrent_rpcs)
+        self._admission = Admission(max_concurrent_rpcs, max_queued_rpcs)
+        self._budget = ByteBudget(max_pending_request_bytes)
+        self._calls_ended: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
+        self._backoff = ShedBackoff(SHED_PAUSE_S)
+        self._limits = RequestLimits(
+            max_message_bytes=max_message_bytes,
+            budget=self._budget,
+            request_timeout=float(request_timeout),
+            admission=self._admission,
+            backoff=self._backoff,
+        )
         self._services = tuple(services)
         self._service_names = tuple(_service_name(s) for s in self._services)
         self._host = host
@@ -411,6 +461,32 @@ class GrpcHost:
     def in_flight(self) -> int:
         """RPCs running now, health and reflection streams excluded."""
         return sum(1 for call in self._calls if not call.exempt)
+
+    @property
+    def request_budget(self) -> ByteBudget:
+        """Bytes of request bodies being received or waiting for a slot (see ``_budget``)."""
+        return self._budget
+
+    @property
+    def calls_ended(self) -> trio_util.AsyncValue[int]:
+        """Calls whose task has ended since the host was made (only grows)."""
+        return self._calls_ended
+
+    def forget_closed_connections(self) -> None:
+        """Let grpclib drop what it keeps of connections that have closed (see
+        ``_drain.forget_closed_connections``); the cyclic GC then frees it."""
+        if self._server is not None:
+            _drain.forget_closed_connections(self._server)
+
+    @property
+    def calls_open(self) -> int:
+        """Calls whose handler task is running now, health and reflection streams included."""
+        return len(self._calls)
+
+    @property
+    def admission(self) -> Admission:
+        """The run slots and their queue (see ``_admission``)."""
+        return self._admission
 
     @property
     def open_connections(self) -> int:
@@ -497,13 +573,20 @@ class GrpcHost:
             self._guard.start()
             logger.info(
                 "gRPC host listening on %s:%d (%s; max request %d bytes; "
-                "max %d connections, idle timeout %g s)",
+                "max %d connections, idle timeout %g s, "
+                "%d streams per connection, %d pending request bytes, request timeout %g s, "
+                "%d RPCs at once + %d queued)",
                 self._host,
                 self._bound_port,
                 ", ".join(self._service_names),
                 self._max_message_bytes,
                 self._guard.limits.max_connections,
                 self._guard.limits.idle_timeout_s,
+                self._max_concurrent_streams,
+                self._budget.limit,
+                self._limits.request_timeout,
+                self._admission.max_running,
+                self._admission.max_queued,
             )
             task_status.started(self._bound_port)
             await self._drain_requested.wait()
@@ -584,13 +667,16 @@ class GrpcHost:
                 self._reject(method)
             task = asyncio.current_task()
             assert task is not None
-            call = _Call(task=task, stream=stream, method=method, exempt=exempt)
+            reader = RequestReader(
+                self._limits, connection=_drain.connection_of(stream), admit=not exempt
+            )
+            call = _Call(task=task, stream=stream, method=method, exempt=exempt, reader=reader)
             outcome = self._outcomes.get(task)
             if outcome is not None:
                 outcome.stream = stream
             self._calls.add(call)
             task.add_done_callback(functools.partial(self._call_done, call))
-            _drain.limit_request_size(stream, self._max_message_bytes)
+            _drain.intercept_request_reads(stream, reader.read)
             _drain.require_request_message(stream)
             try:
                 await func(stream)
@@ -639,7 +725,9 @@ class GrpcHost:
 
     def _call_done(self, call: _Call, _task: asyncio.Task[Any]) -> None:
         # Runs after grpclib sent the trailers and released the stream.
+        call.reader.finish()
         self._calls.discard(call)
+        self._calls_ended.value += 1
         self._wakeup.set()
 
     def _connection_made(self, connection: _TrackedConnection) -> None:
@@ -665,6 +753,7 @@ class GrpcHost:
         exempt_open = len(self._calls) - self._in_flight_at_start
 
         self._status.set(False)
+        self._backoff.resume_all()  # the drain reads on until clients close their side
         logger.info(
             "drain 1/6 (%s): health NOT_SERVING; %d RPCs in flight, "
             "%d health/reflection streams open, grace %.3f s",

@@ -1,0 +1,208 @@
+"""What a call may cost the server before its handler runs.
+
+grpclib reads a request message as ``recv_data(5)`` (the compression flag and the
+length) and then ``recv_data(length)``, buffering the whole body. The host makes each
+call's reads go through a :class:`RequestReader` (see ``_drain.intercept_request_reads``),
+which enforces, in order:
+
+1. the size limit: a message longer than ``max_message_bytes`` is refused at its
+   length prefix (RESOURCE_EXHAUSTED), before any of it is buffered;
+2. the pending-bytes budget: a body reserves its declared length in the process-wide
+   :class:`~._budget.ByteBudget` until the handler may run; one that does not fit is
+   refused (RESOURCE_EXHAUSTED);
+3. the receive deadline: the first message must be complete within
+   ``request_timeout`` of the call's headers, a later one within ``request_timeout`` of
+   its length prefix; else the call ends with DEADLINE_EXCEEDED (grpclib then resets the
+   stream, since the client has not finished sending);
+4. admission: once the first message is in, the call waits for a run slot
+   (:class:`~._admission.Admission`), still holding its reservation, since its bytes are
+   still waiting; a refused call ends with RESOURCE_EXHAUSTED, and its connection is not
+   read for a moment (:class:`ShedBackoff`): a flooding client would otherwise send the
+   next call at once, and refusing calls costs the server almost as much as serving them.
+
+So a client that stalls its bodies, or opens thousands of streams and never sends,
+holds at most the budget, and only for ``request_timeout``; and a slot is only ever
+held by a call whose request has fully arrived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Hashable
+
+import attrs
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from ._admission import Admission, AdmissionRefused
+from ._budget import ByteBudget
+
+__all__ = ["RequestLimits", "RequestReader", "ShedBackoff"]
+
+logger = logging.getLogger(__name__)
+
+_Read = Callable[[int], Awaitable[bytes]]
+
+
+class ShedBackoff:
+    """Stop reading a connection for about ``seconds`` after one of its calls was shed.
+
+    Its calls already read go on and its answers are still written; what the client
+    sends meanwhile waits in the socket buffers (TCP pushes back on it). A later shed
+    restarts the pause. Each pause lasts 0.5 to 1.5 times ``seconds`` (at random), so
+    that connections shed together are not all read again at the same moment (a flood
+    of calls every ``seconds``). ``connection`` is the connection's transport.
+    """
+
+    def __init__(self, seconds: float, *, rng: random.Random | None = None) -> None:
+        self._seconds = seconds
+        self._rng = rng or random.Random()
+        self._resume_at: dict[asyncio.ReadTransport, asyncio.TimerHandle] = {}
+
+    @property
+    def paused(self) -> int:
+        """Connections not being read now."""
+        return len(self._resume_at)
+
+    def shed(self, connection: Hashable) -> None:
+        if not isinstance(connection, asyncio.ReadTransport) or connection.is_closing():
+            return
+        timer = self._resume_at.pop(connection, None)
+        if timer is not None:
+            timer.cancel()
+        else:
+            connection.pause_reading()
+        loop = asyncio.get_running_loop()
+        pause = self._seconds * self._rng.uniform(0.5, 1.5)
+        self._resume_at[connection] = loop.call_later(pause, self._resume, connection)
+
+    def resume_all(self) -> None:
+        """Read every paused connection again now (the drain needs to see clients close)."""
+        for connection, timer in list(self._resume_at.items()):
+            timer.cancel()
+            self._resume(connection)
+
+    def _resume(self, connection: asyncio.ReadTransport) -> None:
+        del self._resume_at[connection]
+        if not connection.is_closing():
+            connection.resume_reading()
+
+
+@attrs.frozen
+class RequestLimits:
+    """The limits every call's request reads share (one per host)."""
+
+    max_message_bytes: int
+    budget: ByteBudget
+    #: Seconds; see the module docstring.
+    request_timeout: float
+    #: None: calls run as soon as their request is in.
+    admission: Admission | None
+    #: None: a connection whose call was shed is read on at once.
+    backoff: ShedBackoff | None = None
+
+
+class RequestReader:
+    """Reads one call's request messages under :class:`RequestLimits`.
+
+    ``connection`` identifies the call's HTTP/2 connection (for fair admission);
+    ``admit`` is False for calls that never wait for a slot (health, reflection).
+    Call :meth:`finish` once the call's task has ended: it gives back the run slot.
+    """
+
+    def __init__(self, limits: RequestLimits, *, connection: Hashable, admit: bool) -> None:
+        self._limits = limits
+        self._connection = connection
+        self._admit = admit and limits.admission is not None
+        self._loop = asyncio.get_running_loop()
+        self._first_deadline = self._loop.time() + limits.request_timeout
+        self._expect_body = False
+        self._messages = 0
+        self._holds_slot = False
+        if self._admit:
+            assert limits.admission is not None
+            limits.admission.enter(connection)
+        self._finished = False
+
+    @property
+    def holds_slot(self) -> bool:
+        """Whether this call holds a run slot now."""
+        return self._holds_slot
+
+    async def read(self, read: _Read, size: int) -> bytes:
+        """``read(size)`` under the limits; raises :exc:`GRPCError` when one is crossed.
+
+        Cancellation (client reset, its deadline, the drain) propagates; any
+        reservation is given back first.
+        """
+        limits = self._limits
+        if size > limits.max_message_bytes:
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"request message of {size} bytes exceeds the limit of "
+                f"{limits.max_message_bytes} bytes",
+            )
+        if not self._expect_body:
+            # A length prefix, or the end of the stream (b"").
+            deadline = self._first_deadline if self._messages == 0 else None
+            prefix = await self._within(read(size), deadline)
+            self._expect_body = bool(prefix)
+            return prefix
+        self._expect_body = False
+        first = self._messages == 0
+        self._messages += 1
+        if not limits.budget.try_reserve(size):
+            raise GRPCError(
+                Status.RESOURCE_EXHAUSTED,
+                f"server busy: request bodies in progress hold {limits.budget.in_use} of "
+                f"{limits.budget.limit} bytes; a body of {size} bytes does not fit",
+            )
+        try:
+            deadline = self._first_deadline if first else self._loop.time() + limits.request_timeout
+            body = await self._within(read(size), deadline)
+            if first and self._admit:
+                await self._acquire_slot()
+            return body
+        finally:
+            limits.budget.release(size)
+
+    def finish(self) -> None:
+        """The call has ended: give back its run slot, if it holds one. Idempotent."""
+        if self._finished:
+            return
+        self._finished = True
+        admission = self._limits.admission
+        if self._holds_slot:
+            self._holds_slot = False
+            assert admission is not None
+            admission.release()
+        if self._admit:
+            assert admission is not None
+            admission.leave(self._connection)
+
+    async def _within(self, reading: Awaitable[bytes], deadline: float | None) -> bytes:
+        if deadline is None:
+            return await reading
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await reading
+        except TimeoutError:
+            timeout = self._limits.request_timeout
+            logger.debug("request not received within %s s; ending the call", timeout)
+            raise GRPCError(
+                Status.DEADLINE_EXCEEDED,
+                f"request message not received within {timeout:g} s",
+            ) from None
+
+    async def _acquire_slot(self) -> None:
+        admission = self._limits.admission
+        assert admission is not None
+        try:
+            await admission.acquire(self._connection)
+        except AdmissionRefused as exc:
+            if self._limits.backoff is not None:
+                self._limits.backoff.shed(self._connection)
+            raise GRPCError(Status.RESOURCE_EXHAUSTED, str(exc)) from None
+        self._holds_slot = True
