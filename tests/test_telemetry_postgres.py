@@ -64,17 +64,17 @@ async def test_the_schema_is_created_once_and_versioned(pg_dsn: str) -> None:
             for _ in range(4):
                 nursery.start_soon(engine.run, migrate)
         assert await engine.run(migrate) == PG_SCHEMA_VERSION
-        rows = await engine.run(_fetch, "SELECT id, version FROM telemetry_schema")
-        assert rows == [(1, PG_SCHEMA_VERSION)]
+        rows = await engine.run(
+            _fetch,
+            "SELECT component, version FROM guardrefresh_migrations WHERE component = $1",
+            "telemetry",
+        )
+        assert rows == [("telemetry", v) for v in range(1, PG_SCHEMA_VERSION + 1)]
         tables = await engine.run(
             _fetch,
             "SELECT tablename FROM pg_tables WHERE tablename LIKE 'telemetry%' ORDER BY 1",
         )
-        assert tables == [
-            ("telemetry_schema",),
-            ("telemetry_session_count",),
-            ("telemetry_sessions",),
-        ]
+        assert tables == [("telemetry_session_count",), ("telemetry_sessions",)]
 
 
 async def test_every_filter_is_served_in_time_order_by_an_index(pg_dsn: str) -> None:
@@ -101,18 +101,20 @@ async def test_every_filter_is_served_in_time_order_by_an_index(pg_dsn: str) -> 
             assert "Index" in text and "Sort" not in text, (column, text)
 
 
-async def test_a_newer_schema_is_refused_and_nothing_is_written(
+async def test_a_broken_schema_drops_and_counts_and_says_why(
     pg_dsn: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     async with engine_for(pg_dsn) as engine:
         await engine.run(migrate)
-        await engine.run(_fetch, "UPDATE telemetry_schema SET version = 99")
+        # Someone dropped the table (a restore gone wrong): nothing to write into.
+        await engine.run(_fetch, "DROP TABLE telemetry_sessions")
         async with open_telemetry(Path("unused"), engine=engine, batch_window_s=0.01) as store:
             store.record(make_session("x"))
             await wait_until(lambda: store.stats().dropped == 1)
             assert not store.stats().healthy
-        assert await engine.run(_fetch, "SELECT count(*) FROM telemetry_sessions") == [(0,)]
-    assert "written by a newer guardrefresh (schema version 99" in caplog.text
+            with pytest.raises(TelemetryUnavailableError, match="telemetry_sessions"):
+                await store.query(SessionQuery())
+    assert 'relation "telemetry_sessions" does not exist' in caplog.text
 
 
 async def test_an_outage_degrades_telemetry_and_it_recovers_by_itself(

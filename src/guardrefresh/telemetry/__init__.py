@@ -17,7 +17,7 @@ from ._observer import (
     SessionSink,
     session_from_outcome,
 )
-from ._pg_schema import PG_SCHEMA_VERSION, TelemetrySchemaError
+from ._pg_schema import PG_SCHEMA_VERSION
 from ._pg_service import PostgresTelemetry, open_postgres_telemetry
 from ._pg_writer import PostgresSessionWriter
 from ._query import (
@@ -83,7 +83,6 @@ __all__ = [
     "Telemetry",
     "TelemetryDatabaseError",
     "TelemetryRecorder",
-    "TelemetrySchemaError",
     "TelemetryStats",
     "TelemetryStore",
     "TelemetryUnavailableError",

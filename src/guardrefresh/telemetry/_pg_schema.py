@@ -8,9 +8,11 @@ by server process (16 rows, summed when read): replicas committing batches at th
 time do not queue on one counter row. Statement-level triggers keep it exact, once per
 batch rather than once per row.
 
-Migrations are numbered; ``telemetry_schema`` records the version. Every replica
-migrates at start under an advisory lock, so replicas starting together apply each
-step once; a database migrated by a newer guardrefresh is refused, never downgraded.
+The schema is the fleet's component ``"telemetry"``: its numbered
+:class:`~guardrefresh.replication.Migration` steps are applied by
+:func:`~guardrefresh.replication.apply_migrations` (recorded in
+``guardrefresh_migrations``, under an advisory lock, so replicas starting together
+apply each step once), the same mechanism as the replicated rules'.
 
 The ``async def`` functions here are asyncio code (asyncpg): they run on a pooled
 connection through the engine's ``run`` (see :mod:`._pg_service`).
@@ -20,19 +22,20 @@ from __future__ import annotations
 
 from typing import Any, Final
 
+from ..replication import Migration, apply_migrations
+
 __all__ = [
-    "MIGRATE_LOCK_KEY",
+    "COMPONENT",
     "MIGRATIONS",
     "PG_SCHEMA_VERSION",
     "PRUNE_LOCK_KEY",
-    "TelemetrySchemaError",
     "migrate",
 ]
 
-#: ``pg_advisory_xact_lock`` keys (bigint): "gtel" + "mig1" / "pru1". The replication
+#: The ``pg_advisory_xact_lock`` key (bigint, "gtel" + "pru1") of pruning; the replication
 #: core uses keys of its own.
-MIGRATE_LOCK_KEY: Final = 0x6774656C_6D696731
 PRUNE_LOCK_KEY: Final = 0x6774656C_70727531
+COMPONENT: Final = "telemetry"
 
 _V1: Final = (
     """
@@ -92,41 +95,17 @@ _V1: Final = (
     "FOR EACH STATEMENT EXECUTE FUNCTION telemetry_count_deleted()",
 )
 
-#: Migration ``i`` (1-based) brings the schema from version ``i - 1`` to ``i``.
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1,)
+MIGRATIONS: Final = (
+    Migration(COMPONENT, 1, "sessions table, one index per filter, sharded row count", _V1),
+)
 PG_SCHEMA_VERSION: Final = len(MIGRATIONS)
 
 
-class TelemetrySchemaError(Exception):
-    """The database's telemetry schema cannot be used (written by a newer version)."""
-
-
 async def migrate(conn: Any) -> int:
-    """Bring the telemetry schema to :data:`PG_SCHEMA_VERSION` (asyncio code); the version.
+    """Apply the telemetry steps the database lacks (asyncio code); the schema version.
 
-    One transaction under :data:`MIGRATE_LOCK_KEY`: it applies every missing step or
-    none. Raises :class:`TelemetrySchemaError` for a schema newer than this code.
+    One transaction: every missing step or none. Raises ``asyncpg.PostgresError`` when
+    a step fails.
     """
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATE_LOCK_KEY)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS telemetry_schema ("
-            "id integer PRIMARY KEY CHECK (id = 1), version integer NOT NULL)"
-        )
-        version = await conn.fetchval("SELECT version FROM telemetry_schema WHERE id = 1")
-        version = 0 if version is None else int(version)
-        if version > PG_SCHEMA_VERSION:
-            raise TelemetrySchemaError(
-                f"the telemetry tables were written by a newer guardrefresh (schema version "
-                f"{version}, this one knows {PG_SCHEMA_VERSION}); upgrade this replica"
-            )
-        for step in MIGRATIONS[version:]:
-            for statement in step:
-                await conn.execute(statement)
-        if version < PG_SCHEMA_VERSION:
-            await conn.execute(
-                "INSERT INTO telemetry_schema (id, version) VALUES (1, $1) "
-                "ON CONFLICT (id) DO UPDATE SET version = excluded.version",
-                PG_SCHEMA_VERSION,
-            )
-        return PG_SCHEMA_VERSION
+    await apply_migrations(conn, MIGRATIONS)
+    return PG_SCHEMA_VERSION
