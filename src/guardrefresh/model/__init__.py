@@ -10,7 +10,7 @@ from ._anchors import (
     RuleAnchors,
     Slot,
 )
-from ._convert import rule_from_proto, rule_to_proto
+from ._convert import rule_from_proto, rule_from_upb, rule_to_proto
 from ._errors import RuleValidationError
 from ._json import rules_from_json, rules_to_json
 from ._rule import (
@@ -57,6 +57,7 @@ __all__ = [
     "escape_controls",
     "json_depth",
     "rule_from_proto",
+    "rule_from_upb",
     "rule_to_proto",
     "rules_from_json",
     "rules_to_json",
