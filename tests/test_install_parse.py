@@ -15,7 +15,7 @@ from typing import Any
 
 import betterproto2
 import pytest
-from factories import make_rule, rules
+from factories import make_anchors, make_rule, rules
 from grpclib import GRPCError
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -154,3 +154,26 @@ def test_bytes_that_are_no_request_are_refused() -> None:
     with pytest.raises(GRPCError) as info:
         parse_install_request(b"\x12\xff\xff\xff\xff\x0f")
     assert "malformed InstallRulesRequest" in info.value.message
+
+
+def test_full_slots_are_read_from_upbs_bytes_in_one_piece() -> None:
+    from guardrefresh.model._convert import _block_from_canonical
+    from guardrefresh.server import upb_class
+
+    rule = make_rule("r", anchors=make_anchors((16, 3, 0, 1), sent=(16, 16, 0, 2), seed=4))
+    payload = upb_class(pb.RuleInstance).FromString(bytes(rule_to_proto(rule))).anchors
+    block = _block_from_canonical(payload.SerializeToString(), (16, 3, 0, 1), (16, 16, 0, 2))
+    assert block is not None and block.tobytes() == rule.anchors.vectors.tobytes()
+    # Bytes laid out otherwise (an unknown field in a vector) are left to the slow path.
+    vector = payload.action_anchors[0]
+    vector.MergeFromString(b"\x10\x01")
+    assert _block_from_canonical(payload.SerializeToString(), (16, 3, 0, 1), (16, 16, 0, 2)) is None
+
+
+def test_an_unknown_field_inside_a_vector_changes_nothing() -> None:
+    rule = rule_to_proto(make_rule("r"))
+    assert rule.anchors is not None
+    rule.anchors.risk_anchors[0]._unknown_fields = b"\x10\x01"
+    data = _request([bytes(rule)])
+    assert _outcome(parse_install_request, data) == _outcome(_parse_slowly, data)
+    assert _outcome(parse_install_request, data)[0] == "ok"

@@ -11,7 +11,7 @@ import betterproto2
 import numpy as np
 
 from ..proto import rule_installation as pb
-from ._anchors import ANCHOR_DIM, BLOCK_SHAPE, MAX_ANCHORS, RuleAnchors
+from ._anchors import ANCHOR_DIM, BLOCK_SHAPE, MAX_ANCHORS, Float32Array, RuleAnchors
 from ._errors import RuleValidationError
 from ._rule import ParamScalar, PolicyType, Rule
 
@@ -170,32 +170,63 @@ def _anchors_from_proto(rid: str, payload: pb.RuleAnchorsPayload | None) -> Rule
 
 
 def _anchors_from_upb(rid: str, payload: Any) -> RuleAnchors:
-    slots = [
-        [list(v.values) for v in vectors]
-        for vectors in (
-            payload.action_anchors,
-            payload.resource_anchors,
-            payload.data_anchors,
-            payload.risk_anchors,
-        )
-    ]
+    vectors = (
+        payload.action_anchors,
+        payload.resource_anchors,
+        payload.data_anchors,
+        payload.risk_anchors,
+    )
     counts = (payload.action_count, payload.resource_count, payload.data_count, payload.risk_count)
-    sent = (len(slots[0]), len(slots[1]), len(slots[2]), len(slots[3]))
+    sent = (len(vectors[0]), len(vectors[1]), len(vectors[2]), len(vectors[3]))
     if all(0 <= c <= n <= MAX_ANCHORS for c, n in zip(counts, sent, strict=True)) and all(
-        len(row) == ANCHOR_DIM for rows in slots for row in rows
+        len(v.values) == ANCHOR_DIM for slot in vectors for v in slot
     ):
-        # The common case in one conversion per slot. The values are float32 already
-        # (the wire's type): nothing overflows, every bit is kept.
-        block = np.zeros(BLOCK_SHAPE, dtype=np.float32)
-        for s, rows in enumerate(slots):
-            if rows:
-                block[s, : len(rows)] = rows
-        if np.isfinite(block).all():
+        block = _block_from_canonical(payload.SerializeToString(), counts, sent)
+        if block is not None and np.isfinite(block).all():
             block.flags.writeable = False
             return RuleAnchors(block, counts, sent)
-    # Something is wrong: the validating constructor finds it and words it as for
-    # betterproto2's objects (the first bad slot, vector and field).
+    # Something is wrong (or unusual): the validating constructor finds it and words it
+    # as for betterproto2's objects (the first bad slot, vector and field).
+    slots = [[list(v.values) for v in slot] for slot in vectors]
     return RuleAnchors.from_slots(slots, counts, rule_id=rid)
+
+
+#: upb's bytes of one AnchorVector of 32 floats inside the payload: the slot's tag,
+#: the entry's length (134 - 3), the packed field's tag and length (128), the floats.
+_VECTOR_BYTES = 3 + 3 + ANCHOR_DIM * 4
+_VECTOR_HEADERS = [
+    np.frombuffer(bytes([(2 * s + 1) << 3 | 2, 0x83, 0x01, 0x0A, 0x80, 0x01]), np.uint8)
+    for s in range(4)
+]
+
+
+def _block_from_canonical(
+    data: bytes, counts: tuple[int, ...], sent: tuple[int, ...]
+) -> Float32Array | None:
+    """The anchor block from upb's serialisation of a payload whose every vector has
+    exactly 32 values: two ``np.frombuffer`` per slot instead of 32 Python floats per
+    vector. upb writes fields in number order, repeated floats packed, unknown fields
+    last; None when ``data`` is not laid out that way (the caller then converts
+    vector by vector).
+    """
+    block = np.zeros(BLOCK_SHAPE, dtype=np.float32)
+    raw = np.frombuffer(data, np.uint8)
+    pos = 0
+    for s in range(4):
+        n, count = sent[s], counts[s]
+        records = raw[pos : pos + n * _VECTOR_BYTES]
+        if len(records) != n * _VECTOR_BYTES:
+            return None
+        records = records.reshape(n, _VECTOR_BYTES)
+        if n and not (records[:, :6] == _VECTOR_HEADERS[s]).all():
+            return None
+        block[s, :n] = records[:, 6:].copy().view("<f4")
+        pos += n * _VECTOR_BYTES
+        if count:  # the count field: its tag and a one-byte varint (count <= 16)
+            if data[pos : pos + 2] != bytes([(2 * s + 2) << 3, count]):
+                return None
+            pos += 2
+    return block if pos == len(data) else None
 
 
 def _param_from_upb(rid: str, key: str, value: Any) -> ParamScalar:
