@@ -121,7 +121,7 @@ async def serve_metrics(
     """
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0..65535, got {port}")
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
     sock = await _bind(host, port)
     try:
         bound_host, bound_port = sock.getsockname()[:2]
