@@ -78,6 +78,7 @@ EXPECTED = {
         "Enforce_latency_20_rules",
         "Enforce_latency_50_rules",
         "Enforce_throughput_20_rules_8_clients",
+        "Enforce_telemetry_on_off_p50_ratio_20_rules",
     ],
     "telemetry": [
         "ingest_dropped_per_s",
@@ -105,7 +106,11 @@ WITH_TARGETS = {
     "codec": set(),
     # Decision targets are stated for 1,000 and 10,000 rules only.
     "enforce": {"speedup_vs_reference_50"},
-    "enforce_grpc": {"Enforce_latency_20_rules", "Enforce_latency_50_rules"},
+    "enforce_grpc": {
+        "Enforce_latency_20_rules",
+        "Enforce_latency_50_rules",
+        "Enforce_telemetry_on_off_p50_ratio_20_rules",
+    },
     "telemetry": {"ingest_dropped_per_s", "query_tenant_decision_last_hour_50", "query_newest_50"},
 }
 
@@ -207,6 +212,14 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
     assert sum(fresh["flood_calls"].values()) > 0  # the flooders did flood
     assert fresh["probes"] >= 1 and edge["health_check_under_flood"]["probes"] >= 1
     assert set(fresh["rss_mib"]) == {"before", "end_of_flood", "after"}
+
+    # Telemetry on and off measured side by side, the on service really recording.
+    ratio = document["enforce_grpc"]["Enforce_telemetry_on_off_p50_ratio_20_rules"]
+    assert ratio["parameters"]["rounds"] == ratio["samples"]["n"] == len(ratio["values"]) == 2
+    assert ratio["targets"] == [{"stat": "median", "op": ">=", "value": 0.9, "unit": "ratio"}]
+    assert all(_number(ratio["p50_ms"][mode]) for mode in ("on", "off"))
+    assert all(ratio["server_cpu_us_per_request"][mode] > 0 for mode in ("on", "off"))
+    assert ratio["sessions_recorded"] >= 1 + 5 + 2 * 10
 
     # Every benchmark with a target shows up in the summary, with its verdict.
     summarized = {row["benchmark"] for row in document["summary"]}

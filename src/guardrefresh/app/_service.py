@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import functools
@@ -35,6 +36,7 @@ from ..server import (
     EnforceHandler,
     EnforceObserver,
     GrpcHost,
+    LoopErrorHandler,
     max_connections_for,
     open_asyncio_loop,
 )
@@ -80,7 +82,7 @@ async def serve_service(
         raise StartupError(f"cannot open warm storage: {exc}") from None
     try:
         async with (
-            open_asyncio_loop(),
+            open_asyncio_loop() as loop,
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
@@ -96,10 +98,17 @@ async def serve_service(
                 encoder,
                 telemetry,
                 _edge_limits(config, fd_limit),
+                _loop_errors(loop),
                 task_status,
             )
     finally:
         bridge.close()
+
+
+def _loop_errors(loop: asyncio.AbstractEventLoop) -> LoopErrorHandler | None:
+    """The counters of the loop's error handler (installed by ``open_asyncio_loop``)."""
+    handler = loop.get_exception_handler()
+    return handler if isinstance(handler, LoopErrorHandler) else None
 
 
 @contextlib.asynccontextmanager
@@ -176,6 +185,7 @@ async def _supervise(
     encoder: IntentEncoder,
     telemetry: Telemetry | None,
     edge_limits: EdgeLimits,
+    loop_errors: LoopErrorHandler | None,
     task_status: trio.TaskStatus[int],
 ) -> None:
     ssl_context, auth = _security(config)
@@ -234,6 +244,12 @@ async def _supervise(
         on_call_done=metrics.observe_rpc,
         authorize=auth.check if auth is not None else None,
         edge_limits=edge_limits,
+    )
+    metrics.bind_edge(
+        counts=lambda: host.edge_counts,
+        open_connections=lambda: host.open_connections,
+        max_connections=edge_limits.max_connections,
+        loop_errors=loop_errors,
     )
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
