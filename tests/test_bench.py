@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pg_support import MISSING_REASON, find_postgres_bin
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
@@ -115,6 +117,26 @@ WITH_TARGETS = {
 }
 
 
+# The fleet group needs PostgreSQL's binaries (tests/pg_support.py); without them the run
+# records why it skipped it.
+FLEET = [
+    "write_visible_on_all_replicas",
+    "install_300_rules_batches_100",
+    "catch_up_200_changes",
+    "enforce_rps_3_over_1",
+    "full_resync_200_rules",
+]
+FLEET_TARGETS = {
+    "write_visible_on_all_replicas",
+    "install_300_rules_batches_100",
+    "catch_up_200_changes",
+    "full_resync_200_rules",
+}
+if find_postgres_bin() is not None:
+    EXPECTED["fleet"] = FLEET
+    WITH_TARGETS["fleet"] = FLEET_TARGETS
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -125,7 +147,7 @@ def _run_tiny(out: Path) -> dict[str, Any]:
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
@@ -220,6 +242,14 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
     assert all(_number(ratio["p50_ms"][mode]) for mode in ("on", "off"))
     assert all(ratio["server_cpu_us_per_request"][mode] > 0 for mode in ("on", "off"))
     assert ratio["sessions_recorded"] >= 1 + 5 + 2 * 10
+
+    if "fleet" in EXPECTED:
+        fleet = document["fleet"]
+        assert fleet["install_300_rules_batches_100"]["converged_after_last_ack_ms"] >= 0
+        assert fleet["full_resync_200_rules"]["parameters"]["rules"] == 200
+        assert fleet["enforce_rps_3_over_1"]["rps_1_replica"] > 0
+    else:
+        assert document["fleet"] == {"skipped": MISSING_REASON}
 
     # Every benchmark with a target shows up in the summary, with its verdict.
     summarized = {row["benchmark"] for row in document["summary"]}

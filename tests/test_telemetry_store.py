@@ -356,11 +356,14 @@ def test_the_writer_commits_one_transaction_per_batch(db: Path) -> None:
 
 
 async def test_open_telemetry_writes_everything_queued_when_the_block_ends(db: Path) -> None:
-    async with open_telemetry(db, batch_window_s=1.0) as telemetry:
+    # Sessions stamped T0 (2023) are past the default 7-day retention: a retention that
+    # keeps them, or the background prune races the reads below.
+    keep = 20 * 365 * 86400.0
+    async with open_telemetry(db, batch_window_s=1.0, retention_s=keep) as telemetry:
         for i in range(300):
             assert telemetry.record(make_session(f"s{i}", timestamp_ms=T0 + i))
         # Within the window nothing needs to be committed yet; leaving must flush it all.
-    async with open_telemetry(db) as telemetry:
+    async with open_telemetry(db, retention_s=keep) as telemetry:
         page = await telemetry.query(SessionQuery(limit=500))
         assert page.total_count == 300
         document = await telemetry.get("s7")

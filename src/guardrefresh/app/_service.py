@@ -45,6 +45,8 @@ from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
 from ..storage import StorageError
 from ..telemetry import EnforceRecorder, Telemetry, open_telemetry
+from ._fleet import Fleet, FleetStartupError, open_fleet, watch_replication
+from ._health import ServingGate
 from ._limits import raise_fd_limit
 from ._memory import release_free_memory, tune_allocator
 from ._trim import trim_after_request_bursts
@@ -70,6 +72,7 @@ async def serve_service(
     SERVING from then on). Raises :class:`StartupError` when it cannot start.
     """
     config.security.check()
+    config.replication.check()
     fd_limit = raise_fd_limit()
     try:
         bridge = await Bridge.open(
@@ -86,6 +89,7 @@ async def serve_service(
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
+            _open_fleet(config, bridge, refresher) as fleet,
             open_intent_encoder(config.enforce.management_plane_url) as encoder,
             # Entered before the server starts and left after it has drained: every
             # session of an answered Enforce call is written before the process exits.
@@ -97,6 +101,7 @@ async def serve_service(
                 refresher,
                 encoder,
                 telemetry,
+                fleet,
                 _edge_limits(config, fd_limit),
                 _loop_errors(loop),
                 task_status,
@@ -109,6 +114,17 @@ def _loop_errors(loop: asyncio.AbstractEventLoop) -> LoopErrorHandler | None:
     """The counters of the loop's error handler (installed by ``open_asyncio_loop``)."""
     handler = loop.get_exception_handler()
     return handler if isinstance(handler, LoopErrorHandler) else None
+
+
+@contextlib.asynccontextmanager
+async def _open_fleet(
+    config: ServiceConfig, bridge: Bridge, refresher: RefreshService
+) -> AsyncIterator[Fleet | None]:
+    try:
+        async with open_fleet(config.replication, bridge, refresher) as fleet:
+            yield fleet
+    except FleetStartupError as exc:
+        raise StartupError(str(exc)) from None
 
 
 @contextlib.asynccontextmanager
@@ -184,6 +200,7 @@ async def _supervise(
     refresher: RefreshService,
     encoder: IntentEncoder,
     telemetry: Telemetry | None,
+    fleet: Fleet | None,
     edge_limits: EdgeLimits,
     loop_errors: LoopErrorHandler | None,
     task_status: trio.TaskStatus[int],
@@ -204,7 +221,10 @@ async def _supervise(
             stats.bridge_version,
         )
     _tune_garbage_collector()
-    scheduler = RefreshScheduler(refresher, config.scheduler)
+    # In fleet mode the periodic refresh reconciles with the fleet first.
+    scheduler = RefreshScheduler(
+        fleet.refresher if fleet is not None else refresher, config.scheduler
+    )
     staleness_limit = config.health.staleness_limit(config.scheduler.refresh_interval)
     observers: list[EnforceObserver] = [metrics.enforce.observe]
     if telemetry is not None:
@@ -217,8 +237,12 @@ async def _supervise(
         staleness_limit_s=staleness_limit,
         enforcer=enforcer,
         telemetry=telemetry,
+        writer=fleet.writer if fleet is not None else None,
+        replication=fleet.replica.status if fleet is not None else None,
     )
     metrics.add_grpc_services([dataplane])
+    if fleet is not None:
+        metrics.bind_replication(fleet.replica.status)
     if telemetry is not None:
         metrics.bind_telemetry(telemetry.stats)
     metrics.bind(
@@ -251,10 +275,15 @@ async def _supervise(
         max_connections=edge_limits.max_connections,
         loop_errors=loop_errors,
     )
+    gate = ServingGate(host)
+    if fleet is not None:
+        gate.set("fleet-synced", False)  # NOT_SERVING until the first sync
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             logger.info("Spawning scheduled refresh background task")
             await nursery.start(scheduler.run)
+            if fleet is not None:
+                await fleet.start(nursery)
             try:
                 port = await nursery.start(host.serve)
             except OSError as exc:
@@ -275,7 +304,7 @@ async def _supervise(
                         f"{exc.strerror or exc}"
                     ) from None
                 logger.info("Metrics on http://%s:%d/metrics", config.metrics.host, metrics_port)
-            host.set_serving(True)
+            gate.open()
             if ssl_context is not None:
                 mutual = config.security.tls_client_ca is not None
                 logger.info("gRPC over TLS%s", ", client certificates required" if mutual else "")
@@ -301,8 +330,12 @@ async def _supervise(
                 host.forget_closed_connections,
             )
             nursery.start_soon(
-                _watch_staleness, host, refresher, staleness_limit, config.health.fail_when_stale
+                _watch_staleness, gate, refresher, staleness_limit, config.health.fail_when_stale
             )
+            if fleet is not None:
+                nursery.start_soon(
+                    watch_replication, fleet.replica, gate, config.health.fail_when_stale
+                )
             task_status.started(port)
 
             async for signum in signals:
@@ -361,7 +394,7 @@ async def _shutdown(
 
 
 async def _watch_staleness(
-    host: GrpcHost, refresher: RefreshService, limit_s: float, fail_when_stale: bool
+    gate: ServingGate, refresher: RefreshService, limit_s: float, fail_when_stale: bool
 ) -> None:
     """Log when rules go stale or fresh again; with ``fail_when_stale`` flip health too.
 
@@ -389,7 +422,7 @@ async def _watch_staleness(
                 )
             was_stale = stale
         if fail_when_stale:
-            host.set_serving(not stale)
+            gate.set("fresh", not stale)
         wait = math.inf if stale else limit_s - (now_ms - last_ms) / 1000 + 0.001
         with trio.move_on_after(wait):
             await refresher.last_stats.wait_transition()

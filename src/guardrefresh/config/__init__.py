@@ -6,7 +6,7 @@ Every setting is declared once, as a field of its section class (see
 ``--print-config`` are generated from those fields.
 """
 
-from ..settings import ENV_PREFIX, Setting
+from ..settings import ENV_PREFIX, Setting, mask_dsn
 from ._cli import CliOptions, build_parser, format_help, parse_args, version_text
 from ._errors import ConfigError, UsageError
 from ._load import ResolvedConfig, load_config, resolve_config
@@ -16,6 +16,7 @@ from ._sections import (
     HealthConfig,
     LoggingConfig,
     MetricsConfig,
+    ReplicationConfig,
     SecurityConfig,
     StorageConfig,
     TelemetryConfig,
@@ -34,6 +35,7 @@ __all__ = [
     "HealthConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "ReplicationConfig",
     "ResolvedConfig",
     "SecurityConfig",
     "ServerConfig",
@@ -45,6 +47,7 @@ __all__ = [
     "build_parser",
     "format_help",
     "load_config",
+    "mask_dsn",
     "parse_args",
     "render_config",
     "resolve_config",

@@ -17,6 +17,7 @@ from ..settings import (
     HOST,
     INTEGER,
     NON_EMPTY_NO_SPACE,
+    OPTIONAL_DSN,
     OPTIONAL_PATH,
     OPTIONAL_URL,
     PATH,
@@ -26,6 +27,7 @@ from ..settings import (
     at_least,
     between,
     choice,
+    mask_dsn,
     section,
     setting,
 )
@@ -36,6 +38,7 @@ __all__ = [
     "HealthConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "ReplicationConfig",
     "SecurityConfig",
     "StorageConfig",
     "TelemetryConfig",
@@ -141,6 +144,62 @@ class EnforceConfig:
         "Enforce requests without an intent_vector are encoded by POST <URL>/encode/intent. "
         "Unset, such requests are denied (fail-closed).",
     )
+
+
+@section("replication", flag_prefix="replication")
+@attrs.frozen(kw_only=True)
+class ReplicationConfig:
+    """Fleet mode: the PostgreSQL database the replicas replicate their rules through."""
+
+    #: None: a single node (the default).
+    dsn: str | None = setting(
+        OPTIONAL_DSN,
+        None,
+        stem="replication",
+        repr=False,
+        help="Fleet mode: replicate the rule set through this PostgreSQL database "
+        "(postgresql://USER@HOST:PORT/DB?...) with every other replica given the same URL. "
+        "Put no password in it: use --replication-password-file or libpq's environment "
+        "(PGPASSWORD, ~/.pgpass). Unset: a single node, rules in warm storage only.",
+    )
+    password_file: pathlib.Path | None = setting(
+        OPTIONAL_PATH,
+        None,
+        help="File holding the PostgreSQL password of --replication (one line; it must not "
+        "be readable by group or others). Never logged.",
+    )
+    #: 0: no limit.
+    max_lag: float = setting(
+        SECONDS,
+        0.0,
+        constraint=at_least(0),
+        stem="max_replication_lag",
+        help="Seconds this replica may be behind the fleet (or out of touch with its "
+        "database) before its rules count as stale; with --fail-when-stale the health "
+        "check then reports NOT_SERVING. 0 = no limit.",
+    )
+    tombstone_retention: float = setting(
+        SECONDS,
+        7 * 86400.0,
+        constraint=above(0),
+        stem="tombstone_retention",
+        help="Seconds a removed rule's tombstone stays in the database (604800 = 7 days); "
+        "a replica stopped for longer resynchronises the whole rule set when it returns.",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.dsn is not None
+
+    @property
+    def masked_dsn(self) -> str:
+        """The DSN with any password replaced by ``***``: the only form to log."""
+        return "" if self.dsn is None else mask_dsn(self.dsn)
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for combinations that cannot work."""
+        if self.password_file is not None and self.dsn is None:
+            raise ConfigError("replication: password_file needs dsn (--replication)")
 
 
 @section("security")

@@ -21,6 +21,7 @@ from ._sections import (
     HealthConfig,
     LoggingConfig,
     MetricsConfig,
+    ReplicationConfig,
     SecurityConfig,
     StorageConfig,
     TelemetryConfig,
@@ -65,6 +66,7 @@ class ServiceConfig:
     metrics: MetricsConfig = section_field(MetricsConfig)
     health: HealthConfig = section_field(HealthConfig)
     enforce: EnforceConfig = section_field(EnforceConfig)
+    replication: ReplicationConfig = section_field(ReplicationConfig)
     security: SecurityConfig = section_field(SecurityConfig)
     telemetry: TelemetryConfig = section_field(TelemetryConfig)
 

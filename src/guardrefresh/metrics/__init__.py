@@ -18,6 +18,7 @@ from ._metrics import (
     grpc_code_name,
     refresh_error_reason,
 )
+from ._replication import ReplicationStatusLike
 from ._telemetry import TelemetryStatsLike
 
 __all__ = [
@@ -35,6 +36,7 @@ __all__ = [
     "EnforceOutcomeLike",
     "LoopErrorsLike",
     "RefreshStatsLike",
+    "ReplicationStatusLike",
     "SchedulerStatusLike",
     "ServiceMetrics",
     "TelemetryStatsLike",

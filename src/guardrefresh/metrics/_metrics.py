@@ -41,6 +41,7 @@ from ..storage import (
 )
 from ._edge import EdgeCollector, EdgeCountsLike, LoopErrorsLike
 from ._enforce import EnforceMetrics
+from ._replication import ReplicationCollector, ReplicationStatusLike
 from ._telemetry import TelemetryCollector, TelemetryStatsLike
 
 __all__ = [
@@ -533,6 +534,11 @@ class ServiceMetrics:
         )
         self.registry.register(_StateCollector(self, state))
         self._bound = state
+
+    def bind_replication(self, status: Callable[[], ReplicationStatusLike]) -> None:
+        """Expose fleet replication (``guardrefresh_replication_*``), read at each
+        scrape from ``status`` (cheap: no database access)."""
+        self.registry.register(ReplicationCollector(status))
 
     def bind_telemetry(self, stats: Callable[[], TelemetryStatsLike]) -> None:
         """Expose the telemetry store's counters (``guardrefresh_telemetry_*``), read at

@@ -27,12 +27,14 @@ from ._kinds import (
     FRACTION,
     HOST,
     INTEGER,
+    OPTIONAL_DSN,
     OPTIONAL_PATH,
     OPTIONAL_URL,
     PATH,
     SECONDS,
     Kind,
     choice,
+    mask_dsn,
 )
 from ._toml import toml_key, toml_string
 
@@ -44,6 +46,7 @@ __all__ = [
     "HOST",
     "INTEGER",
     "NON_EMPTY_NO_SPACE",
+    "OPTIONAL_DSN",
     "OPTIONAL_PATH",
     "OPTIONAL_URL",
     "PATH",
@@ -57,6 +60,7 @@ __all__ = [
     "between",
     "choice",
     "derived_setting",
+    "mask_dsn",
     "section",
     "section_name",
     "setting",

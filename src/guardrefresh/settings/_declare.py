@@ -18,7 +18,9 @@ type, default, range and help. :func:`settings_of` turns a section class into
 Names follow one pattern: the flag is ``--`` + flag prefix + key with dashes, the
 environment variable ``GUARDREFRESH_`` + the same in upper case with underscores; a
 boolean named ``enabled`` turns its whole section on or off and is named after the
-section (``--telemetry/--no-telemetry``, ``GUARDREFRESH_TELEMETRY_ENABLED``).
+section (``--telemetry/--no-telemetry``, ``GUARDREFRESH_TELEMETRY_ENABLED``). A setting
+whose names read better otherwise gives its own *stem* (``stem="max_replication_lag"``:
+``--max-replication-lag``, ``GUARDREFRESH_MAX_REPLICATION_LAG``).
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ class _Spec(Generic[T]):
     constraint: Constraint
     #: For a default computed from other settings: how to show it.
     derived: str | None
+    #: Flag and environment names from this instead of prefix + key.
+    stem: str | None
 
     @property
     def allowed(self) -> str:
@@ -128,20 +132,29 @@ def _check(instance: object, attribute: attrs.Attribute[Any], value: object) -> 
         raise ConfigError(f"{name}: invalid value {value!r}; allowed: {spec.allowed}")
 
 
-def setting(kind: Kind[T], default: T, *, help: str, constraint: Constraint = ANYTHING) -> T:
+def setting(
+    kind: Kind[T],
+    default: T,
+    *,
+    help: str,
+    constraint: Constraint = ANYTHING,
+    stem: str | None = None,
+    repr: bool = True,
+) -> T:
     """An attrs field that is a setting of *kind* with a fixed *default*.
 
-    Constructing the class with a value of the wrong kind or out of range raises
+    *stem* replaces prefix + key in the flag and environment names; *repr* False keeps
+    the value out of the class's ``repr`` (secrets). Constructing the class with a value of the wrong kind or out of range raises
     :class:`ConfigError` ("server.port: invalid value 70000; allowed: an integer from
     0 to 65535"). A default that is itself not allowed is a programming error: it
     raises :class:`TypeError` when the class is defined.
     """
-    spec = _Spec(kind=kind, help=help, constraint=constraint, derived=None)
+    spec = _Spec(kind=kind, help=help, constraint=constraint, derived=None, stem=stem)
     if not spec.is_valid(default):
         raise TypeError(f"default {default!r} is not allowed: {spec.allowed}")
     # attrs.field() is typed as returning the field's type (it returns a placeholder
     # that @attrs.frozen turns into the attribute), so the class sees a T.
-    field: T = attrs.field(default=default, validator=_check, metadata={_SPEC: spec})
+    field: T = attrs.field(default=default, validator=_check, repr=repr, metadata={_SPEC: spec})
     return field
 
 
@@ -159,7 +172,7 @@ def derived_setting(
     *derive* sees the earlier fields before they are validated, so it must not fail on
     a bad value (that value's own error is reported first).
     """
-    spec = _Spec(kind=kind, help=help, constraint=constraint, derived=shown)
+    spec = _Spec(kind=kind, help=help, constraint=constraint, derived=shown, stem=None)
     field: T = attrs.field(
         default=attrs.Factory(derive, takes_self=True), validator=_check, metadata={_SPEC: spec}
     )
@@ -236,8 +249,10 @@ class Setting(Generic[T]):
         return self.kind.accepts(value) and bool(self.constraint.test(value))
 
 
-def _names(info: _Section, key: str, kind: Kind[Any]) -> tuple[str, str]:
-    if key == "enabled" and kind.is_switch:
+def _names(info: _Section, key: str, spec: _Spec[Any]) -> tuple[str, str]:
+    if spec.stem is not None:
+        return "--" + spec.stem.replace("_", "-"), ENV_PREFIX + spec.stem.upper()
+    if key == "enabled" and spec.kind.is_switch:
         # The switch of a whole section is named after it: --telemetry/--no-telemetry.
         return f"--{info.name}", f"{ENV_PREFIX}{info.name.upper()}_ENABLED"
     stem = f"{info.flag_prefix}_{key}" if info.flag_prefix else key
@@ -254,7 +269,7 @@ def settings_of(cls: type) -> tuple[Setting[Any], ...]:
         spec: _Spec[Any] | None = field.metadata.get(_SPEC)
         if spec is None:
             continue
-        flag, env = _names(info, field.name, spec.kind)
+        flag, env = _names(info, field.name, spec)
         rows.append(
             Setting(
                 section=info.name,

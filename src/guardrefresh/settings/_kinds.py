@@ -21,12 +21,14 @@ __all__ = [
     "FRACTION",
     "HOST",
     "INTEGER",
+    "OPTIONAL_DSN",
     "OPTIONAL_PATH",
     "OPTIONAL_URL",
     "PATH",
     "SECONDS",
     "Kind",
     "choice",
+    "mask_dsn",
 ]
 
 T = TypeVar("T")
@@ -253,4 +255,46 @@ OPTIONAL_URL: Kind[str | None] = Kind(
     from_toml=_text_only(_parse_optional_url),
     to_toml=lambda v: toml_string("" if v is None else v),
     to_text=lambda v: "" if v is None else v,
+)
+
+
+def mask_dsn(dsn: str) -> str:
+    """``dsn`` with the password in its user info replaced by ``***`` (for logs)."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    user_info, _, host = parts.netloc.rpartition("@")
+    user = user_info.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _is_postgres_url(value: object) -> bool:
+    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError:
+        return False
+    return parts.scheme in ("postgresql", "postgres")
+
+
+def _parse_optional_dsn(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not _is_postgres_url(text):
+        raise ValueError("not a postgresql:// URL")
+    return text
+
+
+OPTIONAL_DSN: Kind[str | None] = Kind(
+    description='a postgresql:// URL ("" = not set)',
+    metavar="URL",
+    accepts=lambda v: v is None or _is_postgres_url(v),
+    from_text=_parse_optional_dsn,
+    from_toml=_text_only(_parse_optional_dsn),
+    # A password written into the URL is never shown (--print-config, --help).
+    to_toml=lambda v: toml_string("" if v is None else mask_dsn(v)),
+    to_text=lambda v: "" if v is None else mask_dsn(v),
 )

@@ -12,15 +12,18 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._fs import atomic_write
-from ._segment import Segment
+from ._segment import FIXED_DTYPE, FORMAT_VERSION, Segment, SegmentColumns
 from ._store import Manifest, StoreInfo, WarmStore
 from ._table import RuleRef, TableStat, WarmTable, family_of
 
 __all__ = [
+    "FIXED_DTYPE",
+    "FORMAT_VERSION",
     "CorruptStoreError",
     "Manifest",
     "RuleRef",
     "Segment",
+    "SegmentColumns",
     "StorageError",
     "StoreBusyError",
     "StoreDirectoryMissingError",
