@@ -15,7 +15,9 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Final
 
+import attrs
 import threadpoolctl
 import trio
 
@@ -31,6 +33,7 @@ from ..refresh import (
     RefreshTrigger,
     open_refresh_service,
 )
+from ..replication import open_engine
 from ..server import (
     EdgeLimits,
     EnforceHandler,
@@ -44,7 +47,7 @@ from ..server._auth import AdminAuth, TokenFileError
 from ..server._dataplane import DataPlaneService, is_stale
 from ..server._tls import TlsConfigError, server_ssl_context
 from ..storage import StorageError
-from ..telemetry import EnforceRecorder, Telemetry, open_telemetry
+from ..telemetry import EnforceRecorder, TelemetryStore, open_telemetry
 from ._fleet import Fleet, FleetStartupError, open_fleet, watch_replication
 from ._health import ServingGate
 from ._limits import raise_fd_limit
@@ -52,6 +55,9 @@ from ._memory import release_free_memory, tune_allocator
 from ._trim import trim_after_request_bursts
 
 logger = logging.getLogger(__name__)
+
+#: Connections of fleet telemetry's own pool: one writer, two concurrent reads.
+TELEMETRY_POOL_SIZE: Final = 3
 
 
 class StartupError(Exception):
@@ -93,7 +99,7 @@ async def serve_service(
             open_intent_encoder(config.enforce.management_plane_url) as encoder,
             # Entered before the server starts and left after it has drained: every
             # session of an answered Enforce call is written before the process exits.
-            _open_telemetry(config) as telemetry,
+            _open_telemetry(config, fleet) as telemetry,
         ):
             await _supervise(
                 config,
@@ -128,24 +134,37 @@ async def _open_fleet(
 
 
 @contextlib.asynccontextmanager
-async def _open_telemetry(config: ServiceConfig) -> AsyncIterator[Telemetry | None]:
-    """The telemetry store, or None with --no-telemetry."""
+async def _open_telemetry(
+    config: ServiceConfig, fleet: Fleet | None
+) -> AsyncIterator[TelemetryStore | None]:
+    """The telemetry store, or None with --no-telemetry: in fleet mode the fleet's
+    PostgreSQL (every replica reads every replica's sessions), else SQLite."""
     settings = config.telemetry
     if not settings.enabled:
         logger.info("Telemetry is off (--no-telemetry): Enforce decisions are not recorded")
         yield None
         return
     path = settings.database_path(Path(config.storage.warm_storage))
-    async with open_telemetry(
-        path,
-        batch_window_s=settings.batch_window,
-        retention_s=settings.retention,
-        max_sessions=settings.max_sessions,
-        queue_capacity=settings.queue_size,
-    ) as telemetry:
+    async with contextlib.AsyncExitStack() as stack:
+        engine = None
+        if fleet is not None:
+            # A pool of its own: deep telemetry pages never hold the replica's connections.
+            engine = await stack.enter_async_context(
+                open_engine(attrs.evolve(fleet.engine.settings, pool_size=TELEMETRY_POOL_SIZE))
+            )
+        telemetry = await stack.enter_async_context(
+            open_telemetry(
+                path,
+                batch_window_s=settings.batch_window,
+                retention_s=settings.retention,
+                max_sessions=settings.max_sessions,
+                queue_capacity=settings.queue_size,
+                engine=engine,
+            )
+        )
         logger.info(
             "Telemetry: recording Enforce sessions in %s (kept %ss, at most %d)",
-            path,
+            telemetry.location,
             f"{settings.retention:g}",
             settings.max_sessions,
         )
@@ -199,7 +218,7 @@ async def _supervise(
     bridge: Bridge,
     refresher: RefreshService,
     encoder: IntentEncoder,
-    telemetry: Telemetry | None,
+    telemetry: TelemetryStore | None,
     fleet: Fleet | None,
     edge_limits: EdgeLimits,
     loop_errors: LoopErrorHandler | None,
