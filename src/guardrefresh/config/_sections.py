@@ -31,7 +31,6 @@ from ..settings import (
     section,
     setting,
 )
-from ..telemetry import DEFAULT_QUEUE_CAPACITY
 
 __all__ = [
     "EnforceConfig",
@@ -286,7 +285,7 @@ class TelemetryConfig:
     )
     queue_size: int = setting(
         INTEGER,
-        DEFAULT_QUEUE_CAPACITY,
+        10_000,
         constraint=between(1, 1_000_000),
         help="Sessions waiting for the writer at most; when full, new ones are dropped "
         "and counted (guardrefresh_telemetry_dropped_total), Enforce never waits.",
