@@ -410,15 +410,17 @@ class GrpcHost:
             max_concurrent_rpcs = default_max_running()
         if max_queued_rpcs is None:
             max_queued_rpcs = default_max_queued(max_concurrent_rpcs)
-        self._admission = Admission(max_concurrent_rpcs, max_queued_rpcs)
-        self._budget = ByteBudget(max_pending_request_bytes)
-        self._calls_ended: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
         self._backoff = ShedBackoff(
             SHED_PAUSE_S,
             shed_streams=min(SHED_STREAMS, max_concurrent_streams),
             forgive_s=SHED_FORGIVE_S,
             limit_streams=self._limit_streams,
         )
+        self._admission = Admission(
+            max_concurrent_rpcs, max_queued_rpcs, demoted=self._backoff.is_limited
+        )
+        self._budget = ByteBudget(max_pending_request_bytes)
+        self._calls_ended: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
         self._limits = RequestLimits(
             max_message_bytes=max_message_bytes,
             budget=self._budget,

@@ -95,6 +95,10 @@ class ShedBackoff:
         """Connections held to ``shed_streams`` streams now."""
         return len(self._forgive_at)
 
+    def is_limited(self, connection: Hashable) -> bool:
+        """Whether ``connection`` is held to ``shed_streams`` streams now (not forgiven)."""
+        return connection in self._forgive_at
+
     def shed(self, connection: Hashable) -> None:
         if not isinstance(connection, asyncio.ReadTransport) or connection.is_closing():
             return
@@ -166,6 +170,7 @@ class RequestReader:
         self._expect_body = False
         self._messages = 0
         self._holds_slot = False
+        self._demoted_slot = False
         if self._admit:
             assert limits.admission is not None
             limits.admission.enter(connection)
@@ -222,7 +227,7 @@ class RequestReader:
         if self._holds_slot:
             self._holds_slot = False
             assert admission is not None
-            admission.release()
+            admission.release(self._demoted_slot)
         if self._admit:
             assert admission is not None
             admission.leave(self._connection)
@@ -245,7 +250,7 @@ class RequestReader:
         admission = self._limits.admission
         assert admission is not None
         try:
-            await admission.acquire(self._connection)
+            self._demoted_slot = await admission.acquire(self._connection)
         except AdmissionRefused as exc:
             if self._limits.backoff is not None:
                 self._limits.backoff.shed(self._connection)
