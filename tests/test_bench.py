@@ -51,6 +51,7 @@ EXPECTED = {
     "edge": [
         "fresh_client_GetRuleStats_under_flood",
         "health_check_under_flood",
+        "rss_after_stall_attack",
     ],
     "codec": [
         f"{message}_{how}"
@@ -101,7 +102,11 @@ WITH_TARGETS = {
         "RefreshRules_round_trip_200",
         "idle_cpu_percent",
     },
-    "edge": {"fresh_client_GetRuleStats_under_flood", "health_check_under_flood"},
+    "edge": {
+        "fresh_client_GetRuleStats_under_flood",
+        "health_check_under_flood",
+        "rss_after_stall_attack",
+    },
     "codec": set(),
     # Decision targets are stated for 1,000 and 10,000 rules only.
     "enforce": {"speedup_vs_reference_50"},
@@ -207,6 +212,11 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
     assert sum(fresh["flood_calls"].values()) > 0  # the flooders did flood
     assert fresh["probes"] >= 1 and edge["health_check_under_flood"]["probes"] >= 1
     assert set(fresh["rss_mib"]) == {"before", "end_of_flood", "after"}
+    stall = edge["rss_after_stall_attack"]
+    assert stall["parameters"]["header_only_streams"] == 200
+    # The budget (64 MiB) admits all 4 tiny stalled bodies: none was refused.
+    assert stall["stalled_call_statuses"] == {}
+    assert stall["rss_mib"]["peak"] >= stall["rss_mib"]["before"] > 0
 
     # Every benchmark with a target shows up in the summary, with its verdict.
     summarized = {row["benchmark"] for row in document["summary"]}
