@@ -9,7 +9,8 @@ is still served:
 - stalled request bodies beyond the pending-bytes budget;
 - the receive deadline of a request;
 - the process's memory after a stall attack;
-- a connection that floods next to one that sends a call at a time.
+- a connection that floods next to one that sends a call at a time;
+- a shed connection is told to open one stream at a time.
 """
 
 from __future__ import annotations
@@ -244,3 +245,27 @@ def test_a_flooding_connection_is_shed_and_cannot_starve_a_polite_one(
             flooder.join(60.0)
         assert not flooder.is_alive()
         assert set(seen) <= {"OK", "RESOURCE_EXHAUSTED"}, seen
+
+
+def test_a_shed_connection_is_told_to_open_one_stream_at_a_time(
+    tmp_path: Path, grpcio_modules: types.SimpleNamespace
+) -> None:
+    """20 calls at once on one connection, with 1 run slot and 1 queue place: the
+    calls beyond are refused, and the connection gets SETTINGS_MAX_CONCURRENT_STREAMS 1;
+    a fresh client is still served."""
+    with running_service(
+        tmp_path, "--max-concurrent-rpcs", "1", "--max-queued-rpcs", "1"
+    ) as service:
+        with RawH2Client(service.port) as client:
+            client.pump(5.0, until=lambda: client.max_concurrent_streams is not None)
+            assert client.max_concurrent_streams == 100
+            for _ in range(20):
+                client.start_call(GET_RULE_STATS, message=b"")
+            client.pump(10.0, until=lambda: len(client.statuses) == 20)
+            statuses = Counter(client.statuses.values())
+            assert statuses[RESOURCE_EXHAUSTED] >= 1 and statuses[OK] >= 1, statuses
+            assert statuses[OK] + statuses[RESOURCE_EXHAUSTED] == 20, statuses
+            assert client.max_concurrent_streams == 1
+            assert not client.closed
+        with DataPlaneClient(grpcio_modules, service.port) as other:
+            assert other.stats().total_rules == 0
