@@ -29,7 +29,7 @@ import asyncio
 import functools
 import logging
 import ssl as _ssl
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from typing import Any, NoReturn
 
 import attrs
@@ -96,6 +96,11 @@ MAX_PENDING_REQUEST_BYTES = 64 * 1024 * 1024
 REQUEST_TIMEOUT_S = 30.0
 #: Seconds a connection is not read after one of its calls was shed (see _intake).
 SHED_PAUSE_S = 4.0
+#: Streams a connection may have open at once after one of its calls was shed: as
+#: many as a client sending one call at a time (see _intake.ShedBackoff) ...
+SHED_STREAMS = 1
+#: ... until it has gone this many seconds without a shed.
+SHED_FORGIVE_S = 30.0
 
 
 def _non_negative(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -224,6 +229,13 @@ class _TrackedConnection(asyncio.Protocol):
         self._inner.connection_made(transport)
         _drain.remember_closed_streams(self._inner, self._host._closed_streams_remembered)
         _drain.advertise_max_concurrent_streams(self._inner, self._host._max_concurrent_streams)
+
+    def limit_streams(self, limit: int) -> None:
+        """Advertise ``limit`` as the streams the client may have open at once."""
+        try:
+            _drain.advertise_max_concurrent_streams(self._inner, limit)
+        except Exception as exc:  # a connection whose HTTP/2 state is closed already
+            logger.debug("cannot change the stream limit of a connection: %r", exc)
 
     @property
     def closed_streams_remembered(self) -> int:
@@ -398,10 +410,17 @@ class GrpcHost:
             max_concurrent_rpcs = default_max_running()
         if max_queued_rpcs is None:
             max_queued_rpcs = default_max_queued(max_concurrent_rpcs)
-        self._admission = Admission(max_concurrent_rpcs, max_queued_rpcs)
+        self._backoff = ShedBackoff(
+            SHED_PAUSE_S,
+            shed_streams=min(SHED_STREAMS, max_concurrent_streams),
+            forgive_s=SHED_FORGIVE_S,
+            limit_streams=self._limit_streams,
+        )
+        self._admission = Admission(
+            max_concurrent_rpcs, max_queued_rpcs, demoted=self._backoff.is_limited
+        )
         self._budget = ByteBudget(max_pending_request_bytes)
         self._calls_ended: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
-        self._backoff = ShedBackoff(SHED_PAUSE_S)
         self._limits = RequestLimits(
             max_message_bytes=max_message_bytes,
             budget=self._budget,
@@ -435,6 +454,7 @@ class GrpcHost:
         self._serve_called = False
         self._calls: set[_Call] = set()
         self._connections: set[_TrackedConnection] = set()
+        self._by_transport: dict[asyncio.BaseTransport, _TrackedConnection] = {}
         self._wakeup = trio.Event()
 
         self._drain_grace: float | None = None
@@ -732,10 +752,22 @@ class GrpcHost:
 
     def _connection_made(self, connection: _TrackedConnection) -> None:
         self._connections.add(connection)
+        if connection.transport is not None:
+            self._by_transport[connection.transport] = connection
 
     def _connection_lost(self, connection: _TrackedConnection) -> None:
         self._connections.discard(connection)
+        if connection.transport is not None:
+            self._by_transport.pop(connection.transport, None)
         self._wakeup.set()
+
+    def _limit_streams(self, transport: Hashable, limit: int | None) -> None:
+        # From ShedBackoff: SETTINGS_MAX_CONCURRENT_STREAMS of one connection, down to
+        # ``limit`` after a shed, back to the usual value (None) once forgiven.
+        connection = self._by_transport.get(transport)  # type: ignore[call-overload]
+        if connection is None or self._draining:
+            return
+        connection.limit_streams(self._max_concurrent_streams if limit is None else limit)
 
     async def _wait_for(self, predicate: Callable[[], bool]) -> None:
         while not predicate():
