@@ -28,20 +28,23 @@ from ..refresh import (
     RefreshService,
     RefreshStats,
     RefreshTrigger,
+    is_stale,
     open_refresh_service,
 )
 from ..server import (
+    AdminAuth,
+    DataPlaneService,
     EdgeLimits,
     EnforceHandler,
     EnforceObserver,
     GrpcHost,
+    TlsConfigError,
+    TokenFileError,
     max_connections_for,
     open_asyncio_loop,
+    server_ssl_context,
 )
-from ..server._auth import AdminAuth, TokenFileError
-from ..server._dataplane import DataPlaneService, is_stale
-from ..server._tls import TlsConfigError, server_ssl_context
-from ..storage import StorageError
+from ..storage import StorageError, working_set_path
 from ..telemetry import EnforceRecorder, Telemetry, open_telemetry
 from ._limits import raise_fd_limit
 from ._memory import release_free_memory, tune_allocator
@@ -52,10 +55,6 @@ logger = logging.getLogger(__name__)
 
 class StartupError(Exception):
     """The service could not start; ``str()`` is the one-line reason."""
-
-
-def working_set_path(warm_storage: Path) -> Path:
-    return warm_storage.with_name(warm_storage.name + ".hot")
 
 
 async def serve_service(

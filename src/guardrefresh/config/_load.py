@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from .._version import __version__
+from .. import __version__
 from ._errors import ConfigError, UsageError
 from ._service import ServiceConfig, build_section
 from ._settings import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping
 
-from .._version import __version__
+from .. import __version__
 from ._service import ServiceConfig, setting_values
 from ._settings import DEFAULT_ORIGIN, SECTIONS, SETTINGS, toml_key
 

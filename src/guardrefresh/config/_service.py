@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-from ..refresh import SchedulerConfig
+from ..refresh import SchedulerConfig, staleness_limit
 from ._errors import ConfigError
 from ._settings import SECTIONS, SETTINGS, SETTINGS_BY_NAME
 
@@ -140,7 +140,7 @@ class HealthConfig:
 
     def staleness_limit(self, refresh_interval: float) -> float:
         """Seconds after the last success when rules are stale (0 means 2x the interval)."""
-        return self.max_staleness or 2 * refresh_interval
+        return staleness_limit(self.max_staleness, refresh_interval)
 
 
 @attrs.frozen(kw_only=True)

@@ -1,5 +1,6 @@
 """gRPC hosting: grpclib services served inside Trio with a graceful drain, and the DataPlane."""
 
+from ._auth import AdminAuth, TokenFileError
 from ._codec import CompiledProtoCodec, decode_message, encode_message, upb_class
 from ._connections import FD_RESERVE, EdgeCounts, EdgeLimits, max_connections_for
 from ._dataplane import DataPlaneService
@@ -12,11 +13,13 @@ from ._enforce import (
 )
 from ._host import DEFAULT_EXEMPT_METHODS, SHUTDOWN_MESSAGE, DrainReport, GrpcHost
 from ._loop import open_asyncio_loop
+from ._tls import TlsConfigError, server_ssl_context
 
 __all__ = [
     "DEFAULT_EXEMPT_METHODS",
     "FD_RESERVE",
     "SHUTDOWN_MESSAGE",
+    "AdminAuth",
     "CompiledProtoCodec",
     "DataPlaneService",
     "DrainReport",
@@ -26,11 +29,14 @@ __all__ = [
     "EnforceObserver",
     "EnforceOutcome",
     "GrpcHost",
+    "TlsConfigError",
+    "TokenFileError",
     "decode_message",
     "encode_message",
     "enforce_response",
     "enforce_response_bytes",
     "max_connections_for",
     "open_asyncio_loop",
+    "server_ssl_context",
     "upb_class",
 ]
