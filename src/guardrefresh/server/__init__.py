@@ -4,6 +4,7 @@ from ._auth import AdminAuth, TokenFileError
 from ._codec import CompiledProtoCodec, decode_message, encode_message, upb_class
 from ._connections import FD_RESERVE, EdgeCounts, EdgeLimits, max_connections_for
 from ._dataplane import DataPlaneService
+from ._dependency_internals import DependencyInternalsError
 from ._enforce import (
     EnforceHandler,
     EnforceObserver,
@@ -22,6 +23,7 @@ __all__ = [
     "AdminAuth",
     "CompiledProtoCodec",
     "DataPlaneService",
+    "DependencyInternalsError",
     "DrainReport",
     "EdgeCounts",
     "EdgeLimits",

@@ -1,217 +1,90 @@
-"""Every access to grpclib internals the host needs, and nothing else.
+"""Every private part of grpclib, h2, trio-asyncio and asyncio the server reaches: here only.
 
-grpclib 0.4.9 has no graceful shutdown (``Server.close()`` cancels handlers without
-telling their clients and leaves open connections serving), no request size limit, and
-answers a call whose deadline passed before it started with UNKNOWN "Internal Server
-Error" (logging an ERROR traceback per call); and the h2 connections it makes remember
-their last 65,536 closed streams (12-15 MB each). The host mends all four through a few
-private attributes, which also let it bound what each call may cost before its handler
-runs (``_intake``: request reads, the call's connection, the advertised stream limit). They are reached only through the functions below, one comment per
-access, so that an upgrade breaks in one place; :func:`check_internals` runs before the
-server binds and ``tests/test_grpc_host.py`` has a canary test for each attribute, so a
-breaking upgrade fails loudly rather than silently losing the drain. grpclib is pinned
-exactly (``grpclib==0.4.9``), h2 to its major (``h2>=4.1,<5``).
+These libraries lack what a service needs (see ``README.md``, "Pinned dependencies"):
 
-The connection guard (``_connections``) reaches the same per-connection objects for the
-HTTP/2 edge: grpclib raises ``NotImplementedError`` on frame types it has no handler for
-(RFC 9113 says they MUST be ignored), offers no hook to see stream resets (rapid reset,
-CVE-2023-44487) and none to send GOAWAY: :func:`ignore_unknown_frames`,
-:func:`observe_stream_resets` and :func:`send_goaway`; and h2 buffers a frame whole
-before it checks its length against SETTINGS_MAX_FRAME_SIZE, so a client announcing a
-16 MiB frame had the server buffer up to 16 MiB first: :func:`oversized_frame_pending`.
-grpclib also logs an ERROR traceback for every request whose headers lack ``:method``
-or ``:path`` (a KeyError), and the generated handlers for every unary request that ends
-without a message (an AssertionError, answered UNKNOWN): :func:`refuse_malformed_requests`
-and :func:`require_request_message` answer those as the client's errors.
+- grpclib 0.4.9 has no graceful shutdown, no hook to see connections or to bound a call's
+  request reads, no handler for unknown HTTP/2 frames, and answers some client mistakes
+  with an ERROR traceback (``_host``, ``_http2``, ``_call_endings``, ``_intake``);
+- trio-asyncio 0.16 runs one asyncio callback per Trio scheduler pass and keeps cancelled
+  timers until they are due (``_loop``);
+- asyncio's accept loop retries on a closed socket and accepts in bursts of the listen
+  backlog (``_loop_errors``).
+
+Each access below is one small function with a comment naming the attribute and why it
+is needed, so that an upgrade breaks in one place. :func:`check_dependency_internals`
+looks for all of them once, when the asyncio loop opens at start-up
+(:func:`~._loop.open_asyncio_loop`); if one is missing the process refuses to start with
+:exc:`DependencyInternalsError`, naming the package, its installed version and what is
+missing. The pins in ``pyproject.toml`` are exact, and ``tests/test_dependency_internals.py``
+exercises the behaviour each access provides, so an upgrade that keeps the names but
+changes what they do fails there.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
+import importlib.metadata
+import inspect
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
-from types import TracebackType
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpclib
-import grpclib.metadata
+import attrs
 import grpclib.protocol
 import grpclib.server
 import grpclib.utils
-from grpclib.const import Status
-from grpclib.exceptions import GRPCError
 from h2.connection import H2Connection
-from h2.errors import ErrorCodes
-from h2.events import (
-    AlternativeServiceAvailable,
-    RequestReceived,
-    StreamReset,
-    UnknownFrameReceived,
-)
-from h2.exceptions import ProtocolError
-from h2.settings import SettingCodes
-from h2.utilities import SizeLimitDict
+from h2.events import RequestReceived, StreamReset
 
 __all__ = [
-    "GRPCLIB_VERSION",
-    "ExpiredDeadlineWrapper",
-    "advertise_max_concurrent_streams",
-    "answer_expired_deadlines",
-    "check_internals",
-    "close_listener",
-    "closed_streams_remembered",
-    "connection_of",
+    "PINNED",
+    "DependencyInternalsError",
+    "call_transport",
+    "check_dependency_internals",
+    "client_streaming",
+    "event_handlers",
+    "flush",
     "forget_closed_connections",
-    "ignore_unknown_frames",
+    "h2_connection",
     "intercept_request_reads",
-    "listening_port",
-    "observe_stream_resets",
+    "listener",
+    "on_timer_cancelled",
     "open_streams",
-    "oversized_frame_pending",
-    "refuse_malformed_requests",
-    "remember_closed_streams",
-    "require_request_message",
-    "send_goaway",
+    "replace_timer_heap",
+    "timer_heap",
     "trailers_sent",
+    "unparsed_input",
+    "use_deadline_wrapper",
     "wrap_protocol_factory",
+    "wrap_run_one",
+    "wrap_start_serving",
 ]
 
-logger = logging.getLogger(__name__)
+#: The distributions whose internals are reached here, and the exact versions this
+#: module was read against (``pyproject.toml`` pins the same).
+PINNED = {"grpclib": "0.4.9", "h2": "4.4.1", "trio-asyncio": "0.16.0"}
 
-#: The grpclib release these internals were read from.
-GRPCLIB_VERSION = "0.4.9"
-
-
-def check_internals(server: grpclib.server.Server) -> None:
-    """Raise :exc:`RuntimeError` unless the internals used here look as expected.
-
-    Called on a constructed, not yet started server. A started one is checked
-    again by :func:`listening_port`.
-    """
-    problems = []
-    if grpclib.__version__ != GRPCLIB_VERSION:
-        problems.append(f"grpclib is {grpclib.__version__}, expected {GRPCLIB_VERSION}")
-    # Server._protocol_factory: the per-connection factory that start() hands to
-    # loop.create_server(); the instance attribute shadows the method.
-    if not callable(getattr(server, "_protocol_factory", None)):
-        problems.append("Server._protocol_factory is missing")
-    # Server._server: None until start() binds, then the asyncio.Server.
-    if not hasattr(server, "_server") or server._server is not None:
-        problems.append("Server._server is missing or not None before start()")
-    # server.Stream._send_trailing_metadata_done: class-level default False, set
-    # True once trailers went out.
-    if getattr(grpclib.server.Stream, "_send_trailing_metadata_done", None) is not False:
-        problems.append("server.Stream._send_trailing_metadata_done is missing")
-    # server.DeadlineWrapper: the name request_handler() looks up for every call
-    # with a deadline; answer_expired_deadlines() rebinds it.
-    if getattr(grpclib.server, "DeadlineWrapper", None) not in (
-        grpclib.utils.DeadlineWrapper,
-        ExpiredDeadlineWrapper,
-    ):
-        problems.append("server.DeadlineWrapper is missing")
-    # Server.__gc_collect__: grpclib's own sweep of closed connections' handlers.
-    if not callable(getattr(server, "__gc_collect__", None)):
-        problems.append("Server.__gc_collect__ is missing")
-    # protocol.Stream.recv_data(size): every read of a request message goes through it.
-    if not callable(getattr(grpclib.protocol.Stream, "recv_data", None)):
-        problems.append("protocol.Stream.recv_data is missing")
-    # h2's H2Connection._closed_streams: a SizeLimitDict (its limit in _size_limit),
-    # see remember_closed_streams.
-    closed = getattr(H2Connection(), "_closed_streams", None)
-    if not isinstance(closed, SizeLimitDict) or not hasattr(closed, "_size_limit"):
-        problems.append("h2 H2Connection._closed_streams is not a SizeLimitDict")
-    # h2's H2Connection.incoming_buffer._data: the bytes received and not yet parsed
-    # into frames (see oversized_frame_pending).
-    if not isinstance(getattr(H2Connection().incoming_buffer, "_data", None), bytearray):
-        problems.append("h2 H2Connection.incoming_buffer._data is not a bytearray")
-    # protocol.EventsProcessor.processors: the dict from h2 event class to handler that
-    # process() looks each event up in (KeyError -> NotImplementedError).
-    processors = getattr(grpclib.protocol.EventsProcessor(None, None), "processors", None)
-    if not isinstance(processors, dict) or StreamReset not in processors:
-        problems.append("protocol.EventsProcessor.processors is not a dict of h2 events")
-    # protocol.H2Protocol.connection / .processor: set by connection_made().
-    annotations = getattr(grpclib.protocol.H2Protocol, "__annotations__", {})
-    if not {"connection", "processor"} <= set(annotations):
-        problems.append("protocol.H2Protocol has no connection/processor attributes")
-    if not callable(getattr(grpclib.protocol.Connection, "flush", None)):
-        problems.append("protocol.Connection.flush is missing")
-    # server.Stream._cardinality: the method's grpclib.const.Cardinality, set in
-    # __init__ (see require_request_message).
-    if "_cardinality" not in grpclib.server.Stream.__init__.__code__.co_names:
-        problems.append("server.Stream._cardinality is missing")
-    if problems:
-        raise RuntimeError(
-            "guardrefresh.server relies on grpclib internals that changed: " + "; ".join(problems)
-        )
+#: ``BaseSelectorEventLoop._start_serving``'s leading parameters (Python 3.11 to 3.13).
+START_SERVING_PARAMETERS = ["protocol_factory", "sock", "sslcontext", "server", "backlog"]
 
 
-class ExpiredDeadlineWrapper(grpclib.utils.DeadlineWrapper):  # type: ignore[misc]
-    """grpclib's per-call deadline wrapper, mended so that every call whose deadline
-    passes ends the same way: INFO "Deadline exceeded" and status DEADLINE_EXCEEDED.
+class DependencyInternalsError(RuntimeError):
+    """An internal of grpclib, h2, trio-asyncio or asyncio is not as this build expects.
 
-    grpclib gets two cases wrong, each with an ERROR traceback per call (so a client
-    sending tiny deadlines could fill the log):
-
-    - A call already past its deadline when it starts: grpclib's ``start()`` raises
-      ``TimeoutError`` without marking the wrapper cancelled, so ``request_handler``
-      reports "Timeout occurred" and answers UNKNOWN "Internal Server Error".
-    - A handler that goes on after its deadline fired instead of ending with the
-      ``CancelledError`` (an install waiting on the Trio side commits regardless, then
-      finds the client gone): grpclib reports "Failed to handle cancellation". Here
-      finishing work the client no longer waits for is legitimate, not a bug.
+    ``str()`` names each missing part with its package's installed version.
     """
 
-    cancelled: bool | None
-    cancel_failed: bool | None
 
-    @contextlib.contextmanager
-    def start(self, deadline: grpclib.metadata.Deadline) -> Iterator[None]:
-        timeout = deadline.time_remaining()
-        if not timeout:
-            self.cancelled = True
-            raise TimeoutError("Deadline exceeded")
-        timer = asyncio.get_running_loop().call_later(
-            timeout, self.cancel, TimeoutError("Deadline exceeded")
-        )
-        try:
-            yield
-        finally:
-            timer.cancel()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc_val: BaseException | None,
-        exc_tb: TracebackType | None,
-    ) -> None:
-        try:
-            super().__exit__(exc_type, exc_val, exc_tb)
-        finally:
-            if self.cancel_failed:
-                logger.debug("call went on past its deadline and ended with %r", exc_val)
-                self.cancel_failed = False
-
-
-def answer_expired_deadlines() -> None:
-    """Make grpclib servers in this process answer expired calls DEADLINE_EXCEEDED.
-
-    Idempotent. Process-wide: grpclib offers no per-server hook, and no server wants
-    grpclib's behaviour (see :class:`ExpiredDeadlineWrapper`).
-    """
-    # server.DeadlineWrapper: request_handler() constructs one per call with a
-    # deadline, looking the name up in grpclib.server's globals each time.
-    grpclib.server.DeadlineWrapper = ExpiredDeadlineWrapper
+# ------------------------------------------------------------------ grpclib ---
 
 
 def wrap_protocol_factory(
-    server: grpclib.server.Server,
-    wrap: Callable[[asyncio.Protocol], asyncio.Protocol],
+    server: grpclib.server.Server, wrap: Callable[[asyncio.Protocol], asyncio.Protocol]
 ) -> None:
-    """Make every connection's protocol pass through ``wrap`` (before start())."""
+    """Make every connection's protocol pass through ``wrap`` (before ``start()``)."""
     # Server._protocol_factory: start() passes self._protocol_factory to
-    # loop.create_server(); grpclib offers no hook to see connections otherwise.
+    # loop.create_server(); an instance attribute shadows the method. grpclib offers no
+    # other way to see connections.
     original: Callable[[], asyncio.Protocol] = server._protocol_factory
 
     def factory() -> asyncio.Protocol:
@@ -220,109 +93,39 @@ def wrap_protocol_factory(
     server._protocol_factory = factory
 
 
-def _asyncio_server(server: grpclib.server.Server) -> asyncio.Server:
-    # Server._server: the asyncio.Server behind the listening sockets; the public
-    # close() would also cancel every running handler without answering it.
-    listener = server._server
-    if not isinstance(listener, asyncio.Server):
-        raise RuntimeError(f"grpclib Server._server is {listener!r}, not an asyncio server")
-    return listener
-
-
-def listening_port(server: grpclib.server.Server) -> int:
-    """The port of the first listening socket of a started server."""
-    sockets = _asyncio_server(server).sockets
-    if not sockets:
-        raise RuntimeError("grpclib server has no listening socket")
-    port: int = sockets[0].getsockname()[1]
-    return port
-
-
-def close_listener(server: grpclib.server.Server) -> None:
-    """Close the listening sockets only: running handlers and open connections go on.
-
-    Idempotent; a no-op on a server that never bound.
-    """
-    # Server._server: see _asyncio_server; None when start() never completed.
-    if server._server is not None:
-        _asyncio_server(server).close()
+def listener(server: grpclib.server.Server) -> asyncio.Server | None:
+    """The asyncio server behind a started grpclib server's listening sockets; None
+    before ``start()`` completed."""
+    # Server._server: None until start() binds. The public close() would also cancel
+    # every running handler without answering it; closing this closes the sockets only.
+    found = server._server
+    if found is not None and not isinstance(found, asyncio.Server):
+        raise DependencyInternalsError(
+            f"grpclib Server._server is {found!r}, not an asyncio.Server"
+        )
+    return found
 
 
 def forget_closed_connections(server: grpclib.server.Server) -> None:
-    """Drop grpclib's references to the calls of connections that have closed.
-
-    grpclib keeps each closed connection's handler, with the tasks of the calls it
-    cancelled (and through their exceptions' tracebacks, the calls' streams and buffered
-    request bytes), until ten more connections have been made. After a flood nothing
-    may come: this sweeps them now. The calls' objects form reference cycles, so the
-    cyclic GC frees them afterwards.
-    """
+    """Let grpclib drop the handlers of connections that have closed, now."""
     # Server.__gc_collect__: keeps only the handlers not closed or with tasks still
-    # running (a closed handler's check_closed() also forgets its finished tasks).
+    # running; grpclib itself runs it once every ten connections made.
     server.__gc_collect__()
-
-
-def open_streams(protocol: asyncio.Protocol) -> int:
-    """How many HTTP/2 streams grpclib still tracks on one server connection.
-
-    ``protocol`` is the connection's ``H2Protocol``. A server stream is released
-    when its handler has ended and written its status, rejected calls included.
-    """
-    # H2Protocol.processor: the EventsProcessor set by connection_made(); its
-    # ``streams`` dict holds every stream not yet released.
-    processor = getattr(protocol, "processor", None)
-    return len(processor.streams) if processor is not None else 0
-
-
-def _h2_connection(protocol: asyncio.Protocol) -> H2Connection:
-    # H2Protocol.connection: grpclib's Connection, set by connection_made(); its
-    # _connection is the h2 state machine of this HTTP/2 connection.
-    h2_connection = protocol.connection._connection  # type: ignore[attr-defined]
-    if not isinstance(h2_connection, H2Connection):
-        raise RuntimeError(f"grpclib connection wraps {h2_connection!r}, not an H2Connection")
-    return h2_connection
-
-
-def remember_closed_streams(protocol: asyncio.Protocol, count: int) -> None:
-    """Make one server connection remember only its ``count`` latest closed streams.
-
-    ``protocol`` is the connection's ``H2Protocol``, right after ``connection_made()``.
-    h2 remembers how each closed stream ended, so that a frame the peer sent before it
-    learnt of the close is handled gracefully (dropped after a reset; answered with
-    RST_STREAM otherwise); a frame for a stream it has forgotten gets RST_STREAM
-    STREAM_CLOSED, which ends nothing else. h2 keeps the last 2**16 of them per
-    connection, about 12-15 MB per long-lived connection once that many calls have
-    gone through it; the soak saw memory climb by 2 MB a minute for that alone.
-    nghttp2 keeps as many as streams may be open at once.
-    """
-    # H2Connection._closed_streams: a SizeLimitDict sized by the class constant
-    # MAX_CLOSED_STREAMS when the connection is made; its _size_limit is read on
-    # every insertion, so lowering it takes effect from the next closed stream.
-    closed = _h2_connection(protocol)._closed_streams
-    if not isinstance(closed, SizeLimitDict):
-        raise RuntimeError(f"h2 keeps closed streams in {type(closed)!r}, not a SizeLimitDict")
-    closed._size_limit = count
-
-
-def closed_streams_remembered(protocol: asyncio.Protocol) -> int:
-    """How many closed streams one server connection's h2 state remembers now."""
-    return len(_h2_connection(protocol)._closed_streams)
 
 
 def trailers_sent(stream: grpclib.server.Stream[Any, Any]) -> bool:
     """Whether the call's status already went to the client."""
-    # Stream._send_trailing_metadata_done: set by send_trailing_metadata(); no
-    # public accessor. A call that already answered is done from its client's view.
+    # Stream._send_trailing_metadata_done: set by send_trailing_metadata(); no accessor.
     return bool(stream._send_trailing_metadata_done)
 
 
-def connection_of(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTransport:
+def call_transport(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTransport:
     """The transport of the connection a call came on (the same for all its calls)."""
-    # Stream._stream: the call's grpclib.protocol.Stream; its _transport is the
-    # asyncio transport of the client's connection, set at construction.
+    # Stream._stream: the call's grpclib.protocol.Stream; its _transport is the asyncio
+    # transport of the client's connection, set at construction.
     transport = stream._stream._transport
     if not isinstance(transport, asyncio.BaseTransport):
-        raise RuntimeError(f"grpclib stream has transport {transport!r}")
+        raise DependencyInternalsError(f"grpclib stream has transport {transport!r}")
     return transport
 
 
@@ -332,16 +135,15 @@ def intercept_request_reads(
 ) -> None:
     """Make every read of this call's request bytes go through ``reader(read, size)``.
 
-    grpclib reads each message as ``recv_data(5)`` (compression flag and length) and
-    then ``recv_data(length)``, buffering the whole body; ``reader`` gets grpclib's own
-    ``read`` and the size asked for, and may refuse (raise) before anything is read.
+    grpclib reads each message as ``recv_data(5)`` (compression flag and length), then
+    ``recv_data(length)``; ``reader`` gets grpclib's own ``read`` and the size asked for,
+    and may refuse (raise) before anything is read.
     """
-    # Stream._stream: the call's grpclib.protocol.Stream; recv_message() reads
-    # through its recv_data(). Patching this one instance leaves other calls alone.
+    # Stream._stream: the call's grpclib.protocol.Stream; recv_message() reads through
+    # its recv_data(). Patching this one instance leaves other calls alone.
     h2_stream = stream._stream
-    # Weakly: the patch lives on the stream, and a strong bound method would make
-    # every call's stream (its buffers, queues, events) a reference cycle, freed only
-    # by the cyclic GC instead of when the call ends.
+    # Weakly: a strong bound method stored on the stream would make every call's stream
+    # (its buffers, queues, events) a reference cycle, freed only by the cyclic GC.
     recv_data: weakref.WeakMethod[Callable[[int], Awaitable[bytes]]]
     recv_data = weakref.WeakMethod(h2_stream.recv_data)
 
@@ -356,161 +158,303 @@ def intercept_request_reads(
     h2_stream.recv_data = intercepted_recv_data
 
 
-def advertise_max_concurrent_streams(protocol: asyncio.Protocol, limit: int) -> None:
-    """Tell the client of a new connection how many streams it may have open at once.
+def client_streaming(stream: grpclib.server.Stream[Any, Any]) -> bool:
+    """Whether the call's method takes a stream of request messages."""
+    # Stream._cardinality: the method's grpclib.const.Cardinality; no accessor.
+    return bool(stream._cardinality.client_streaming)
 
-    ``protocol`` is the connection's ``H2Protocol``, right after ``connection_made()``
-    (which has sent h2's initial SETTINGS, with h2's default of 100). A different
-    ``limit`` goes out in a second SETTINGS frame at once; h2 enforces it once the client
-    acknowledges it (RFC 9113 section 6.5.3: a conforming client does so at once), and
-    until then the 100 of the first frame. A client that opens more streams than it was
-    allowed breaks the protocol: h2 raises, and grpclib closes that connection.
+
+def use_deadline_wrapper(wrapper: type[grpclib.utils.DeadlineWrapper]) -> None:
+    """Make grpclib servers in this process wrap each call with a deadline in ``wrapper``.
+
+    Process-wide: grpclib offers no per-server hook.
     """
-    h2_connection = _h2_connection(protocol)
-    if h2_connection.local_settings.max_concurrent_streams == limit:
-        return
-    h2_connection.update_settings({SettingCodes.MAX_CONCURRENT_STREAMS: limit})
-    # H2Protocol.connection: grpclib's Connection (see _h2_connection); flush() writes
-    # what h2 has queued to the transport, as grpclib does after each event.
+    # server.DeadlineWrapper: request_handler() constructs one per call with a deadline,
+    # looking the name up in grpclib.server's globals each time.
+    grpclib.server.DeadlineWrapper = wrapper
+
+
+def open_streams(protocol: asyncio.Protocol) -> int:
+    """How many HTTP/2 streams grpclib still tracks on one server connection.
+
+    ``protocol`` is the connection's ``H2Protocol``. A stream is released when its
+    handler has ended and written its status, rejected calls included.
+    """
+    # H2Protocol.processor: the EventsProcessor set by connection_made(); its
+    # ``streams`` dict holds every stream not yet released.
+    processor = getattr(protocol, "processor", None)
+    return len(processor.streams) if processor is not None else 0
+
+
+def h2_connection(protocol: asyncio.Protocol) -> H2Connection:
+    """The h2 state machine of one server connection (``H2Protocol``), once made."""
+    # H2Protocol.connection: grpclib's Connection, set by connection_made(); its
+    # _connection is the H2Connection.
+    found = protocol.connection._connection  # type: ignore[attr-defined]
+    if not isinstance(found, H2Connection):
+        raise DependencyInternalsError(f"grpclib connection wraps {found!r}, not an H2Connection")
+    return found
+
+
+def flush(protocol: asyncio.Protocol) -> None:
+    """Write what h2 has queued on one server connection to its transport."""
+    # H2Protocol.connection.flush(): what grpclib calls after handling each event.
     protocol.connection.flush()  # type: ignore[attr-defined]
 
 
-def _processors(protocol: asyncio.Protocol) -> dict[type[Any], Callable[[Any], None]]:
-    # H2Protocol.processor: the EventsProcessor set by connection_made(); its
-    # ``processors`` dict maps each h2 event class to its handler, and process()
-    # raises NotImplementedError for a class that is not in it. Changing the dict
-    # of this one connection's processor leaves other connections alone.
-    processors = protocol.processor.processors  # type: ignore[attr-defined]
-    if not isinstance(processors, dict):
-        raise RuntimeError(f"grpclib EventsProcessor.processors is {processors!r}, not a dict")
-    return processors
+def event_handlers(protocol: asyncio.Protocol) -> dict[type[Any], Callable[[Any], None]]:
+    """The handler grpclib runs for each h2 event class on one server connection.
 
-
-def _ignore(_event: object) -> None:
-    pass
-
-
-def ignore_unknown_frames(protocol: asyncio.Protocol) -> None:
-    """Make one server connection ignore frames of unknown types, and ALTSVC frames.
-
-    ``protocol`` is the connection's ``H2Protocol``, after ``connection_made()``. h2
-    reports an extension frame as ``UnknownFrameReceived`` (and an ALTSVC frame a
-    client has no business sending as ``AlternativeServiceAvailable``); grpclib has
-    no handler for either and raises ``NotImplementedError`` from ``data_received``.
-    RFC 9113 section 5.5: implementations MUST ignore unknown frame types.
+    Changing the dict changes this connection only. An event whose class is not in it
+    makes grpclib raise ``NotImplementedError`` from ``data_received``.
     """
-    processors = _processors(protocol)
-    processors[UnknownFrameReceived] = _ignore
-    processors[AlternativeServiceAvailable] = _ignore
+    # H2Protocol.processor: the EventsProcessor set by connection_made(); process()
+    # looks each event's class up in its ``processors`` dict.
+    handlers = protocol.processor.processors  # type: ignore[attr-defined]
+    if not isinstance(handlers, dict):
+        raise DependencyInternalsError(f"grpclib EventsProcessor.processors is {handlers!r}")
+    return handlers
 
 
-def observe_stream_resets(protocol: asyncio.Protocol, observe: Callable[[], None]) -> None:
-    """Call ``observe()`` for every RST_STREAM the client sends on this connection.
-
-    ``protocol`` is the connection's ``H2Protocol``, after ``connection_made()``.
-    ``observe`` runs after grpclib handled the reset (cancelled the call), inside
-    ``data_received``; it must not raise.
-    """
-    processors = _processors(protocol)
-    handle = processors[StreamReset]
-
-    def process_stream_reset(event: StreamReset) -> None:
-        handle(event)
-        if event.remote_reset:
-            observe()
-
-    processors[StreamReset] = process_stream_reset
+# ----------------------------------------------------------------------- h2 ---
 
 
-def send_goaway(protocol: asyncio.Protocol, error_code: ErrorCodes) -> bool:
-    """Write a GOAWAY frame with ``error_code`` on one server connection; whether it could.
+def unparsed_input(connection: H2Connection) -> bytearray:
+    """The bytes received on an HTTP/2 connection and not yet parsed into frames: at
+    most an incomplete last frame after ``receive_data()``."""
+    # H2Connection.incoming_buffer._data: the FrameBuffer's unparsed bytes.
+    data = connection.incoming_buffer._data
+    if not isinstance(data, bytearray):
+        raise DependencyInternalsError(f"h2 FrameBuffer._data is {type(data)!r}")
+    return data
 
-    The last stream id is the highest the client opened, so the client knows that
-    nothing it sent later was processed. Writing does not close the transport: the
-    caller does that. False when the HTTP/2 state refuses (already closed) or the
-    connection was never set up.
-    """
-    if getattr(protocol, "connection", None) is None:
-        return False
+
+# ------------------------------------------------------ trio-asyncio, asyncio ---
+
+_RunOne = Callable[..., Awaitable[None]]
+
+
+def wrap_run_one(loop: asyncio.AbstractEventLoop, wrap: Callable[[_RunOne], _RunOne]) -> None:
+    """Replace what each pass of trio-asyncio's main-loop task runs with
+    ``wrap(run_one)``; ``run_one(no_wait=...)`` runs one ready callback or due timer
+    and, with ``no_wait=True``, raises :exc:`trio.WouldBlock` when there is none."""
+    # TrioEventLoop._main_loop_one(no_wait): _main_loop looks it up on every pass; an
+    # instance attribute shadows the method.
+    loop._main_loop_one = wrap(loop._main_loop_one)  # type: ignore[attr-defined]
+
+
+def timer_heap(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+    """trio-asyncio's heap of pending timers (cancelled ones stay until due)."""
+    # TrioEventLoop._timers: a heapq list, looked up afresh at each use.
+    heap: list[asyncio.TimerHandle] = loop._timers  # type: ignore[attr-defined]
+    return heap
+
+
+def replace_timer_heap(loop: asyncio.AbstractEventLoop, heap: list[asyncio.TimerHandle]) -> None:
+    """Give trio-asyncio a new timer heap (a new list: at close it iterates the old one)."""
+    loop._timers = heap  # type: ignore[attr-defined]
+
+
+def on_timer_cancelled(
+    loop: asyncio.AbstractEventLoop, hook: Callable[[asyncio.TimerHandle], None]
+) -> None:
+    """Call ``hook(handle)`` whenever a timer of ``loop`` is cancelled."""
+    # TrioEventLoop._timer_handle_cancelled: TimerHandle.cancel() calls it (a no-op in
+    # trio-asyncio) just before marking the handle cancelled.
+    loop._timer_handle_cancelled = hook  # type: ignore[attr-defined]
+
+
+def wrap_start_serving(
+    loop: asyncio.AbstractEventLoop, wrap: Callable[[Callable[..., None]], Callable[..., None]]
+) -> inspect.Signature:
+    """Replace ``loop``'s accept-loop entry with ``wrap(start_serving)``; returns the
+    original's signature (see :data:`START_SERVING_PARAMETERS`)."""
+    # BaseSelectorEventLoop._start_serving(protocol_factory, sock, sslcontext, server,
+    # backlog, ...): Server.start_serving and the retry one second after an accept
+    # error look it up on the loop; ``backlog`` bounds the accepts per wake-up.
+    original: Callable[..., None] = loop._start_serving  # type: ignore[attr-defined]
+    loop._start_serving = wrap(original)  # type: ignore[attr-defined]
+    return inspect.signature(original)
+
+
+# -------------------------------------------------------------- the check ---
+
+
+@attrs.frozen
+class _Requirement:
+    package: str
+    what: str
+    present: Callable[[asyncio.AbstractEventLoop], bool]
+
+
+def _sets(cls: type, *names: str) -> Callable[[asyncio.AbstractEventLoop], bool]:
+    """Whether ``cls.__init__`` refers to attributes ``names`` (it sets them)."""
+
+    def present(_loop: asyncio.AbstractEventLoop) -> bool:
+        init = vars(cls).get("__init__")
+        return init is not None and set(names) <= set(init.__code__.co_names)
+
+    return present
+
+
+def _has_parameters(
+    owner: object, name: str, parameters: list[str]
+) -> Callable[[asyncio.AbstractEventLoop], bool]:
+    def present(loop: asyncio.AbstractEventLoop) -> bool:
+        function = getattr(loop if owner is None else owner, name, None)
+        if not callable(function):
+            return False
+        return list(inspect.signature(function).parameters)[: len(parameters)] == parameters
+
+    return present
+
+
+def _events_processor_handles(loop: asyncio.AbstractEventLoop) -> bool:
+    handlers = getattr(grpclib.protocol.EventsProcessor(None, None), "processors", None)
+    return isinstance(handlers, dict) and {StreamReset, RequestReceived} <= set(handlers)
+
+
+_REQUIREMENTS = (
+    _Requirement(
+        "grpclib",
+        "grpclib.server.Server._protocol_factory",
+        lambda _: (
+            callable(getattr(grpclib.server.Server, "_protocol_factory", None))
+            and "_protocol_factory" in grpclib.server.Server.start.__code__.co_names
+        ),
+    ),
+    _Requirement(
+        "grpclib", "grpclib.server.Server._server", _sets(grpclib.server.Server, "_server")
+    ),
+    _Requirement(
+        "grpclib",
+        "grpclib.server.Server.__gc_collect__",
+        lambda _: callable(getattr(grpclib.server.Server, "__gc_collect__", None)),
+    ),
+    _Requirement(
+        "grpclib",
+        "grpclib.server.Stream._send_trailing_metadata_done",
+        lambda _: getattr(grpclib.server.Stream, "_send_trailing_metadata_done", None) is False,
+    ),
+    _Requirement(
+        "grpclib",
+        "grpclib.server.Stream._stream and ._cardinality",
+        _sets(grpclib.server.Stream, "_stream", "_cardinality"),
+    ),
+    _Requirement(
+        "grpclib",
+        "grpclib.protocol.Stream._transport and .recv_data(size)",
+        lambda loop: (
+            _sets(grpclib.protocol.Stream, "_transport")(loop)
+            and inspect.iscoroutinefunction(getattr(grpclib.protocol.Stream, "recv_data", None))
+        ),
+    ),
+    _Requirement(
+        "grpclib",
+        "grpclib.server.DeadlineWrapper (a grpclib.utils.DeadlineWrapper)",
+        lambda _: (
+            isinstance(getattr(grpclib.server, "DeadlineWrapper", None), type)
+            and issubclass(grpclib.server.DeadlineWrapper, grpclib.utils.DeadlineWrapper)
+        ),
+    ),
+    _Requirement(
+        "grpclib",
+        "grpclib.protocol.H2Protocol.connection and .processor",
+        lambda _: (
+            {"connection", "processor"}
+            <= set(getattr(grpclib.protocol.H2Protocol, "__annotations__", {}))
+        ),
+    ),
+    _Requirement(
+        "grpclib",
+        "grpclib.protocol.Connection._connection and .flush()",
+        lambda loop: (
+            _sets(grpclib.protocol.Connection, "_connection")(loop)
+            and callable(getattr(grpclib.protocol.Connection, "flush", None))
+        ),
+    ),
+    _Requirement(
+        "grpclib",
+        "grpclib.protocol.EventsProcessor.processors (a dict of h2 event handlers) and .streams",
+        lambda loop: (
+            _events_processor_handles(loop)
+            and _sets(grpclib.protocol.EventsProcessor, "streams")(loop)
+        ),
+    ),
+    _Requirement(
+        "h2",
+        "h2.connection.H2Connection().incoming_buffer._data",
+        lambda _: isinstance(getattr(H2Connection().incoming_buffer, "_data", None), bytearray),
+    ),
+    _Requirement(
+        "h2",
+        "h2.connection.H2Connection.MAX_CLOSED_STREAMS",
+        lambda _: isinstance(getattr(H2Connection, "MAX_CLOSED_STREAMS", None), int),
+    ),
+    _Requirement(
+        "trio-asyncio",
+        "TrioEventLoop._main_loop_one(no_wait)",
+        lambda loop: (
+            "no_wait" in inspect.signature(getattr(loop, "_main_loop_one", lambda: None)).parameters
+        ),
+    ),
+    _Requirement(
+        "trio-asyncio",
+        "TrioEventLoop._timers (a list) and ._timer_handle_cancelled",
+        lambda loop: (
+            isinstance(getattr(loop, "_timers", None), list)
+            and callable(getattr(loop, "_timer_handle_cancelled", None))
+        ),
+    ),
+    _Requirement(
+        "python",
+        "asyncio BaseSelectorEventLoop._start_serving(" + ", ".join(START_SERVING_PARAMETERS) + ")",
+        _has_parameters(None, "_start_serving", START_SERVING_PARAMETERS),
+    ),
+)
+
+
+def _version(package: str) -> str:
+    if package == "python":
+        import platform
+
+        return platform.python_version()
     try:
-        _h2_connection(protocol).close_connection(error_code=error_code)
-        # H2Protocol.connection.flush(): writes what h2 has queued to the transport.
-        protocol.connection.flush()  # type: ignore[attr-defined]
-    except (ProtocolError, RuntimeError):
-        return False
-    return True
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
-def oversized_frame_pending(protocol: asyncio.Protocol) -> bool:
-    """Whether the frame the client is in the middle of sending is over the size we allow.
+def missing_internals(loop: asyncio.AbstractEventLoop) -> list[str]:
+    """What :func:`check_dependency_internals` would refuse, one line each."""
+    missing = []
+    for requirement in _REQUIREMENTS:
+        try:
+            present = requirement.present(loop)
+        except Exception:  # a shape so different that looking raised
+            present = False
+        if not present:
+            expected = PINNED.get(requirement.package)
+            pin = (
+                f" (this build is verified with {requirement.package}=={expected})"
+                if expected
+                else ""
+            )
+            missing.append(
+                f"{requirement.package} {_version(requirement.package)} has no "
+                f"{requirement.what}{pin}"
+            )
+    return missing
 
-    ``protocol`` is the connection's ``H2Protocol``. h2 parses a frame only once all of
-    it has arrived and checks its length against our SETTINGS_MAX_FRAME_SIZE only
-    then, so until then it buffers up to the 16 MiB a frame header can announce. This
-    reads the header of the incomplete frame waiting in h2's buffer instead.
+
+def check_dependency_internals(loop: asyncio.AbstractEventLoop) -> None:
+    """Raise :exc:`DependencyInternalsError` unless every internal used here is present.
+
+    ``loop`` is the running trio-asyncio loop. Run once at start-up, before anything is
+    patched or served.
     """
-    h2_connection = _h2_connection(protocol)
-    # H2Connection.incoming_buffer._data: the FrameBuffer's unparsed bytes (after the
-    # preface); receive_data() leaves only an incomplete last frame in it.
-    pending = h2_connection.incoming_buffer._data
-    if len(pending) < 3:
-        return False
-    return int.from_bytes(pending[:3], "big") > h2_connection.max_inbound_frame_size
-
-
-#: Pseudo-headers without which grpclib's request handler fails with a KeyError.
-_REQUIRED_PSEUDO_HEADERS = frozenset({":method", ":path"})
-
-
-def refuse_malformed_requests(protocol: asyncio.Protocol) -> None:
-    """Reset, with PROTOCOL_ERROR, request streams whose headers lack ``:method`` or
-    ``:path``, before grpclib sees them.
-
-    ``protocol`` is the connection's ``H2Protocol``, after ``connection_made()``. RFC
-    9113 section 8.1.1: a malformed request is a stream error of type PROTOCOL_ERROR.
-    grpclib would look the headers up unguarded and log "Server error" with a
-    traceback for each such request.
-    """
-    processors = _processors(protocol)
-    handle = processors[RequestReceived]
-
-    def process_request_received(event: RequestReceived) -> None:
-        names = {_text(name) for name, _value in event.headers or ()}
-        if names >= _REQUIRED_PSEUDO_HEADERS:
-            handle(event)
-            return
-        assert event.stream_id is not None
-        _h2_connection(protocol).reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
-        # H2Protocol.connection.flush(): see send_goaway.
-        protocol.connection.flush()  # type: ignore[attr-defined]
-
-    processors[RequestReceived] = process_request_received
-
-
-def _text(name: str | bytes) -> str:
-    return name.decode("ascii", "replace") if isinstance(name, bytes) else name
-
-
-def require_request_message(stream: grpclib.server.Stream[Any, Any]) -> None:
-    """Answer INVALID_ARGUMENT when a unary request ends without its message.
-
-    For a method whose client sends one message, grpclib's ``recv_message()``
-    returns None when the request stream ends before any message, and the generated
-    handlers assert it is not None: grpclib then logs "Application error" with a
-    traceback and answers UNKNOWN. Client-streaming methods keep None (end of input).
-    """
-    # Stream._cardinality: the method's Cardinality; no public accessor.
-    if stream._cardinality.client_streaming:
-        return
-    recv_message: weakref.WeakMethod[Callable[[], Awaitable[Any]]]
-    recv_message = weakref.WeakMethod(stream.recv_message)  # see intercept_request_reads
-
-    async def recv_required_message() -> Any:
-        read = recv_message()
-        assert read is not None, "a stream is alive while it is read from"
-        message = await read()
-        if message is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "the request ended without a message")
-        return message
-
-    stream.recv_message = recv_required_message
+    missing = missing_internals(loop)
+    if missing:
+        raise DependencyInternalsError(
+            "cannot start: " + "; ".join(missing) + " (see README, Pinned dependencies)"
+        )

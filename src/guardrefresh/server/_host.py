@@ -14,7 +14,7 @@ adds what is missing, on the asyncio side of the one thread both loops share:
 - A forced end cancels each remaining task after marking it; the wrapper turns that
   cancellation into ``GRPCError(UNAVAILABLE)``, which grpclib itself sends as trailers.
   A client therefore always gets a status, never a hang until its own deadline.
-- Each connection's protocol is wrapped (``_drain.wrap_protocol_factory``) so the host
+- Each connection's protocol is wrapped (``_dependency_internals.wrap_protocol_factory``) so the host
   knows its transport and can close it at the end; outermost, the connection guard
   (``_connections``) contains each connection's errors and enforces the edge limits
   (connection cap, idle timeout, stream-reset and unread-output bounds).
@@ -47,9 +47,11 @@ from grpclib.reflection.service import ServerReflection
 
 from guardrefresh.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 
-from . import _drain
+from . import _dependency_internals as internals
+from . import _http2
 from ._admission import Admission, default_max_queued, default_max_running
 from ._budget import ByteBudget
+from ._call_endings import answer_expired_deadlines, require_request_message
 from ._codec import CompiledProtoCodec
 from ._connections import ConnectionGuard, EdgeCounts, EdgeLimits
 from ._intake import RequestLimits, RequestReader, ShedBackoff
@@ -82,7 +84,7 @@ _POLL_S = 0.005  # grpclib says nothing when a stream is released
 _CLOSE_WAIT_S = 1.0
 _ABORT_WAIT_S = 0.5
 
-#: Closed HTTP/2 streams each connection remembers (see _drain.remember_closed_streams):
+#: Closed HTTP/2 streams each connection remembers (see _http2.remember_closed_streams):
 #: ten times the 100 streams a client may have open at once (h2's default
 #: MAX_CONCURRENT_STREAMS), so that any frame still in flight when its stream closed
 #: meets a remembered stream; about 0.2 MB per connection instead of h2's 12-15 MB.
@@ -179,7 +181,7 @@ class _TrackedConnection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         """Whether grpclib still has a stream open here (an answer not yet written)."""
-        return _drain.open_streams(self._inner) > 0
+        return internals.open_streams(self._inner) > 0
 
     def half_close(self) -> None:
         """Send FIN after everything written; the socket closes when the client's FIN comes.
@@ -222,13 +224,7 @@ class _TrackedConnection(asyncio.Protocol):
         self.transport = transport
         self._host._connection_made(self)
         self._inner.connection_made(transport)
-        _drain.remember_closed_streams(self._inner, self._host._closed_streams_remembered)
-        _drain.advertise_max_concurrent_streams(self._inner, self._host._max_concurrent_streams)
-
-    @property
-    def closed_streams_remembered(self) -> int:
-        """How many ended calls' streams this connection's HTTP/2 state still remembers."""
-        return _drain.closed_streams_remembered(self._inner)
+        _http2.advertise_max_concurrent_streams(self._inner, self._host._max_concurrent_streams)
 
     def data_received(self, data: bytes) -> None:
         if not self._ignoring_input:
@@ -250,6 +246,25 @@ class _TrackedConnection(asyncio.Protocol):
             self._inner.connection_lost(exc)
         finally:
             self._host._connection_lost(self)
+
+
+def _listening_port(server: grpclib.server.Server) -> int:
+    """The port of the first listening socket of a started server."""
+    listener = internals.listener(server)
+    if listener is None or not listener.sockets:
+        raise RuntimeError("grpclib server has no listening socket")
+    port: int = listener.sockets[0].getsockname()[1]
+    return port
+
+
+def _close_listener(server: grpclib.server.Server) -> None:
+    """Close the listening sockets only: running handlers and open connections go on.
+
+    Idempotent; a no-op on a server that never bound.
+    """
+    listener = internals.listener(server)
+    if listener is not None:
+        listener.close()
 
 
 def _service_name(service: object) -> str:
@@ -337,7 +352,8 @@ class GrpcHost:
     ``_admission``; None picks the defaults sized to this machine). Exempt methods
     never wait for a slot. Each connection remembers its latest
     ``closed_streams_remembered`` ended streams (h2 would keep 2**16, over 10 MB per
-    long-lived connection). ``exempt_methods`` (full paths) are neither counted
+    long-lived connection); h2 takes that bound process-wide, so :meth:`serve` sets it
+    for every HTTP/2 connection made afterwards in this process. ``exempt_methods`` (full paths) are neither counted
     in flight nor rejected while draining. ``edge_limits`` bound the connections
     (see :class:`~guardrefresh.server.EdgeLimits`; its defaults when None): an error
     while handling one connection closes that connection only.
@@ -474,9 +490,9 @@ class GrpcHost:
 
     def forget_closed_connections(self) -> None:
         """Let grpclib drop what it keeps of connections that have closed (see
-        ``_drain.forget_closed_connections``); the cyclic GC then frees it."""
+        ``_dependency_internals.forget_closed_connections``); the cyclic GC then frees it."""
         if self._server is not None:
-            _drain.forget_closed_connections(self._server)
+            internals.forget_closed_connections(self._server)
 
     @property
     def calls_open(self) -> int:
@@ -568,8 +584,9 @@ class GrpcHost:
         try:
             # grpclib looks the asyncio loop up at construction: build it here.
             server = self._server = self._build_server()
+            _http2.remember_closed_streams(self._closed_streams_remembered)
             await trio_asyncio.aio_as_trio(server.start)(self._host, self._port, ssl=self._ssl)
-            self._bound_port = _drain.listening_port(server)
+            self._bound_port = _listening_port(server)
             self._guard.start()
             logger.info(
                 "gRPC host listening on %s:%d (%s; max request %d bytes; "
@@ -630,9 +647,8 @@ class GrpcHost:
             handlers = ServerReflection.extend(handlers, pool=default_google_proto_descriptor_pool)
         handlers.append(self._health)
         server = grpclib.server.Server(handlers, codec=CompiledProtoCodec())
-        _drain.check_internals(server)
-        _drain.wrap_protocol_factory(server, self._wrap_connection)
-        _drain.answer_expired_deadlines()
+        internals.wrap_protocol_factory(server, self._wrap_connection)
+        answer_expired_deadlines()
         grpclib.events.listen(server, grpclib.events.RecvRequest, self._on_recv_request)
         if self._on_call_done is not None:
             grpclib.events.listen(
@@ -668,7 +684,7 @@ class GrpcHost:
             task = asyncio.current_task()
             assert task is not None
             reader = RequestReader(
-                self._limits, connection=_drain.connection_of(stream), admit=not exempt
+                self._limits, connection=internals.call_transport(stream), admit=not exempt
             )
             call = _Call(task=task, stream=stream, method=method, exempt=exempt, reader=reader)
             outcome = self._outcomes.get(task)
@@ -676,8 +692,8 @@ class GrpcHost:
                 outcome.stream = stream
             self._calls.add(call)
             task.add_done_callback(functools.partial(self._call_done, call))
-            _drain.intercept_request_reads(stream, reader.read)
-            _drain.require_request_message(stream)
+            internals.intercept_request_reads(stream, reader.read)
+            require_request_message(stream)
             try:
                 await func(stream)
             except asyncio.CancelledError:
@@ -707,7 +723,7 @@ class GrpcHost:
         self._outcomes.pop(task, None)
         assert self._on_call_done is not None
         status = outcome.status
-        if outcome.stream is not None and not _drain.trailers_sent(outcome.stream):
+        if outcome.stream is not None and not internals.trailers_sent(outcome.stream):
             # grpclib tried (UNKNOWN, after the reset) but the client had gone:
             # from its side the call was cancelled.
             status = None
@@ -762,7 +778,7 @@ class GrpcHost:
             exempt_open,
             grace,
         )
-        _drain.close_listener(self._server)
+        _close_listener(self._server)
         logger.info(
             "drain 2/6: listening socket on port %d closed; %d connections open",
             self._bound_port,
@@ -805,7 +821,7 @@ class GrpcHost:
             if server is None or self._bound_port is None:
                 self._guard.stop()
                 if server is not None:
-                    _drain.close_listener(server)
+                    _close_listener(server)
                 return
             if not self._draining:
                 self._begin_drain(0.0, reason="serve() cancelled: forced")
@@ -819,7 +835,7 @@ class GrpcHost:
                     exempt_ended += 1
                     if call.method == _HEALTH_WATCH:
                         continue  # ends by itself after its final status, see below
-                elif not _drain.trailers_sent(call.stream):
+                elif not internals.trailers_sent(call.stream):
                     cancelled += 1
                 call.forced = True
                 call.task.cancel()
