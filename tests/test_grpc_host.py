@@ -367,7 +367,7 @@ async def test_a_connection_remembers_only_its_latest_closed_streams(
             assert (await in_thread(client.get_rule, f"r{i}")).code is OK
         await wait_until(lambda: host.in_flight == 0)
         (connection,) = host._connections
-        closed = len(internals.h2_connection(connection._inner)._closed_streams)
+        closed = len(internals.h2_connection(connection.h2_protocol)._closed_streams)
         if remembered is not None:
             assert closed == remembered
         else:
@@ -617,7 +617,7 @@ async def test_on_call_done_that_raises_is_logged_and_the_call_still_answers(
         open_host(on_call_done=broken) as (host, _),
         open_client(host.port) as client,
     ):
-        with caplog.at_level(logging.ERROR, logger="guardrefresh.server._host"):
+        with caplog.at_level(logging.ERROR, logger="guardrefresh.server._calls"):
             assert (await in_thread(client.get_rule_stats)).code is OK
             assert (await in_thread(client.get_rule_stats)).code is OK
             await wait_until(lambda: host.in_flight == 0)
