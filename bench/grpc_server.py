@@ -232,8 +232,9 @@ def bench_server(
 
 
 @contextlib.contextmanager
-def real_service(path: Path, log_dir: Path) -> Iterator[_Server]:
-    """``python -m guardrefresh --port 0 ...``: ready once it logged ``Listening on``."""
+def real_service(path: Path, log_dir: Path, *extra_args: str) -> Iterator[_Server]:
+    """``python -m guardrefresh --port 0 ... *extra_args``: ready once it logged
+    ``Listening on``."""
     log = log_dir / f"service-{time.monotonic_ns()}.log"
     cmd = [
         sys.executable,
@@ -251,6 +252,7 @@ def real_service(path: Path, log_dir: Path) -> Iterator[_Server]:
         "INFO",
         "--shutdown-grace",
         "2",
+        *extra_args,
     ]
     with log.open("w") as err:
         proc = subprocess.Popen(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import functools
@@ -14,7 +15,9 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Final
 
+import attrs
 import threadpoolctl
 import trio
 
@@ -31,6 +34,7 @@ from ..refresh import (
     is_stale,
     open_refresh_service,
 )
+from ..replication import open_engine
 from ..server import (
     AdminAuth,
     DataPlaneService,
@@ -39,6 +43,7 @@ from ..server import (
     EnforceHandler,
     EnforceObserver,
     GrpcHost,
+    LoopErrorHandler,
     TlsConfigError,
     TokenFileError,
     max_connections_for,
@@ -46,12 +51,17 @@ from ..server import (
     server_ssl_context,
 )
 from ..storage import StorageError, working_set_path
-from ..telemetry import EnforceRecorder, Telemetry, open_telemetry
+from ..telemetry import EnforceRecorder, TelemetryStore, open_telemetry
+from ._fleet import Fleet, FleetStartupError, open_fleet, watch_replication
+from ._health import ServingGate
 from ._limits import raise_fd_limit
 from ._memory import release_free_memory, tune_allocator
 from ._trim import trim_after_request_bursts
 
 logger = logging.getLogger(__name__)
+
+#: Connections of fleet telemetry's own pool: one writer, two concurrent reads.
+TELEMETRY_POOL_SIZE: Final = 3
 
 
 class StartupError(Exception):
@@ -68,6 +78,7 @@ async def serve_service(
     SERVING from then on). Raises :class:`StartupError` when it cannot start.
     """
     config.security.check()
+    config.replication.check()
     fd_limit = raise_fd_limit()
     try:
         bridge = await Bridge.open(
@@ -80,14 +91,15 @@ async def serve_service(
         raise StartupError(f"cannot open warm storage: {exc}") from None
     try:
         async with (
-            open_asyncio_loop(),
+            open_asyncio_loop() as loop,
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
+            _open_fleet(config, bridge, refresher) as fleet,
             open_intent_encoder(config.enforce.management_plane_url) as encoder,
             # Entered before the server starts and left after it has drained: every
             # session of an answered Enforce call is written before the process exits.
-            _open_telemetry(config) as telemetry,
+            _open_telemetry(config, fleet) as telemetry,
         ):
             await _supervise(
                 config,
@@ -95,32 +107,64 @@ async def serve_service(
                 refresher,
                 encoder,
                 telemetry,
+                fleet,
                 _edge_limits(config, fd_limit),
+                _loop_errors(loop),
                 task_status,
             )
     finally:
         bridge.close()
 
 
+def _loop_errors(loop: asyncio.AbstractEventLoop) -> LoopErrorHandler | None:
+    """The counters of the loop's error handler (installed by ``open_asyncio_loop``)."""
+    handler = loop.get_exception_handler()
+    return handler if isinstance(handler, LoopErrorHandler) else None
+
+
 @contextlib.asynccontextmanager
-async def _open_telemetry(config: ServiceConfig) -> AsyncIterator[Telemetry | None]:
-    """The telemetry store, or None with --no-telemetry."""
+async def _open_fleet(
+    config: ServiceConfig, bridge: Bridge, refresher: RefreshService
+) -> AsyncIterator[Fleet | None]:
+    try:
+        async with open_fleet(config.replication, bridge, refresher) as fleet:
+            yield fleet
+    except FleetStartupError as exc:
+        raise StartupError(str(exc)) from None
+
+
+@contextlib.asynccontextmanager
+async def _open_telemetry(
+    config: ServiceConfig, fleet: Fleet | None
+) -> AsyncIterator[TelemetryStore | None]:
+    """The telemetry store, or None with --no-telemetry: in fleet mode the fleet's
+    PostgreSQL (every replica reads every replica's sessions), else SQLite."""
     settings = config.telemetry
     if not settings.enabled:
         logger.info("Telemetry is off (--no-telemetry): Enforce decisions are not recorded")
         yield None
         return
     path = settings.database_path(Path(config.storage.warm_storage))
-    async with open_telemetry(
-        path,
-        batch_window_s=settings.batch_window,
-        retention_s=settings.retention,
-        max_sessions=settings.max_sessions,
-        queue_capacity=settings.queue_size,
-    ) as telemetry:
+    async with contextlib.AsyncExitStack() as stack:
+        engine = None
+        if fleet is not None:
+            # A pool of its own: deep telemetry pages never hold the replica's connections.
+            engine = await stack.enter_async_context(
+                open_engine(attrs.evolve(fleet.engine.settings, pool_size=TELEMETRY_POOL_SIZE))
+            )
+        telemetry = await stack.enter_async_context(
+            open_telemetry(
+                path,
+                batch_window_s=settings.batch_window,
+                retention_s=settings.retention,
+                max_sessions=settings.max_sessions,
+                queue_capacity=settings.queue_size,
+                engine=engine,
+            )
+        )
         logger.info(
             "Telemetry: recording Enforce sessions in %s (kept %ss, at most %d)",
-            path,
+            telemetry.location,
             f"{settings.retention:g}",
             settings.max_sessions,
         )
@@ -174,8 +218,10 @@ async def _supervise(
     bridge: Bridge,
     refresher: RefreshService,
     encoder: IntentEncoder,
-    telemetry: Telemetry | None,
+    telemetry: TelemetryStore | None,
+    fleet: Fleet | None,
     edge_limits: EdgeLimits,
+    loop_errors: LoopErrorHandler | None,
     task_status: trio.TaskStatus[int],
 ) -> None:
     ssl_context, auth = _security(config)
@@ -194,7 +240,10 @@ async def _supervise(
             stats.bridge_version,
         )
     _tune_garbage_collector()
-    scheduler = RefreshScheduler(refresher, config.scheduler)
+    # In fleet mode the periodic refresh reconciles with the fleet first.
+    scheduler = RefreshScheduler(
+        fleet.refresher if fleet is not None else refresher, config.scheduler
+    )
     staleness_limit = config.health.staleness_limit(config.scheduler.refresh_interval)
     observers: list[EnforceObserver] = [metrics.enforce.observe]
     if telemetry is not None:
@@ -207,8 +256,12 @@ async def _supervise(
         staleness_limit_s=staleness_limit,
         enforcer=enforcer,
         telemetry=telemetry,
+        writer=fleet.writer if fleet is not None else None,
+        replication=fleet.replica.status if fleet is not None else None,
     )
     metrics.add_grpc_services([dataplane])
+    if fleet is not None:
+        metrics.bind_replication(fleet.replica.status)
     if telemetry is not None:
         metrics.bind_telemetry(telemetry.stats)
     metrics.bind(
@@ -235,10 +288,21 @@ async def _supervise(
         authorize=auth.check if auth is not None else None,
         edge_limits=edge_limits,
     )
+    metrics.bind_edge(
+        counts=lambda: host.edge_counts,
+        open_connections=lambda: host.open_connections,
+        max_connections=edge_limits.max_connections,
+        loop_errors=loop_errors,
+    )
+    gate = ServingGate(host)
+    if fleet is not None:
+        gate.set("fleet-synced", False)  # NOT_SERVING until the first sync
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             logger.info("Spawning scheduled refresh background task")
             await nursery.start(scheduler.run)
+            if fleet is not None:
+                await fleet.start(nursery)
             try:
                 port = await nursery.start(host.serve)
             except OSError as exc:
@@ -259,7 +323,7 @@ async def _supervise(
                         f"{exc.strerror or exc}"
                     ) from None
                 logger.info("Metrics on http://%s:%d/metrics", config.metrics.host, metrics_port)
-            host.set_serving(True)
+            gate.open()
             if ssl_context is not None:
                 mutual = config.security.tls_client_ca is not None
                 logger.info("gRPC over TLS%s", ", client certificates required" if mutual else "")
@@ -285,8 +349,12 @@ async def _supervise(
                 host.forget_closed_connections,
             )
             nursery.start_soon(
-                _watch_staleness, host, refresher, staleness_limit, config.health.fail_when_stale
+                _watch_staleness, gate, refresher, staleness_limit, config.health.fail_when_stale
             )
+            if fleet is not None:
+                nursery.start_soon(
+                    watch_replication, fleet.replica, gate, config.health.fail_when_stale
+                )
             task_status.started(port)
 
             async for signum in signals:
@@ -345,7 +413,7 @@ async def _shutdown(
 
 
 async def _watch_staleness(
-    host: GrpcHost, refresher: RefreshService, limit_s: float, fail_when_stale: bool
+    gate: ServingGate, refresher: RefreshService, limit_s: float, fail_when_stale: bool
 ) -> None:
     """Log when rules go stale or fresh again; with ``fail_when_stale`` flip health too.
 
@@ -373,7 +441,7 @@ async def _watch_staleness(
                 )
             was_stale = stale
         if fail_when_stale:
-            host.set_serving(not stale)
+            gate.set("fresh", not stale)
         wait = math.inf if stale else limit_s - (now_ms - last_ms) / 1000 + 0.001
         with trio.move_on_after(wait):
             await refresher.last_stats.wait_transition()

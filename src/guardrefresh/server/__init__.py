@@ -14,6 +14,7 @@ from ._enforce import (
 )
 from ._host import DEFAULT_EXEMPT_METHODS, SHUTDOWN_MESSAGE, DrainReport, GrpcHost
 from ._loop import open_asyncio_loop
+from ._loop_errors import LoopErrorHandler
 from ._tls import TlsConfigError, server_ssl_context
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "EnforceObserver",
     "EnforceOutcome",
     "GrpcHost",
+    "LoopErrorHandler",
     "TlsConfigError",
     "TokenFileError",
     "decode_message",

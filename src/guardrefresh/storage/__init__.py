@@ -13,15 +13,18 @@ from ._errors import (
 )
 from ._fs import atomic_write
 from ._names import journal_path, lock_path, snapshot_path, working_set_path
-from ._segment import Segment
+from ._segment import FIXED_DTYPE, FORMAT_VERSION, Segment, SegmentColumns
 from ._store import Manifest, StoreInfo, WarmStore
 from ._table import RuleRef, TableStat, WarmTable, family_of
 
 __all__ = [
+    "FIXED_DTYPE",
+    "FORMAT_VERSION",
     "CorruptStoreError",
     "Manifest",
     "RuleRef",
     "Segment",
+    "SegmentColumns",
     "StorageError",
     "StoreBusyError",
     "StoreDirectoryMissingError",
