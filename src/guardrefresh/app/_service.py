@@ -31,22 +31,26 @@ from ..refresh import (
     RefreshService,
     RefreshStats,
     RefreshTrigger,
+    is_stale,
     open_refresh_service,
 )
 from ..replication import open_engine
 from ..server import (
+    AdminAuth,
+    DataPlaneService,
+    DependencyInternalsError,
     EdgeLimits,
     EnforceHandler,
     EnforceObserver,
     GrpcHost,
     LoopErrorHandler,
+    TlsConfigError,
+    TokenFileError,
     max_connections_for,
     open_asyncio_loop,
+    server_ssl_context,
 )
-from ..server._auth import AdminAuth, TokenFileError
-from ..server._dataplane import DataPlaneService, is_stale
-from ..server._tls import TlsConfigError, server_ssl_context
-from ..storage import StorageError
+from ..storage import StorageError, working_set_path
 from ..telemetry import EnforceRecorder, TelemetryStore, open_telemetry
 from ._fleet import Fleet, FleetStartupError, open_fleet, watch_replication
 from ._health import ServingGate
@@ -62,10 +66,6 @@ TELEMETRY_POOL_SIZE: Final = 3
 
 class StartupError(Exception):
     """The service could not start; ``str()`` is the one-line reason."""
-
-
-def working_set_path(warm_storage: Path) -> Path:
-    return warm_storage.with_name(warm_storage.name + ".hot")
 
 
 async def serve_service(
@@ -472,7 +472,7 @@ def run_service(config: ServiceConfig) -> int:
     """Run the service in this process; returns the exit code.
 
     0 after a graceful shutdown, 1 with a one-line reason on stderr when it
-    cannot start.
+    cannot start (also when an internal of a pinned dependency is missing).
     """
     tune_allocator()
     _single_threaded_blas()
@@ -481,11 +481,11 @@ def run_service(config: ServiceConfig) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"guardrefresh: error: {exc}\n")
         return 2
-    except StartupError as exc:
+    except (StartupError, DependencyInternalsError) as exc:
         sys.stderr.write(f"guardrefresh: error: {exc}\n")
         return 1
     except BaseExceptionGroup as group:
-        startup = group.subgroup(StartupError)
+        startup = group.subgroup((StartupError, DependencyInternalsError))
         if startup is None:
             raise
         first = _leaves(startup)[0]

@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from .._version import __version__
+from .. import __version__
 from ..settings import ENV_PREFIX, Setting
 from ._errors import ConfigError, UsageError
 from ._service import CONFIG_ENV, SECTIONS, SETTINGS

@@ -5,7 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping
 
-from .._version import __version__
+from .. import __version__
 from ..settings import toml_key
 from ._service import DEFAULT_ORIGIN, SECTIONS, SETTINGS, ServiceConfig, setting_values
 

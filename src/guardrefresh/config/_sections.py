@@ -12,6 +12,7 @@ import pathlib
 import attrs
 
 from ..bridge import DEFAULT_HOT_CAPACITY
+from ..refresh import staleness_limit
 from ..settings import (
     BOOLEAN,
     HOST,
@@ -127,7 +128,7 @@ class HealthConfig:
 
     def staleness_limit(self, refresh_interval: float) -> float:
         """Seconds after the last success when rules are stale (0 means 2x the interval)."""
-        return self.max_staleness or 2 * refresh_interval
+        return staleness_limit(self.max_staleness, refresh_interval)
 
 
 @section("enforce")

@@ -2,7 +2,7 @@
 
 grpclib reads a request message as ``recv_data(5)`` (the compression flag and the
 length) and then ``recv_data(length)``, buffering the whole body. The host makes each
-call's reads go through a :class:`RequestReader` (see ``_drain.intercept_request_reads``),
+call's reads go through a :class:`RequestReader` (see ``_dependency_internals.intercept_request_reads``),
 which enforces, in order:
 
 1. the size limit: a message longer than ``max_message_bytes`` is refused at its
