@@ -19,7 +19,7 @@ import asyncio
 import logging
 import ssl as _ssl
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 import grpclib.events
 import grpclib.server
@@ -33,6 +33,7 @@ from grpclib.reflection.service import ServerReflection
 
 from guardrefresh.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 
+from ..config import ServerConfig
 from . import _dependency_internals as internals
 from . import _http2
 from ._admission import Admission, default_max_queued, default_max_running
@@ -58,12 +59,17 @@ logger = logging.getLogger(__name__)
 #: meets a remembered stream; about 0.2 MB per connection instead of h2's 12-15 MB.
 CLOSED_STREAMS_REMEMBERED = 1000
 
+# The limits' defaults are the ``[server]`` settings' (declared once, in ServerConfig),
+# so that a GrpcHost built directly (tests, benchmarks) gets what the service gets.
+_SERVER_SETTINGS: Final = ServerConfig()
+#: Largest request message accepted, in bytes.
+MAX_MESSAGE_BYTES: Final = _SERVER_SETTINGS.max_message_bytes
 #: HTTP/2 streams a client may have open at once on one connection (SETTINGS).
-MAX_CONCURRENT_STREAMS = 100
+MAX_CONCURRENT_STREAMS: Final = _SERVER_SETTINGS.max_concurrent_streams
 #: Bytes of request bodies being received or waiting for a run slot, process-wide.
-MAX_PENDING_REQUEST_BYTES = 64 * 1024 * 1024
+MAX_PENDING_REQUEST_BYTES: Final = _SERVER_SETTINGS.max_pending_request_bytes
 #: Seconds a call's request message may take to arrive.
-REQUEST_TIMEOUT_S = 30.0
+REQUEST_TIMEOUT_S: Final = _SERVER_SETTINGS.request_timeout
 #: Seconds a connection is not read after one of its calls was shed (see _intake).
 SHED_PAUSE_S = 4.0
 #: Streams a connection may have open at once after one of its calls was shed: as
@@ -131,7 +137,7 @@ class GrpcHost:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         ssl: _ssl.SSLContext | None = None,
         reflection: bool = True,
         exempt_methods: Collection[str] = DEFAULT_EXEMPT_METHODS,

@@ -35,6 +35,7 @@ from ._database import (
     sibling_files,
     transaction,
 )
+from ._defaults import BATCH_WINDOW_S, MAX_SESSIONS, RETENTION_S
 from ._recorder import TelemetryRecorder
 from ._session import EnforcementSession
 
@@ -173,9 +174,9 @@ class SessionWriter:
         path: Path,
         recorder: TelemetryRecorder,
         *,
-        batch_window_s: float = 0.25,
-        retention_s: float = 7 * 86400.0,
-        max_sessions: int = 1_000_000,
+        batch_window_s: float = BATCH_WINDOW_S,
+        retention_s: float = RETENTION_S,
+        max_sessions: int = MAX_SESSIONS,
         prune_interval_s: float = 10.0,
         wall_clock: Callable[[], float] = time.time,
         on_reopen: Callable[[], None] | None = None,
