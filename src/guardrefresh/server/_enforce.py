@@ -55,7 +55,7 @@ from ..enforce import (
     parse_intent,
 )
 from ..proto import rule_installation as pb
-from ._codec import upb_class
+from ._proto_fields import upb_class
 
 __all__ = [
     "EnforceHandler",
