@@ -35,8 +35,10 @@ from ._recorder import DEFAULT_QUEUE_CAPACITY, TelemetryRecorder
 from ._service import Telemetry, open_telemetry
 from ._session import Durations, EnforcementResultLike, EnforcementSession, RuleEvaluation
 from ._session_json import STORED_RULE_FIELDS, EvidenceLike, expand_stored_json, rule_document
+from ._session_row import session_row
 from ._store import DEFAULT_BATCH_SIZE, EngineLike, TelemetryStats, TelemetryStore
-from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, WRITER_NICE, SessionWriter, session_row
+from ._writer import PRUNE_STEP_BUDGET_S, WRITER_NICE, SessionWriter
+from ._writer_counters import COMMIT_BUCKETS
 
 __all__ = [
     "BLOCK",

@@ -31,8 +31,10 @@ from ._defaults import BATCH_WINDOW_S, MAX_SESSIONS, RETENTION_S
 from ._pg_schema import PRUNE_LOCK_KEY, migrate
 from ._recorder import TelemetryRecorder
 from ._session import EnforcementSession
+from ._session_row import session_row
 from ._store import EngineLike
-from ._writer import PRUNE_STEP_BUDGET_S, WriterCounters, session_row
+from ._writer import PRUNE_STEP_BUDGET_S
+from ._writer_counters import WriterCounters
 
 __all__ = ["PostgresSessionWriter", "session_columns"]
 
