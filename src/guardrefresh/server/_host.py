@@ -19,7 +19,7 @@ import asyncio
 import logging
 import ssl as _ssl
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
-from typing import Any, Final
+from typing import Any
 
 import grpclib.events
 import grpclib.server
@@ -33,7 +33,6 @@ from grpclib.reflection.service import ServerReflection
 
 from guardrefresh.proto.google_proto_descriptor_pool import default_google_proto_descriptor_pool
 
-from ..config import ServerConfig
 from . import _dependency_internals as internals
 from . import _http2
 from ._admission import Admission, default_max_queued, default_max_running
@@ -45,6 +44,16 @@ from ._connections import ConnectionGuard, EdgeCounts, EdgeLimits
 from ._drain_report import DrainReport
 from ._health import DrainAwareHealth, service_name
 from ._host_connections import OpenConnections
+from ._host_limits import (
+    CLOSED_STREAMS_REMEMBERED,
+    MAX_CONCURRENT_STREAMS,
+    MAX_MESSAGE_BYTES,
+    MAX_PENDING_REQUEST_BYTES,
+    REQUEST_TIMEOUT_S,
+    SHED_FORGIVE_S,
+    SHED_PAUSE_S,
+    SHED_STREAMS,
+)
 from ._intake import RequestLimits, ShedBackoff
 from ._shutdown import Drain, close_listener
 from ._wakeup import Wakeup
@@ -52,31 +61,6 @@ from ._wakeup import Wakeup
 __all__ = ["DEFAULT_EXEMPT_METHODS", "SHUTDOWN_MESSAGE", "DrainReport", "GrpcHost"]
 
 logger = logging.getLogger(__name__)
-
-#: Closed HTTP/2 streams each connection remembers (see _http2.remember_closed_streams):
-#: ten times the 100 streams a client may have open at once (h2's default
-#: MAX_CONCURRENT_STREAMS), so that any frame still in flight when its stream closed
-#: meets a remembered stream; about 0.2 MB per connection instead of h2's 12-15 MB.
-CLOSED_STREAMS_REMEMBERED = 1000
-
-# The limits' defaults are the ``[server]`` settings' (declared once, in ServerConfig),
-# so that a GrpcHost built directly (tests, benchmarks) gets what the service gets.
-_SERVER_SETTINGS: Final = ServerConfig()
-#: Largest request message accepted, in bytes.
-MAX_MESSAGE_BYTES: Final = _SERVER_SETTINGS.max_message_bytes
-#: HTTP/2 streams a client may have open at once on one connection (SETTINGS).
-MAX_CONCURRENT_STREAMS: Final = _SERVER_SETTINGS.max_concurrent_streams
-#: Bytes of request bodies being received or waiting for a run slot, process-wide.
-MAX_PENDING_REQUEST_BYTES: Final = _SERVER_SETTINGS.max_pending_request_bytes
-#: Seconds a call's request message may take to arrive.
-REQUEST_TIMEOUT_S: Final = _SERVER_SETTINGS.request_timeout
-#: Seconds a connection is not read after one of its calls was shed (see _intake).
-SHED_PAUSE_S = 4.0
-#: Streams a connection may have open at once after one of its calls was shed: as
-#: many as a client sending one call at a time (see _intake.ShedBackoff) ...
-SHED_STREAMS = 1
-#: ... until it has gone this many seconds without a shed.
-SHED_FORGIVE_S = 30.0
 
 
 def _listening_port(server: grpclib.server.Server) -> int:
