@@ -44,6 +44,16 @@ from ._connections import ConnectionGuard, EdgeCounts, EdgeLimits
 from ._drain_report import DrainReport
 from ._health import DrainAwareHealth, service_name
 from ._host_connections import OpenConnections
+from ._host_limits import (
+    CLOSED_STREAMS_REMEMBERED,
+    MAX_CONCURRENT_STREAMS,
+    MAX_MESSAGE_BYTES,
+    MAX_PENDING_REQUEST_BYTES,
+    REQUEST_TIMEOUT_S,
+    SHED_FORGIVE_S,
+    SHED_PAUSE_S,
+    SHED_STREAMS,
+)
 from ._intake import RequestLimits, ShedBackoff
 from ._shutdown import Drain, close_listener
 from ._wakeup import Wakeup
@@ -51,26 +61,6 @@ from ._wakeup import Wakeup
 __all__ = ["DEFAULT_EXEMPT_METHODS", "SHUTDOWN_MESSAGE", "DrainReport", "GrpcHost"]
 
 logger = logging.getLogger(__name__)
-
-#: Closed HTTP/2 streams each connection remembers (see _http2.remember_closed_streams):
-#: ten times the 100 streams a client may have open at once (h2's default
-#: MAX_CONCURRENT_STREAMS), so that any frame still in flight when its stream closed
-#: meets a remembered stream; about 0.2 MB per connection instead of h2's 12-15 MB.
-CLOSED_STREAMS_REMEMBERED = 1000
-
-#: HTTP/2 streams a client may have open at once on one connection (SETTINGS).
-MAX_CONCURRENT_STREAMS = 100
-#: Bytes of request bodies being received or waiting for a run slot, process-wide.
-MAX_PENDING_REQUEST_BYTES = 64 * 1024 * 1024
-#: Seconds a call's request message may take to arrive.
-REQUEST_TIMEOUT_S = 30.0
-#: Seconds a connection is not read after one of its calls was shed (see _intake).
-SHED_PAUSE_S = 4.0
-#: Streams a connection may have open at once after one of its calls was shed: as
-#: many as a client sending one call at a time (see _intake.ShedBackoff) ...
-SHED_STREAMS = 1
-#: ... until it has gone this many seconds without a shed.
-SHED_FORGIVE_S = 30.0
 
 
 def _listening_port(server: grpclib.server.Server) -> int:
@@ -131,7 +121,7 @@ class GrpcHost:
         *,
         host: str = "127.0.0.1",
         port: int = 0,
-        max_message_bytes: int = 4 * 1024 * 1024,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,
         ssl: _ssl.SSLContext | None = None,
         reflection: bool = True,
         exempt_methods: Collection[str] = DEFAULT_EXEMPT_METHODS,
