@@ -53,6 +53,7 @@ from ._budget import ByteBudget
 from ._codec import CompiledProtoCodec
 from ._connections import ConnectionGuard, EdgeCounts, EdgeLimits
 from ._intake import RequestLimits, RequestReader, ShedBackoff
+from ._loop import drop_cancelled_timers
 
 __all__ = ["DEFAULT_EXEMPT_METHODS", "SHUTDOWN_MESSAGE", "DrainReport", "GrpcHost"]
 
@@ -494,9 +495,20 @@ class GrpcHost:
 
     def forget_closed_connections(self) -> None:
         """Let grpclib drop what it keeps of connections that have closed (see
-        ``_drain.forget_closed_connections``); the cyclic GC then frees it."""
+        ``_drain.forget_closed_connections``); the cyclic GC then frees it.
+
+        Also, for the trim after a burst: drops the loop's cancelled timers
+        (:func:`~._loop.drop_cancelled_timers`) and rebuilds the per-call containers,
+        whose tables keep the size they grew to in the burst (a dict or set never
+        shrinks on deletion).
+        """
         if self._server is not None:
             _drain.forget_closed_connections(self._server)
+        loop = trio_asyncio.current_loop.get()
+        if loop is not None:
+            drop_cancelled_timers(loop)
+        self._outcomes = dict(self._outcomes)
+        self._calls = set(self._calls)
 
     @property
     def calls_open(self) -> int:

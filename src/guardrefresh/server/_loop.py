@@ -46,7 +46,13 @@ import trio_asyncio
 
 from ._loop_errors import contain_loop_errors, guard_accept_retry
 
-__all__ = ["MAX_BATCH", "batch_callbacks", "forget_cancelled_timers", "open_asyncio_loop"]
+__all__ = [
+    "MAX_BATCH",
+    "batch_callbacks",
+    "drop_cancelled_timers",
+    "forget_cancelled_timers",
+    "open_asyncio_loop",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -145,3 +151,23 @@ def forget_cancelled_timers(loop: trio_asyncio.TrioEventLoop) -> bool:
     # An instance attribute shadows the no-op method TimerHandle.cancel() calls.
     loop._timer_handle_cancelled = timer_handle_cancelled
     return True
+
+
+def drop_cancelled_timers(loop: trio_asyncio.TrioEventLoop) -> int:
+    """Rebuild ``loop``'s timer heap without its cancelled timers now; how many it
+    dropped (0 if the heap is not reachable).
+
+    :func:`forget_cancelled_timers` lets up to half of the heap be cancelled timers.
+    After a flood those (each a handle, its context and its callback) are among the
+    last small objects in otherwise empty pymalloc arenas, which CPython returns to the
+    OS only once wholly empty; the trim after a burst calls this before collecting.
+    """
+    timers = getattr(loop, "_timers", None)
+    if not isinstance(timers, list):
+        return 0
+    live = [t for t in timers if not t.cancelled()]
+    heapq.heapify(live)
+    # A new list, as in forget_cancelled_timers. Its count of cancellations may now
+    # overstate the heap's: the next rebuild merely comes sooner.
+    loop._timers = live
+    return len(timers) - len(live)
