@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.selector_events
+import gc
 import logging
 import re
 import socket
@@ -23,7 +24,7 @@ import trio.testing
 import trio_asyncio
 
 from guardrefresh.server import open_asyncio_loop
-from guardrefresh.server._loop import MAX_BATCH, forget_cancelled_timers
+from guardrefresh.server._loop import MAX_BATCH, drop_cancelled_timers, forget_cancelled_timers
 from guardrefresh.server._throttle import LogThrottle
 
 
@@ -135,6 +136,24 @@ async def test_live_timers_fire_in_order_after_the_heap_is_rebuilt(
         assert len(loop._timers) < 300
         await trio.sleep(301.0)
     assert timeline.seen == [(i, 1.0 + i) for i in range(0, 300, 3)]
+
+
+async def test_drop_cancelled_timers_empties_the_heap_of_them_and_live_ones_still_fire(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """What forget_cancelled_timers may keep (up to half the heap), the trim drops."""
+    async with open_asyncio_loop() as loop:
+        timeline = Timeline()
+        live = [loop.call_later(10.0 + i, timeline.note, i) for i in range(60)]
+        kept = await filed_timers(loop, 50, delay=3600.0)  # under the rebuild threshold
+        gc.collect()
+        assert all(ref() is not None for ref in kept)
+        assert drop_cancelled_timers(loop) == 50
+        gc.collect()
+        assert all(ref() is None for ref in kept)
+        assert len(loop._timers) == len(live)
+        await trio.sleep(100.0)
+    assert timeline.seen == [(i, 10.0 + i) for i in range(60)]
 
 
 async def test_closing_the_loop_still_cancels_every_pending_timer() -> None:

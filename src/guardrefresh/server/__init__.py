@@ -10,7 +10,7 @@ from ._enforce import EnforceHandler
 from ._enforce_outcome import EnforceObserver, EnforceOutcome
 from ._enforce_wire import enforce_response, enforce_response_bytes
 from ._host import DEFAULT_EXEMPT_METHODS, SHUTDOWN_MESSAGE, DrainReport, GrpcHost
-from ._loop import open_asyncio_loop
+from ._loop import forget_stale_deadlines, open_asyncio_loop
 from ._loop_errors import LoopErrorHandler
 from ._proto_fields import upb_class
 from ._tls import TlsConfigError, server_ssl_context
@@ -37,6 +37,7 @@ __all__ = [
     "encode_message",
     "enforce_response",
     "enforce_response_bytes",
+    "forget_stale_deadlines",
     "max_connections_for",
     "open_asyncio_loop",
     "server_ssl_context",

@@ -121,6 +121,12 @@ class Calls:
         """Calls whose handler task is running now, exempt ones included."""
         return len(self._calls)
 
+    def compact(self) -> None:
+        """Rebuild the per-call containers: after a burst their tables keep the size they
+        grew to (a dict or set never shrinks on deletion), pinning memory."""
+        self._calls = set(self._calls)
+        self._outcomes = dict(self._outcomes)
+
     def listen(self, server: grpclib.server.Server) -> None:
         """Register the listeners on a grpclib server (before it starts)."""
         grpclib.events.listen(server, grpclib.events.RecvRequest, self.on_recv_request)

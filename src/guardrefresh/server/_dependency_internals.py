@@ -33,6 +33,7 @@ import attrs
 import grpclib.protocol
 import grpclib.server
 import grpclib.utils
+import trio
 from h2.connection import H2Connection
 from h2.events import RequestReceived, StreamReset
 
@@ -50,6 +51,7 @@ __all__ = [
     "listener",
     "on_timer_cancelled",
     "open_streams",
+    "prune_trio_deadlines",
     "replace_timer_heap",
     "timer_heap",
     "trailers_sent",
@@ -255,6 +257,20 @@ def replace_timer_heap(loop: asyncio.AbstractEventLoop, heap: list[asyncio.Timer
     loop._timers = heap  # type: ignore[attr-defined]
 
 
+def _trio_deadlines() -> object:
+    # trio._core._run.GLOBAL_RUN_CONTEXT.runner.deadlines: the running Runner's
+    # Deadlines (a heap of (deadline, id, scope) entries); only set in the Trio thread.
+    runner = getattr(trio._core._run.GLOBAL_RUN_CONTEXT, "runner", None)
+    return getattr(runner, "deadlines", None)
+
+
+def prune_trio_deadlines() -> None:
+    """Make Trio drop its deadline heap's entries of exited cancel scopes now."""
+    # Deadlines._prune(): rebuilds the heap from the entries whose deadline is still
+    # registered; Deadlines.expire() calls it once stale entries pass a threshold.
+    _trio_deadlines()._prune()  # type: ignore[attr-defined]
+
+
 def on_timer_cancelled(
     loop: asyncio.AbstractEventLoop, hook: Callable[[asyncio.TimerHandle], None]
 ) -> None:
@@ -405,6 +421,11 @@ _REQUIREMENTS = (
             isinstance(getattr(loop, "_timers", None), list)
             and callable(getattr(loop, "_timer_handle_cancelled", None))
         ),
+    ),
+    _Requirement(
+        "trio",
+        "trio._core._run.GLOBAL_RUN_CONTEXT.runner.deadlines._prune()",
+        lambda _: callable(getattr(_trio_deadlines(), "_prune", None)),
     ),
     _Requirement(
         "python",

@@ -55,6 +55,7 @@ from ._host_limits import (
     SHED_STREAMS,
 )
 from ._intake import RequestLimits, ShedBackoff
+from ._loop import drop_cancelled_timers
 from ._shutdown import Drain, close_listener
 from ._wakeup import Wakeup
 
@@ -247,9 +248,19 @@ class GrpcHost:
 
     def forget_closed_connections(self) -> None:
         """Let grpclib drop what it keeps of connections that have closed (see
-        ``_dependency_internals.forget_closed_connections``); the cyclic GC then frees it."""
+        ``_dependency_internals.forget_closed_connections``); the cyclic GC then frees it.
+
+        Also, for the trim after a burst: drops the loop's cancelled timers
+        (:func:`~._loop.drop_cancelled_timers`) and rebuilds the per-call containers,
+        whose tables keep the size they grew to in the burst (a dict or set never
+        shrinks on deletion).
+        """
         if self._server is not None:
             internals.forget_closed_connections(self._server)
+        loop = trio_asyncio.current_loop.get()
+        if loop is not None:
+            drop_cancelled_timers(loop)
+        self._calls.compact()
 
     @property
     def calls_open(self) -> int:

@@ -42,7 +42,13 @@ import trio_asyncio
 from . import _dependency_internals as internals
 from ._loop_errors import contain_loop_errors, guard_accept_retry
 
-__all__ = ["MAX_BATCH", "batch_callbacks", "forget_cancelled_timers", "open_asyncio_loop"]
+__all__ = [
+    "MAX_BATCH",
+    "batch_callbacks",
+    "drop_cancelled_timers",
+    "forget_cancelled_timers",
+    "open_asyncio_loop",
+]
 
 #: Callbacks one pass of the loop task may run before Trio's other tasks get a turn.
 #: A few concurrent calls' worth; bounds how long a storm of asyncio callbacks can keep
@@ -123,3 +129,36 @@ def forget_cancelled_timers(loop: trio_asyncio.TrioEventLoop) -> None:
             cancelled = 0
 
     internals.on_timer_cancelled(loop, timer_handle_cancelled)
+
+
+def drop_cancelled_timers(loop: trio_asyncio.TrioEventLoop) -> int:
+    """Rebuild ``loop``'s timer heap without its cancelled timers now; how many it
+    dropped (0 if the heap is not reachable).
+
+    :func:`forget_cancelled_timers` lets up to half of the heap be cancelled timers.
+    After a flood those (each a handle, its context and its callback) are among the
+    last small objects in otherwise empty pymalloc arenas, which CPython returns to the
+    OS only once wholly empty; the trim after a burst calls this before collecting.
+    """
+    timers = internals.timer_heap(loop)
+    live = [t for t in timers if not t.cancelled()]
+    heapq.heapify(live)
+    # A new list, as in forget_cancelled_timers. Its count of cancellations may now
+    # overstate the heap's: the next rebuild merely comes sooner.
+    internals.replace_timer_heap(loop, live)
+    return len(timers) - len(live)
+
+
+def forget_stale_deadlines() -> None:
+    """Drop the entries of exited cancel scopes from Trio's deadline heap.
+
+    Trio pushes ``(deadline, id, scope)`` on its heap each time a scope with a deadline
+    is entered (trio-asyncio's loop task enters one per wait for an asyncio timer) and
+    leaves the entry there after the scope exits, until its deadline comes or more than
+    1,000 plus twice the live entries pile up. After a flood those stale entries (a
+    tuple, a float, an int and the dead scope each) were the last live small objects in
+    dozens of otherwise empty 1 MiB pymalloc arenas, which CPython returns to the OS
+    only once wholly empty: 50 MB stayed resident. Trio's own pruning, called early,
+    keeps exactly the live entries. Must run in the Trio thread.
+    """
+    internals.prune_trio_deadlines()
