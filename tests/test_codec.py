@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from guardrefresh.proto import rule_installation as pb
 from guardrefresh.server import CompiledProtoCodec, decode_message, encode_message, upb_class
-from guardrefresh.server._codec import _compiled
+from guardrefresh.server._codec_plan import compiled_plan
 
 _F = FieldDescriptor
 MESSAGES: dict[str, type[Any]] = {
@@ -104,10 +104,10 @@ def messages(cls: type[Any], depth: int = 0) -> st.SearchStrategy[Any]:
 any_message = st.sampled_from(sorted(MESSAGES)).flatmap(lambda name: messages(MESSAGES[name]))
 
 
-def test_every_message_type_is_compiled() -> None:
+def test_every_message_type_iscompiled_plan() -> None:
     assert len(MESSAGES) >= 26
     for cls in MESSAGES.values():
-        assert _compiled(cls) is not None, cls.__name__
+        assert compiled_plan(cls) is not None, cls.__name__
 
 
 @settings(max_examples=600, deadline=None)

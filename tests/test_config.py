@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import pathlib
 import tempfile
 import tomllib
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from guardrefresh.bridge import DEFAULT_HOT_CAPACITY, DEFAULT_MAX_RULES_PER_INSTALL, Bridge
 from guardrefresh.config import (
     SETTINGS,
     ConfigError,
@@ -34,7 +36,17 @@ from guardrefresh.config import (
     render_config,
     resolve_config,
 )
+from guardrefresh.metrics import serve_metrics
 from guardrefresh.refresh import SchedulerConfig
+from guardrefresh.server import GrpcHost
+from guardrefresh.telemetry import (
+    DEFAULT_QUEUE_CAPACITY,
+    PostgresSessionWriter,
+    SessionWriter,
+    TelemetryRecorder,
+    open_postgres_telemetry,
+    open_telemetry,
+)
 
 BY_NAME = {s.name: s for s in SETTINGS}
 
@@ -215,12 +227,115 @@ def test_table_matches_the_config_classes(section: str) -> None:
     assert {f.name for f in attrs.fields(ServiceConfig)} == set(SECTION_CLASSES)
 
 
-def test_table_defaults_match_the_scheduler_defaults() -> None:
-    # SchedulerConfig declares its own defaults; they must not drift from the table.
-    defaults = SchedulerConfig()
+def test_table_defaults_are_the_class_defaults() -> None:
+    defaults = ServiceConfig()
     for setting in SETTINGS:
-        if setting.section == "scheduler":
-            assert getattr(defaults, setting.key) == setting.default, setting.name
+        assert value_of(defaults, setting.name) == setting.default, setting.name
+        assert setting.default_text == (setting.derived or as_text(setting.default))
+
+
+def _keyword_defaults(func: Any) -> dict[str, Any]:
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(func).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+
+
+@pytest.mark.parametrize(
+    ("func", "setting_of_parameter"),
+    [
+        (
+            GrpcHost.__init__,
+            {
+                "max_message_bytes": "server.max_message_bytes",
+                "max_concurrent_streams": "server.max_concurrent_streams",
+                "max_pending_request_bytes": "server.max_pending_request_bytes",
+                "request_timeout": "server.request_timeout",
+            },
+        ),
+        (
+            open_telemetry,
+            {
+                "batch_window_s": "telemetry.batch_window",
+                "retention_s": "telemetry.retention",
+                "max_sessions": "telemetry.max_sessions",
+                "queue_capacity": "telemetry.queue_size",
+            },
+        ),
+        (
+            SessionWriter.__init__,
+            {
+                "batch_window_s": "telemetry.batch_window",
+                "retention_s": "telemetry.retention",
+                "max_sessions": "telemetry.max_sessions",
+            },
+        ),
+        (
+            open_postgres_telemetry,
+            {
+                "batch_window_s": "telemetry.batch_window",
+                "retention_s": "telemetry.retention",
+                "max_sessions": "telemetry.max_sessions",
+                "queue_capacity": "telemetry.queue_size",
+            },
+        ),
+        (
+            PostgresSessionWriter.__init__,
+            {
+                "batch_window_s": "telemetry.batch_window",
+                "retention_s": "telemetry.retention",
+                "max_sessions": "telemetry.max_sessions",
+            },
+        ),
+        (TelemetryRecorder.__init__, {"capacity": "telemetry.queue_size"}),
+        (
+            Bridge.__init__,
+            {
+                "hot_capacity": "storage.hot_capacity",
+                "max_rules_per_install": "server.max_rules_per_install",
+            },
+        ),
+        (serve_metrics, {"port": "metrics.port"}),
+    ],
+    ids=lambda v: getattr(v, "__qualname__", ""),
+)
+def test_lower_layers_default_to_the_settings_defaults(
+    func: Any, setting_of_parameter: dict[str, str]
+) -> None:
+    """A part built directly (tests, benchmarks, embedders) gets what the service gets
+    when nothing is set: each default is the setting's."""
+    defaults = _keyword_defaults(func)
+    for parameter, setting_name in setting_of_parameter.items():
+        assert parameter in defaults, (func, parameter)
+        assert defaults[parameter] == BY_NAME[setting_name].default, (parameter, setting_name)
+
+
+def test_named_default_constants_are_the_settings_defaults() -> None:
+    assert BY_NAME["telemetry.queue_size"].default == DEFAULT_QUEUE_CAPACITY
+    assert BY_NAME["storage.hot_capacity"].default == DEFAULT_HOT_CAPACITY
+    assert BY_NAME["server.max_rules_per_install"].default == DEFAULT_MAX_RULES_PER_INSTALL
+
+
+def test_a_short_refresh_interval_alone_is_accepted(tmp_path: pathlib.Path) -> None:
+    # backoff_initial defaults to min(30 s, refresh_interval): a 2 s interval must not
+    # be refused because of a default the user never set.
+    resolved = resolve_config(parse_args(["--refresh-interval", "2"]), {})
+    assert resolved.config.scheduler.refresh_interval == 2.0
+    assert resolved.config.scheduler.backoff_initial == 2.0
+    assert resolved.origins["scheduler.backoff_initial"] == "default"
+    assert load([], {"GUARDREFRESH_REFRESH_INTERVAL": "0.1"}).scheduler.backoff_initial == 0.1
+    path = write(tmp_path, "[scheduler]\nrefresh_interval = 5\n")
+    assert load(["--config", str(path)]).scheduler.backoff_initial == 5.0
+    # An explicit backoff is still checked against the interval.
+    with pytest.raises(ConfigError, match="backoff_initial must be <= refresh_interval"):
+        load(["--refresh-interval", "2", "--backoff-initial", "30"])
+    # --help and --print-config say how the default is computed.
+    assert "Default: min(30.0, refresh_interval)." in " ".join(format_help().split())
+    text = render_config(resolved.config, origins=resolved.origins)
+    assert "Default: min(30.0, refresh_interval)." in " ".join(text.split())
+    assert "backoff_initial = 2.0" in text.splitlines()
+    assert read_back(text, tmp_path) == resolved.config
 
 
 def test_defaults() -> None:
@@ -270,7 +385,7 @@ def test_help_documents_every_setting_with_its_default(monkeypatch: pytest.Monke
     monkeypatch.setenv("COLUMNS", "80")
     text = " ".join(format_help().split())
     for setting in SETTINGS:
-        default = as_text(setting.default)
+        default = setting.default_text
         assert setting.flag in text
         if setting.negative_flag:
             assert setting.negative_flag in text

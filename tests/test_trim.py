@@ -6,11 +6,16 @@ worker thread), which is harmless in the test process.
 
 from __future__ import annotations
 
+import gc
+import weakref
+
+import pytest
 import trio
 import trio.testing
 import trio_util
 
 from guardrefresh.app import _trim
+from guardrefresh.server import forget_stale_deadlines
 
 
 async def test_trims_once_after_a_burst_and_only_once_quiet(
@@ -50,3 +55,35 @@ async def test_trims_once_after_a_burst_and_only_once_quiet(
         await trio.sleep(10)
         assert len(forgotten) == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_forget_stale_deadlines_frees_exited_scopes_and_keeps_live_ones(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Trio keeps an exited scope's deadline entry (and the scope) until the deadline
+    # comes: what trio-asyncio's loop task leaves per wait, pinning memory after a flood.
+    exited: list[weakref.ref[trio.CancelScope]] = []
+    for _ in range(10):
+        with trio.move_on_after(1000) as scope:
+            await trio.lowlevel.checkpoint()
+        exited.append(weakref.ref(scope))
+    del scope
+    gc.collect()
+    assert all(ref() is not None for ref in exited)  # held by Trio's heap
+
+    live_fired = trio.Event()
+
+    async def sleeper() -> None:
+        with trio.move_on_after(50):
+            await trio.sleep_forever()
+        live_fired.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sleeper)
+        await trio.testing.wait_all_tasks_blocked()
+        forget_stale_deadlines()
+        gc.collect()
+        assert all(ref() is None for ref in exited)
+        started = trio.current_time()
+        await live_fired.wait()  # the live deadline still fires, on time
+        assert trio.current_time() - started == pytest.approx(50, abs=0.01)

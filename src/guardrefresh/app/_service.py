@@ -2,70 +2,55 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import errno
 import functools
 import gc
 import logging
-import math
 import signal
-import ssl
-import sys
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Final
 
-import attrs
-import threadpoolctl
 import trio
 
 from ..bridge import Bridge
-from ..config import ConfigError, ServiceConfig
+from ..config import ServiceConfig
 from ..enforce import EnforcementEngine, IntentEncoder, open_intent_encoder
-from ..metrics import ServiceMetrics, refresh_error_reason, serve_metrics
+from ..metrics import ServiceMetrics, serve_metrics
 from ..refresh import (
     RefreshError,
     RefreshScheduler,
     RefreshService,
-    RefreshStats,
     RefreshTrigger,
     open_refresh_service,
 )
-from ..replication import open_engine
 from ..server import (
+    DataPlaneService,
     EdgeLimits,
     EnforceHandler,
     EnforceObserver,
     GrpcHost,
     LoopErrorHandler,
-    max_connections_for,
     open_asyncio_loop,
 )
-from ..server._auth import AdminAuth, TokenFileError
-from ..server._dataplane import DataPlaneService, is_stale
-from ..server._tls import TlsConfigError, server_ssl_context
-from ..storage import StorageError
-from ..telemetry import EnforceRecorder, TelemetryStore, open_telemetry
-from ._fleet import Fleet, FleetStartupError, open_fleet, watch_replication
+from ..storage import StorageError, working_set_path
+from ..telemetry import EnforceRecorder, TelemetryStore
+from ._background import compact_in_background, watch_staleness
+from ._errors import StartupError
+from ._fleet import Fleet, watch_replication
 from ._health import ServingGate
 from ._limits import raise_fd_limit
-from ._memory import release_free_memory, tune_allocator
+from ._parts import (
+    RefreshMetrics,
+    edge_limits_of,
+    loop_error_handler,
+    open_service_fleet,
+    open_service_telemetry,
+    security_of,
+)
 from ._trim import trim_after_request_bursts
 
+__all__ = ["StartupError", "serve_service"]
+
 logger = logging.getLogger(__name__)
-
-#: Connections of fleet telemetry's own pool: one writer, two concurrent reads.
-TELEMETRY_POOL_SIZE: Final = 3
-
-
-class StartupError(Exception):
-    """The service could not start; ``str()`` is the one-line reason."""
-
-
-def working_set_path(warm_storage: Path) -> Path:
-    return warm_storage.with_name(warm_storage.name + ".hot")
 
 
 async def serve_service(
@@ -95,11 +80,11 @@ async def serve_service(
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
-            _open_fleet(config, bridge, refresher) as fleet,
+            open_service_fleet(config, bridge, refresher) as fleet,
             open_intent_encoder(config.enforce.management_plane_url) as encoder,
             # Entered before the server starts and left after it has drained: every
             # session of an answered Enforce call is written before the process exits.
-            _open_telemetry(config, fleet) as telemetry,
+            open_service_telemetry(config, fleet) as telemetry,
         ):
             await _supervise(
                 config,
@@ -108,109 +93,12 @@ async def serve_service(
                 encoder,
                 telemetry,
                 fleet,
-                _edge_limits(config, fd_limit),
-                _loop_errors(loop),
+                edge_limits_of(config, fd_limit),
+                loop_error_handler(loop),
                 task_status,
             )
     finally:
         bridge.close()
-
-
-def _loop_errors(loop: asyncio.AbstractEventLoop) -> LoopErrorHandler | None:
-    """The counters of the loop's error handler (installed by ``open_asyncio_loop``)."""
-    handler = loop.get_exception_handler()
-    return handler if isinstance(handler, LoopErrorHandler) else None
-
-
-@contextlib.asynccontextmanager
-async def _open_fleet(
-    config: ServiceConfig, bridge: Bridge, refresher: RefreshService
-) -> AsyncIterator[Fleet | None]:
-    try:
-        async with open_fleet(config.replication, bridge, refresher) as fleet:
-            yield fleet
-    except FleetStartupError as exc:
-        raise StartupError(str(exc)) from None
-
-
-@contextlib.asynccontextmanager
-async def _open_telemetry(
-    config: ServiceConfig, fleet: Fleet | None
-) -> AsyncIterator[TelemetryStore | None]:
-    """The telemetry store, or None with --no-telemetry: in fleet mode the fleet's
-    PostgreSQL (every replica reads every replica's sessions), else SQLite."""
-    settings = config.telemetry
-    if not settings.enabled:
-        logger.info("Telemetry is off (--no-telemetry): Enforce decisions are not recorded")
-        yield None
-        return
-    path = settings.database_path(Path(config.storage.warm_storage))
-    async with contextlib.AsyncExitStack() as stack:
-        engine = None
-        if fleet is not None:
-            # A pool of its own: deep telemetry pages never hold the replica's connections.
-            engine = await stack.enter_async_context(
-                open_engine(attrs.evolve(fleet.engine.settings, pool_size=TELEMETRY_POOL_SIZE))
-            )
-        telemetry = await stack.enter_async_context(
-            open_telemetry(
-                path,
-                batch_window_s=settings.batch_window,
-                retention_s=settings.retention,
-                max_sessions=settings.max_sessions,
-                queue_capacity=settings.queue_size,
-                engine=engine,
-            )
-        )
-        logger.info(
-            "Telemetry: recording Enforce sessions in %s (kept %ss, at most %d)",
-            telemetry.location,
-            f"{settings.retention:g}",
-            settings.max_sessions,
-        )
-        yield telemetry
-
-
-class _RefreshMetrics:
-    """Feeds refresh outcomes (one per load, whoever asked) into the metrics."""
-
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self._metrics = metrics
-
-    def observe_load(self) -> None:
-        self._metrics.observe_load()
-
-    def observe_refresh(self, stats: RefreshStats) -> None:
-        self._metrics.observe_refresh(stats)
-
-    def observe_refresh_failure(
-        self, trigger: str, error: BaseException, duration_s: float
-    ) -> None:
-        self._metrics.observe_refresh_failure(trigger, refresh_error_reason(error), duration_s)
-
-
-def _security(config: ServiceConfig) -> tuple[ssl.SSLContext | None, AdminAuth | None]:
-    security = config.security
-    try:
-        context = None
-        if security.tls_cert is not None and security.tls_key is not None:
-            context = server_ssl_context(
-                security.tls_cert, security.tls_key, security.tls_client_ca
-            )
-        auth = None
-        if security.admin_token_file is not None:
-            auth = AdminAuth.from_file(security.admin_token_file, protect_reads=security.auth_reads)
-    except (TlsConfigError, TokenFileError) as exc:
-        raise StartupError(str(exc)) from None
-    return context, auth
-
-
-def _edge_limits(config: ServiceConfig, fd_limit: int) -> EdgeLimits:
-    server = config.server
-    return EdgeLimits(
-        max_connections=server.max_connections or max_connections_for(fd_limit),
-        idle_timeout_s=server.idle_timeout or math.inf,
-    )
 
 
 async def _supervise(
@@ -224,9 +112,9 @@ async def _supervise(
     loop_errors: LoopErrorHandler | None,
     task_status: trio.TaskStatus[int],
 ) -> None:
-    ssl_context, auth = _security(config)
+    ssl_context, auth = security_of(config)
     metrics = ServiceMetrics()
-    refresher.observers.append(_RefreshMetrics(metrics))
+    refresher.observers.append(RefreshMetrics(metrics))
     if config.scheduler.refresh_on_start:
         try:
             stats = await refresher.refresh(trigger=RefreshTrigger.STARTUP)
@@ -340,7 +228,7 @@ async def _supervise(
                 )
             # Scripts and tests wait for this line: keep its shape.
             logger.info("Listening on %s:%d", config.server.host, port)
-            nursery.start_soon(_compact_in_background, bridge)
+            nursery.start_soon(compact_in_background, bridge)
             nursery.start_soon(
                 trim_after_request_bursts,
                 host.request_budget.released,
@@ -349,7 +237,7 @@ async def _supervise(
                 host.forget_closed_connections,
             )
             nursery.start_soon(
-                _watch_staleness, gate, refresher, staleness_limit, config.health.fail_when_stale
+                watch_staleness, gate, refresher, staleness_limit, config.health.fail_when_stale
             )
             if fleet is not None:
                 nursery.start_soon(
@@ -412,104 +300,8 @@ async def _shutdown(
     logger.info("Shutdown complete")
 
 
-async def _watch_staleness(
-    gate: ServingGate, refresher: RefreshService, limit_s: float, fail_when_stale: bool
-) -> None:
-    """Log when rules go stale or fresh again; with ``fail_when_stale`` flip health too.
-
-    Sleeps until the moment the last success would turn stale, or until the next
-    success, whichever comes first: no polling.
-    """
-    was_stale = False
-    while True:
-        last = refresher.last_stats.value
-        now_ms = int(time.time() * 1000)
-        last_ms = last.timestamp_ms if last is not None else 0
-        stale = is_stale(last_ms, now_ms, limit_s)
-        if stale != was_stale:
-            age = "never refreshed" if not last_ms else f"{(now_ms - last_ms) / 1000:.0f}s ago"
-            if stale:
-                logger.warning(
-                    "Rules are stale: last successful refresh %s (limit %ss)%s",
-                    age,
-                    limit_s,
-                    "; health NOT_SERVING" if fail_when_stale else "",
-                )
-            else:
-                logger.info(
-                    "Rules are fresh again%s", "; health SERVING" if fail_when_stale else ""
-                )
-            was_stale = stale
-        if fail_when_stale:
-            gate.set("fresh", not stale)
-        wait = math.inf if stale else limit_s - (now_ms - last_ms) / 1000 + 0.001
-        with trio.move_on_after(wait):
-            await refresher.last_stats.wait_transition()
-
-
-async def _compact_in_background(bridge: Bridge) -> None:
-    """Fold the journal into a new snapshot when it has grown (checked after writes)."""
-    while True:
-        await bridge.writes.wait_transition()
-        try:
-            compacted = await bridge.compact_if_needed()
-        except StorageError as exc:
-            logger.warning("Compaction failed (the journal keeps working): %s", exc)
-        else:
-            if compacted:
-                # The journal's segments were just freed, a few MB in holes of the heap.
-                await trio.to_thread.run_sync(release_free_memory)
-
-
 def _bind_error(config: ServiceConfig, exc: OSError) -> str:
     where = f"{config.server.host}:{config.server.port}"
     if exc.errno == errno.EADDRINUSE:
         return f"cannot listen on {where}: address already in use"
     return f"cannot listen on {where}: {exc.strerror or exc}"
-
-
-def run_service(config: ServiceConfig) -> int:
-    """Run the service in this process; returns the exit code.
-
-    0 after a graceful shutdown, 1 with a one-line reason on stderr when it
-    cannot start.
-    """
-    tune_allocator()
-    _single_threaded_blas()
-    try:
-        trio.run(serve_service, config)
-    except ConfigError as exc:
-        sys.stderr.write(f"guardrefresh: error: {exc}\n")
-        return 2
-    except StartupError as exc:
-        sys.stderr.write(f"guardrefresh: error: {exc}\n")
-        return 1
-    except BaseExceptionGroup as group:
-        startup = group.subgroup(StartupError)
-        if startup is None:
-            raise
-        first = _leaves(startup)[0]
-        sys.stderr.write(f"guardrefresh: error: {first}\n")
-        return 1
-    return 0
-
-
-def _single_threaded_blas() -> None:
-    """Run numpy's BLAS on the calling thread only, for the life of the process.
-
-    Enforce scores an intent with small matrix products on the event loop thread. A
-    multi-threaded BLAS hands each to worker threads that must all get a CPU: on a busy
-    machine (measured: 2 cores, load 6) a 1.5 ms decision over 1,000 rules then took up to
-    100 ms; single-threaded it stays at 1.3-10 ms.
-    """
-    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out

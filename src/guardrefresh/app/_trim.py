@@ -7,6 +7,11 @@ flood (4,000 stalled streams and 16 bodies of 3.9 MB: +146 MB), the freed blocks
 resident as holes in the heap: glibc only returns free memory at the top of a heap.
 :func:`trim_after_request_bursts` calls ``malloc_trim`` (see
 :func:`~._memory.release_free_memory`) once such a burst is over.
+
+Python's small objects live in 1 MiB arenas that go back to the OS only once wholly
+empty, so the few objects a burst leaves behind can keep dozens of them resident: the
+trim first drops what only bookkeeping still holds (closed connections' handlers, stale
+deadline and timer entries, grown containers) before it collects and trims.
 """
 
 from __future__ import annotations
@@ -18,9 +23,14 @@ from collections.abc import Awaitable, Callable
 import trio
 import trio_util
 
+from ..server import forget_stale_deadlines
 from ._memory import release_free_memory
 
-__all__ = ["TRIM_AFTER_BYTES", "TRIM_AFTER_CALLS", "trim_after_request_bursts"]
+__all__ = [
+    "TRIM_AFTER_BYTES",
+    "TRIM_AFTER_CALLS",
+    "trim_after_request_bursts",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +56,7 @@ async def trim_after_request_bursts(
     calls since the last trim; quiet is at most :data:`QUIET_CALLS` calls in progress
     at two checks :data:`SETTLE_S` apart. So a steady load never trims (its pages would
     only be faulted in again), and an idle service never wakes up. Then it calls
-    ``forget_closed_connections()``, runs the cyclic GC (the calls of a lost connection
+    ``forget_closed_connections()`` and :func:`forget_stale_deadlines`, runs the cyclic GC (the calls of a lost connection
     are freed only by it) and trims in a worker thread. Cancellation ends the loop (a trim already running finishes).
     """
     while True:
@@ -63,6 +73,7 @@ async def trim_after_request_bursts(
         # What the server kept of closed connections holds the burst's calls, in
         # reference cycles: drop it, collect it, then return the freed pages.
         forget_closed_connections()
+        forget_stale_deadlines()
         collected = gc.collect()
         released = await trio.to_thread.run_sync(release_free_memory)
         logger.debug(

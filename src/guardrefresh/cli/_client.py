@@ -32,8 +32,7 @@ from typing import Any, NoReturn
 
 import attrs
 
-from ..model import Rule, rule_from_proto, rule_to_proto, rules_from_json
-from ..model._json import rule_json_text
+from ..model import Rule, rule_from_proto, rule_json_text, rule_to_proto, rules_from_json
 from ..proto import rule_installation as pb
 
 __all__ = [

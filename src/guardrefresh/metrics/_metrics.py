@@ -28,7 +28,7 @@ from grpclib.const import Cardinality, Status
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from .._version import __version__
+from .. import __version__
 from ..storage import (
     CorruptStoreError,
     StorageError,

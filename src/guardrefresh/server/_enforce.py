@@ -28,22 +28,19 @@ only; telemetry, which records both).
 from __future__ import annotations
 
 import logging
-import math
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Final, Protocol
+from collections.abc import Callable
+from typing import Final
 
-import attrs
 import numpy as np
 import numpy.typing as npt
 import trio
 import trio_asyncio
 from google.protobuf.message import DecodeError
-from grpclib import GRPCError, Status
+from grpclib import GRPCError
 
 from ..enforce import (
-    INTENT_DIM,
     EncodeError,
     EnforcementEngine,
     EnforcementResult,
@@ -55,16 +52,18 @@ from ..enforce import (
     parse_intent,
 )
 from ..proto import rule_installation as pb
-from ._codec import upb_class
+from ._enforce_outcome import EnforceObserver, EnforceOutcome
+from ._enforce_wire import (
+    UPB_REQUEST,
+    EnforceRequestLike,
+    enforce_response,
+    enforce_response_bytes,
+    invalid_argument,
+    request_drift,
+    request_vector,
+)
 
-__all__ = [
-    "EnforceHandler",
-    "EnforceObserver",
-    "EnforceOutcome",
-    "EnforceRequestLike",
-    "enforce_response",
-    "enforce_response_bytes",
-]
+__all__ = ["EnforceHandler"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,168 +71,8 @@ logger = logging.getLogger(__name__)
 PARSE_IN_THREAD_BYTES: Final = 64 * 1024
 
 
-@attrs.frozen(kw_only=True)
-class EnforceOutcome:
-    """One Enforce request: what was asked, how long each step took, the result.
-
-    Durations are in microseconds; ``encode_us`` is 0 when the request carried its
-    vector (``encoded`` False). ``rule_query_us`` is the selection of the rules in scope,
-    ``evaluation_us`` the scoring and the five passes; ``total_us`` runs from the
-    handler's start to the result (wire encoding excluded). ``error`` says why a
-    request was denied fail-closed without a deciding rule for another reason than
-    "nothing matched" ("" otherwise); when the intent could not be encoded,
-    ``encode_failure`` is the reason (a value of
-    :data:`~guardrefresh.enforce.ENCODE_FAILURE_REASONS`).
-
-    ``refused``: the request was answered INVALID_ARGUMENT, not decided. ``result`` is
-    then a DENY without evidence, ``error`` the status message, ``intent`` what could be
-    read of it (a :class:`~guardrefresh.enforce.PartialIntent` when the intent itself
-    was bad) and ``request_id`` the request's, else a new UUID, as for a decision.
-    """
-
-    request_id: str
-    session_id: str
-    intent: Intent | PartialIntent
-    drift_score: float
-    encoded: bool
-    encode_us: int
-    rule_query_us: int
-    evaluation_us: int
-    total_us: int
-    encode_failure: str | None
-    error: str
-    result: EnforcementResult
-    refused: bool = False
-
-    @property
-    def tenant_id(self) -> str:
-        return self.intent.tenant_id
-
-    @property
-    def agent_id(self) -> str:
-        return self.intent.agent_id
-
-    @property
-    def layer(self) -> str | None:
-        return self.intent.layer
-
-    @property
-    def decision_name(self) -> str:
-        return self.result.decision_name
-
-    @property
-    def rules_evaluated(self) -> int:
-        return self.result.rules_evaluated
-
-
-#: Called with every outcome (decided or refused), synchronously, on the Trio thread;
-#: must be quick.
-EnforceObserver = Callable[[EnforceOutcome], None]
-
-
 def _us(start_ns: int, end_ns: int) -> int:
     return (end_ns - start_ns) // 1000
-
-
-def _invalid(message: str) -> GRPCError:
-    return GRPCError(Status.INVALID_ARGUMENT, message)
-
-
-def request_vector(values: Sequence[float]) -> npt.NDArray[np.float32] | None:
-    """The request's ``intent_vector``: None when empty, else 128 finite float32 values."""
-    if isinstance(values, str | bytes) or not isinstance(values, Sequence):
-        raise _invalid("malformed EnforceRequest: intent_vector")
-    if not len(values):
-        return None
-    if len(values) != INTENT_DIM:
-        raise _invalid(
-            f"intent_vector has {len(values)} values; expected {INTENT_DIM}, or none to have "
-            "the management plane encode the intent"
-        )
-    try:
-        vector = np.array(values, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise _invalid("malformed EnforceRequest: intent_vector") from None
-    finite = np.isfinite(vector)
-    if not finite.all():
-        index = int(np.argmin(finite))
-        raise _invalid(f"intent_vector[{index}] is {values[index]}; every value must be finite")
-    return vector
-
-
-def _drift(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _invalid("malformed EnforceRequest: drift_score")
-    if not math.isfinite(value):
-        raise _invalid(f"drift_score is {value}; it must be a finite number")
-    return float(value)
-
-
-def enforce_response(result: EnforcementResult, request_id: str) -> pb.EnforceResponse:
-    """The wire answer for ``result`` (legacy ``decision`` 1 for ALLOW and MODIFY)."""
-    return pb.EnforceResponse(
-        decision=1 if result.allowed else 0,
-        slice_similarities=[float(s) for s in result.slice_similarities],
-        rules_evaluated=result.rules_evaluated,
-        evidence=[
-            pb.RuleEvidence(
-                rule_id=e.rule_id,
-                rule_name=e.rule_name,
-                decision=int(e.decision),
-                similarities=[float(s) for s in e.similarities],
-                triggering_slice=e.triggering_slice,
-                anchor_matched=e.anchor_matched,
-                thresholds=[float(t) for t in e.thresholds],
-                scoring_mode=e.scoring_mode,
-            )
-            for e in result.evidence
-        ],
-        request_id=request_id,
-        decision_name=result.decision_name,
-        modified_params=result.modified_params,
-        drift_triggered=result.drift_triggered,
-    )
-
-
-_UPB_REQUEST: Final = upb_class(pb.EnforceRequest)
-_UPB_RESPONSE: Final = upb_class(pb.EnforceResponse)
-
-
-def enforce_response_bytes(result: EnforcementResult, request_id: str) -> bytes:
-    """:func:`enforce_response`'s wire bytes, built and serialized in C (same bytes)."""
-    message = _UPB_RESPONSE(
-        decision=1 if result.allowed else 0,
-        slice_similarities=result.slice_similarities,
-        rules_evaluated=result.rules_evaluated,
-        request_id=request_id,
-        decision_name=result.decision_name,
-        modified_params=result.modified_params,
-        drift_triggered=result.drift_triggered,
-    )
-    add = message.evidence.add
-    for e in result.evidence:
-        add(
-            rule_id=e.rule_id,
-            rule_name=e.rule_name,
-            decision=e.decision,
-            similarities=e.similarities,
-            triggering_slice=e.triggering_slice,
-            anchor_matched=e.anchor_matched,
-            thresholds=e.thresholds,
-            scoring_mode=e.scoring_mode,
-        )
-    data: bytes = message.SerializeToString()
-    return data
-
-
-class EnforceRequestLike(Protocol):
-    """The fields of an ``EnforceRequest`` (betterproto2's or protobuf's class)."""
-
-    intent_event_json: str
-    intent_vector: Sequence[float]
-    request_id: str
-    drift_score: float
-    session_id: str
 
 
 class EnforceHandler:
@@ -272,9 +111,9 @@ class EnforceHandler:
         """
         start = self._clock_ns()
         try:
-            message = _UPB_REQUEST.FromString(data)
+            message = UPB_REQUEST.FromString(data)
         except DecodeError as exc:
-            error = _invalid(f"malformed EnforceRequest: {exc}")
+            error = invalid_argument(f"malformed EnforceRequest: {exc}")
             self._refuse(error, start, "", PartialIntent(), 0.0, "")
             raise error from None
         result, request_id = await self.decide(message, start_ns=start)
@@ -301,11 +140,11 @@ class EnforceHandler:
                 intent = await self._intent(text)
             except IntentError as exc:
                 intent = exc.partial if exc.partial is not None else intent
-                raise _invalid(str(exc)) from None
-            drift = _drift(message.drift_score)
+                raise invalid_argument(str(exc)) from None
+            drift = request_drift(message.drift_score)
             vector = request_vector(message.intent_vector)
             if not isinstance(raw_id, str):
-                raise _invalid("malformed EnforceRequest: request_id")
+                raise invalid_argument("malformed EnforceRequest: request_id")
         except GRPCError as exc:
             self._refuse(exc, start, request_id, intent, drift, session_id)
             raise
@@ -360,7 +199,7 @@ class EnforceHandler:
     async def _intent(self, text: object) -> Intent:
         """``text`` parsed; :class:`IntentError` (with what could be read) if it is bad."""
         if not isinstance(text, str):
-            raise _invalid("malformed EnforceRequest: intent_event_json")
+            raise invalid_argument("malformed EnforceRequest: intent_event_json")
         if len(text) > PARSE_IN_THREAD_BYTES:
             intent: Intent = await trio_asyncio.trio_as_aio(_parse_in_thread)(text)
             return intent

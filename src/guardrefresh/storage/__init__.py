@@ -12,6 +12,7 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._fs import atomic_write
+from ._names import journal_path, lock_path, snapshot_path, working_set_path
 from ._segment import FIXED_DTYPE, FORMAT_VERSION, Segment, SegmentColumns
 from ._store import Manifest, StoreInfo, WarmStore
 from ._table import RuleRef, TableStat, WarmTable, family_of
@@ -38,4 +39,8 @@ __all__ = [
     "WarmTable",
     "atomic_write",
     "family_of",
+    "journal_path",
+    "lock_path",
+    "snapshot_path",
+    "working_set_path",
 ]

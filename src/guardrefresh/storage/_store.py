@@ -60,6 +60,13 @@ from ._fs import (
     translate_os_error,
     write_all,
 )
+from ._names import (
+    data_file_generation,
+    journal_path,
+    lock_path,
+    snapshot_path,
+    working_set_path,
+)
 from ._segment import (
     FORMAT_VERSION,
     READABLE_VERSIONS,
@@ -169,7 +176,7 @@ class WarmStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.directory = self.path.parent
-        self._lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock_path = lock_path(self.path)
         self._manifest: Manifest | None = None  # what this writer last committed or read
         self._journal_fd: int | None = None
         self._journal_gen = 0
@@ -178,14 +185,14 @@ class WarmStore:
 
     # -- paths -------------------------------------------------------------
     def snapshot_path(self, generation: int) -> Path:
-        return self.path.with_name(f"{self.path.name}.{generation:08d}.snap")
+        return snapshot_path(self.path, generation)
 
     def journal_path(self, generation: int) -> Path:
-        return self.path.with_name(f"{self.path.name}.{generation:08d}.journal")
+        return journal_path(self.path, generation)
 
     @property
     def sidecar_paths(self) -> list[Path]:
-        return [self._lock_path, self.path.with_name(self.path.name + ".hot")]
+        return [self._lock_path, working_set_path(self.path)]
 
     # -- open / create -----------------------------------------------------
     def open(self, *, create: bool = True, make_dirs: bool = False) -> WarmTable:
@@ -337,7 +344,7 @@ class WarmStore:
         """Best-effort (generation, bridge version) from data files, trusting no checksum."""
         generation = version = 0
         for path in self._data_files():
-            generation = max(generation, int(path.name.rsplit(".", 2)[-2]))
+            generation = max(generation, data_file_generation(self.path, path.name) or 0)
             try:
                 raw = path.read_bytes()
             except OSError:
@@ -349,8 +356,11 @@ class WarmStore:
         return generation, version
 
     def _data_files(self) -> list[Path]:
-        pattern = re.compile(re.escape(self.path.name) + r"\.\d{8}\.(snap|journal)$")
-        return sorted(p for p in self.directory.iterdir() if pattern.match(p.name))
+        return sorted(
+            p
+            for p in self.directory.iterdir()
+            if data_file_generation(self.path, p.name) is not None
+        )
 
     def _read_checked(self, path: Path, action: str) -> bytes:
         try:
@@ -635,10 +645,9 @@ class WarmStore:
         return self.load()
 
     def _remove_stale(self, keep: int) -> None:
-        pattern = re.compile(re.escape(self.path.name) + r"\.(\d{8})\.(snap|journal)$")
         for entry in self.directory.iterdir():
-            match = pattern.match(entry.name)
-            if match and int(match.group(1)) != keep:
+            generation = data_file_generation(self.path, entry.name)
+            if generation is not None and generation != keep:
                 with contextlib.suppress(OSError):
                     entry.unlink()
         fsync_dir(self.directory)

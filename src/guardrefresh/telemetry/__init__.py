@@ -9,6 +9,7 @@ replica writes into one table, any replica reads the whole fleet's). Both are a
 
 from ._checkpoint import CHECKPOINT_WAL_BYTES, Checkpointer
 from ._database import SCHEMA_VERSION, TelemetryDatabaseError, open_database
+from ._decisions import BLOCK, DECISION_NAMES, PASS, decision_name_of, legacy_decision
 from ._intent import INTENT_JSON_LIMIT, cap_intent_json, intent_identity, intent_summary
 from ._observer import (
     EnforceOutcomeLike,
@@ -32,23 +33,12 @@ from ._query import (
 )
 from ._recorder import DEFAULT_QUEUE_CAPACITY, TelemetryRecorder
 from ._service import Telemetry, open_telemetry
-from ._session import (
-    BLOCK,
-    DECISION_NAMES,
-    PASS,
-    STORED_RULE_FIELDS,
-    Durations,
-    EnforcementResultLike,
-    EnforcementSession,
-    EvidenceLike,
-    RuleEvaluation,
-    decision_name_of,
-    expand_stored_json,
-    legacy_decision,
-    rule_document,
-)
+from ._session import Durations, EnforcementResultLike, EnforcementSession, RuleEvaluation
+from ._session_json import STORED_RULE_FIELDS, EvidenceLike, expand_stored_json, rule_document
+from ._session_row import session_row
 from ._store import DEFAULT_BATCH_SIZE, EngineLike, TelemetryStats, TelemetryStore
-from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, WRITER_NICE, SessionWriter, session_row
+from ._writer import PRUNE_STEP_BUDGET_S, WRITER_NICE, SessionWriter
+from ._writer_counters import COMMIT_BUCKETS
 
 __all__ = [
     "BLOCK",

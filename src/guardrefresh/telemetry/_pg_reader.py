@@ -24,7 +24,7 @@ from ._query import (
     SessionSummary,
     TelemetryUnavailableError,
 )
-from ._session import expand_stored_json
+from ._session_json import expand_stored_json
 from ._store import EngineLike
 
 __all__ = ["PostgresSessionReader"]

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 
 import trio
 
+from ._defaults import BATCH_WINDOW_S, MAX_SESSIONS, RETENTION_S
 from ._pg_reader import PostgresSessionReader
 from ._pg_writer import PostgresSessionWriter
 from ._query import QueryPage, SessionQuery
@@ -78,9 +79,9 @@ class PostgresTelemetry:
 async def open_postgres_telemetry(
     engine: EngineLike,
     *,
-    batch_window_s: float = 0.25,
-    retention_s: float = 7 * 86400.0,
-    max_sessions: int = 1_000_000,
+    batch_window_s: float = BATCH_WINDOW_S,
+    retention_s: float = RETENTION_S,
+    max_sessions: int = MAX_SESSIONS,
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
     batch_size: int = DEFAULT_BATCH_SIZE,
     prune_interval_s: float = 10.0,

@@ -27,11 +27,14 @@ from typing import Any, Final
 
 import trio
 
+from ._defaults import BATCH_WINDOW_S, MAX_SESSIONS, RETENTION_S
 from ._pg_schema import PRUNE_LOCK_KEY, migrate
 from ._recorder import TelemetryRecorder
 from ._session import EnforcementSession
+from ._session_row import session_row
 from ._store import EngineLike
-from ._writer import PRUNE_STEP_BUDGET_S, WriterCounters, session_row
+from ._writer import PRUNE_STEP_BUDGET_S
+from ._writer_counters import WriterCounters
 
 __all__ = ["PostgresSessionWriter", "session_columns"]
 
@@ -131,9 +134,9 @@ class PostgresSessionWriter:
         engine: EngineLike,
         recorder: TelemetryRecorder,
         *,
-        batch_window_s: float = 0.25,
-        retention_s: float = 7 * 86400.0,
-        max_sessions: int = 1_000_000,
+        batch_window_s: float = BATCH_WINDOW_S,
+        retention_s: float = RETENTION_S,
+        max_sessions: int = MAX_SESSIONS,
         prune_interval_s: float = 10.0,
         flush_timeout_s: float = 5.0,
         wall_clock: Callable[[], float] = time.time,

@@ -18,7 +18,8 @@ from typing import Any, Final, TypeVar
 import attrs
 
 from ._database import connect, is_corruption
-from ._session import DECISION_NAMES, expand_stored_json
+from ._decisions import DECISION_NAMES
+from ._session_json import expand_stored_json
 
 __all__ = [
     "DEFAULT_LIMIT",

@@ -11,11 +11,13 @@ import collections
 import threading
 from typing import Final
 
+from ._defaults import QUEUE_CAPACITY
 from ._session import EnforcementSession
 
 __all__ = ["DEFAULT_QUEUE_CAPACITY", "TelemetryRecorder"]
 
-DEFAULT_QUEUE_CAPACITY: Final = 10_000
+#: The ``[telemetry] queue_size`` setting's default.
+DEFAULT_QUEUE_CAPACITY: Final = QUEUE_CAPACITY
 
 
 class TelemetryRecorder:

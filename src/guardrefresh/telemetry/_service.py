@@ -19,6 +19,7 @@ from typing import overload
 import trio
 
 from ._checkpoint import Checkpointer
+from ._defaults import BATCH_WINDOW_S, MAX_SESSIONS, RETENTION_S
 from ._pg_service import open_postgres_telemetry
 from ._query import QueryPage, SessionQuery, SessionReader
 from ._recorder import DEFAULT_QUEUE_CAPACITY, TelemetryRecorder
@@ -116,9 +117,9 @@ def open_telemetry(
 def open_telemetry(
     path: Path,
     *,
-    batch_window_s: float = 0.25,
-    retention_s: float = 7 * 86400.0,
-    max_sessions: int = 1_000_000,
+    batch_window_s: float = BATCH_WINDOW_S,
+    retention_s: float = RETENTION_S,
+    max_sessions: int = MAX_SESSIONS,
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
     batch_size: int = DEFAULT_BATCH_SIZE,
     prune_interval_s: float = 10.0,

@@ -11,65 +11,24 @@ plus a few additions (``decision_name``, ``drift_score``, ``drift_triggered``,
 
 from __future__ import annotations
 
-import enum
 import json
-import math
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Final, NamedTuple, Protocol
+from typing import Any, Protocol
 
 import attrs
-import orjson
 
+from ._decisions import BLOCK, DECISION_NAMES, PASS, decision_name_of, legacy_decision
 from ._intent import cap_intent_json, intent_summary
+from ._session_json import COMPACT_MARKER, EvidenceLike, dumps, rule_document, stored_rule
 
 __all__ = [
-    "BLOCK",
-    "DECISION_NAMES",
-    "PASS",
-    "STORED_RULE_FIELDS",
     "Durations",
     "EnforcementResultLike",
     "EnforcementSession",
-    "EvidenceLike",
     "RuleEvaluation",
-    "decision_name_of",
-    "expand_stored_json",
-    "legacy_decision",
-    "rule_document",
 ]
-
-#: The final decisions, as the original names them (``Decision::as_str``).
-DECISION_NAMES: Final = ("ALLOW", "DENY", "MODIFY", "STEP_UP", "DEFER")
-#: The original's 0/1 decision: ``final_decision`` and the per-rule ``decision``.
-BLOCK: Final = 0
-PASS: Final = 1
-
-
-def legacy_decision(name: str) -> int:
-    """The original's 0/1 decision for a decision name: ALLOW and MODIFY pass, the rest block."""
-    return PASS if name in ("ALLOW", "MODIFY") else BLOCK
-
-
-def decision_name_of(decision: object) -> str:
-    """``"DENY"`` from ``"deny"``, ``Decision.DENY`` (an enum) or the legacy ``0``/``1``.
-
-    Anything unrecognised is ``"DENY"``: a session must never claim more than was allowed.
-    """
-    if isinstance(decision, bool):
-        return "ALLOW" if decision else "DENY"
-    if isinstance(decision, int) and not isinstance(decision, enum.Enum):
-        return "ALLOW" if decision == PASS else "DENY"
-    name = getattr(decision, "name", decision)
-    if isinstance(name, str):
-        upper = name.strip().upper().replace("-", "_")
-        if upper in DECISION_NAMES:
-            return upper
-        value = getattr(decision, "value", None)
-        if isinstance(value, str) and value.upper() in DECISION_NAMES:
-            return value.upper()
-    return "DENY"
 
 
 def _floats(values: Sequence[float]) -> tuple[float, ...]:
@@ -89,27 +48,6 @@ class Durations:
     rule_query_us: int = attrs.field(default=0, validator=_non_negative)
     evaluation_us: int = attrs.field(default=0, validator=_non_negative)
     total_us: int = attrs.field(default=0, validator=_non_negative)
-
-
-class EvidenceLike(Protocol):
-    """What a session reads from one rule's evidence (the engine's ``RuleEvidence``)."""
-
-    @property
-    def rule_id(self) -> str: ...
-    @property
-    def rule_name(self) -> str: ...
-    @property
-    def decision(self) -> int: ...
-    @property
-    def similarities(self) -> Sequence[float]: ...
-    @property
-    def triggering_slice(self) -> str: ...
-    @property
-    def anchor_matched(self) -> object: ...
-    @property
-    def thresholds(self) -> Sequence[float]: ...
-    @property
-    def scoring_mode(self) -> str: ...
 
 
 class EnforcementResultLike(Protocol):
@@ -159,37 +97,6 @@ class RuleEvaluation:
 
     def to_document(self) -> dict[str, Any]:
         return rule_document(self)
-
-
-def rule_document(evidence: EvidenceLike) -> dict[str, Any]:
-    """One evaluated rule in the session JSON, straight from the engine's evidence
-    (the same as ``RuleEvaluation.from_evidence(evidence).to_document()``, without the
-    intermediate object: the writer builds one per evaluated rule of every session)."""
-    matched = evidence.anchor_matched
-    return {
-        # The original's RuleEvaluationEvent fields (values it has no source for here
-        # are neutral: family, priority, per-rule timings and anchor counts).
-        "rule_id": evidence.rule_id,
-        "rule_family": "",
-        "priority": 0,
-        "description": evidence.rule_name or None,
-        "started_at_us": 0,
-        "duration_us": 0,
-        "decision": PASS if evidence.decision == PASS else BLOCK,
-        "slice_similarities": list(map(float, evidence.similarities)),
-        "thresholds": list(map(float, evidence.thresholds)),
-        "anchor_counts": [0, 0, 0, 0],
-        "short_circuited": False,
-        # Derivable from the similarities and thresholds (the CLI derives "passed");
-        # left empty, as the original does without detail tracking, to keep 1M
-        # sessions compact.
-        "slice_details": [],
-        # Additions.
-        "rule_name": evidence.rule_name,
-        "scoring_mode": evidence.scoring_mode,
-        "triggering_slice": evidence.triggering_slice,
-        "anchor_matched": matched if isinstance(matched, str) else ("true" if matched else ""),
-    }
 
 
 def _decision_name(_instance: object, _attribute: attrs.Attribute[Any], value: str) -> None:
@@ -379,7 +286,7 @@ class EnforcementSession:
         ``json.dumps`` took ~500 µs to write and orjson ~50 µs, every one of them holding
         the GIL the Enforce path needs.
         """
-        return _dumps(self.to_document())
+        return dumps(self.to_document())
 
     def to_stored_json(self) -> str:
         """What the database keeps: :meth:`to_json` with each evaluated rule as a row
@@ -390,75 +297,6 @@ class EnforcementSession:
         dictionaries to build: the writer's CPU and disk traffic per session follow.
         """
         document = self.to_document(rules=False)
-        document["rules_evaluated"] = [_stored_rule(e) for e in self.evidence]
-        document[_COMPACT_MARKER] = 1
-        return _dumps(document)
-
-
-#: The fields of one evaluated rule in :meth:`EnforcementSession.to_stored_json`, in order.
-STORED_RULE_FIELDS: Final = (
-    "rule_id", "rule_name", "decision", "similarities", "triggering_slice",
-    "anchor_matched", "thresholds", "scoring_mode",
-)  # fmt: skip
-_COMPACT_MARKER: Final = "_rules_as_rows"
-
-
-class _StoredRule(NamedTuple):
-    rule_id: str
-    rule_name: str
-    decision: int
-    similarities: Sequence[float]
-    triggering_slice: str
-    anchor_matched: object
-    thresholds: Sequence[float]
-    scoring_mode: str
-
-
-def _stored_rule(e: EvidenceLike) -> list[Any]:
-    matched = e.anchor_matched
-    return [
-        e.rule_id,
-        e.rule_name,
-        PASS if e.decision == PASS else BLOCK,
-        list(map(float, e.similarities)),
-        e.triggering_slice,
-        matched if isinstance(matched, str) else ("true" if matched else ""),
-        list(map(float, e.thresholds)),
-        e.scoring_mode,
-    ]
-
-
-def expand_stored_json(text: str) -> str:
-    """The session JSON ``GetSession`` serves, from what the database keeps (either
-    form: :meth:`EnforcementSession.to_stored_json`, or a full document as earlier
-    versions stored it, returned as is)."""
-    if _COMPACT_MARKER not in text:
-        return text
-    try:
-        document = orjson.loads(text)
-    except orjson.JSONDecodeError:  # written by the standard library's fallback
-        document = json.loads(text)
-    if not isinstance(document, dict) or document.pop(_COMPACT_MARKER, None) != 1:
-        return text
-    document["rules_evaluated"] = [
-        rule_document(_StoredRule(*row)) for row in document.get("rules_evaluated", ())
-    ]
-    return _dumps(document)
-
-
-def _dumps(document: dict[str, Any]) -> str:
-    try:
-        return orjson.dumps(document).decode()
-    except orjson.JSONEncodeError:
-        # What orjson refuses and the standard library escapes (a lone surrogate).
-        return json.dumps(_finite(document), separators=(",", ":"))
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
+        document["rules_evaluated"] = [stored_rule(e) for e in self.evidence]
+        document[COMPACT_MARKER] = 1
+        return dumps(document)

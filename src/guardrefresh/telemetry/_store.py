@@ -17,7 +17,7 @@ import attrs
 
 from ._query import QueryPage, SessionQuery
 from ._session import EnforcementSession
-from ._writer import COMMIT_BUCKETS
+from ._writer_counters import COMMIT_BUCKETS
 
 __all__ = ["DEFAULT_BATCH_SIZE", "EngineLike", "TelemetryStats", "TelemetryStore"]
 

@@ -35,21 +35,16 @@ from ._database import (
     sibling_files,
     transaction,
 )
+from ._defaults import BATCH_WINDOW_S, MAX_SESSIONS, RETENTION_S
 from ._recorder import TelemetryRecorder
 from ._session import EnforcementSession
+from ._session_row import session_row
+from ._writer_counters import WriterCounters
 
-__all__ = [
-    "COMMIT_BUCKETS",
-    "PRUNE_STEP_BUDGET_S",
-    "WRITER_NICE",
-    "SessionWriter",
-    "WriterCounters",
-]
+__all__ = ["PRUNE_STEP_BUDGET_S", "WRITER_NICE", "SessionWriter"]
 
 logger = logging.getLogger(__name__)
 
-#: Upper bounds (seconds) of the batch commit duration histogram.
-COMMIT_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: Longest a single prune transaction should hold the writer.
 PRUNE_STEP_BUDGET_S: Final = 0.05
 #: How much lower the service's writer thread runs than the rest (nice steps).
@@ -76,41 +71,6 @@ _PRUNE_OLD: Final = (
 _PRUNE_OLDEST: Final = (
     "DELETE FROM sessions WHERE id IN (SELECT id FROM sessions ORDER BY timestamp_ms LIMIT ?)"
 )
-
-Row = tuple[str, int, str, str, str, int, str, int, int, str, str, str]
-
-
-def storable_text(value: str) -> str:
-    """``value`` with NUL and lone surrogates replaced by U+FFFD.
-
-    An intent's JSON can carry both (``"\\u0000"``, ``"\\udcff"``) into the agent id or
-    the summary; neither encodes to UTF-8 for SQLite, nor fits PostgreSQL's text.
-    """
-    if "\x00" in value:
-        value = value.replace("\x00", "\ufffd")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        value = value.encode("utf-8", "replace").decode("utf-8")
-    return value
-
-
-def session_row(session: EnforcementSession) -> Row:
-    """The ``sessions`` row of one session (serialises it: writer thread only)."""
-    return (
-        storable_text(session.session_id),
-        session.timestamp_ms,
-        storable_text(session.tenant_id),
-        storable_text(session.agent_id),
-        storable_text(session.layer),
-        session.final_decision,
-        session.decision_name,
-        session.rules_evaluated,
-        session.durations.total_us,
-        storable_text(session.summary()),
-        storable_text(session.deciding_rule_id),
-        session.to_stored_json(),  # orjson, or ASCII json.dumps for what it refuses
-    )
 
 
 def _lower_priority(steps: int) -> Callable[[], None]:
@@ -139,29 +99,6 @@ def _lower_priority(steps: int) -> Callable[[], None]:
     return restore
 
 
-class WriterCounters:
-    """What the writer did; written by its thread only, read by anyone (metrics)."""
-
-    def __init__(self) -> None:
-        self.committed = 0
-        self.dropped = 0
-        self.pruned = 0
-        self.database_bytes = 0
-        #: Per bucket of :data:`COMMIT_BUCKETS`, plus one for larger: not cumulative.
-        self.commit_counts = [0] * (len(COMMIT_BUCKETS) + 1)
-        self.commit_seconds = 0.0
-        self.healthy = True
-
-    def observe_commit(self, seconds: float) -> None:
-        index = len(COMMIT_BUCKETS)
-        for i, bound in enumerate(COMMIT_BUCKETS):
-            if seconds <= bound:
-                index = i
-                break
-        self.commit_counts[index] += 1
-        self.commit_seconds += seconds
-
-
 class SessionWriter:
     """Runs :meth:`run` in a thread of its own until :meth:`stop`; see the module doc."""
 
@@ -173,9 +110,9 @@ class SessionWriter:
         path: Path,
         recorder: TelemetryRecorder,
         *,
-        batch_window_s: float = 0.25,
-        retention_s: float = 7 * 86400.0,
-        max_sessions: int = 1_000_000,
+        batch_window_s: float = BATCH_WINDOW_S,
+        retention_s: float = RETENTION_S,
+        max_sessions: int = MAX_SESSIONS,
         prune_interval_s: float = 10.0,
         wall_clock: Callable[[], float] = time.time,
         on_reopen: Callable[[], None] | None = None,
