@@ -22,7 +22,7 @@ from grpclib import GRPCError, Status
 
 from ..model import Rule, rule_from_proto, rule_from_upb
 from ..proto import rule_installation as pb
-from ._codec import upb_class
+from ._proto_fields import upb_class
 
 __all__ = ["InstallRequest", "param_orders", "parse_install_request"]
 
