@@ -331,3 +331,33 @@ async def test_tombstones_are_collected_one_replica_at_a_time_and_raise_the_hori
     assert await engine.run(collect_tombstones, 0.01) == (0, removed_at)
     pull = await engine.run(pull_changes, removed_at - 1, 100)
     assert pull.resync  # a replica below the horizon can only resync
+
+
+async def test_pulls_are_whole_writes_in_version_order_whatever_the_page_size(
+    engine: Engine,
+) -> None:
+    sizes = (3, 4, 2)
+    ends = []
+    for w, size in enumerate(sizes):
+        rules = [make_rule(f"w{w}-{i}") for i in range(size)]
+        ends.append((await engine.run(write_install, "t", encode_rules(rules))).end)
+    assert ends == [3, 7, 9]
+    nothing = await engine.run(pull_changes, 9, 100)
+    assert (nothing.resync, nothing.upserts, nothing.version, nothing.more) == (False, [], 9, False)
+    assert (await engine.run(pull_changes, 10, 100)).resync  # ahead of the fleet
+    everything = await engine.run(pull_changes, 0, 100)  # one statement
+    assert [r["rule_id"] for r in everything.upserts] == [
+        f"w{w}-{i}" for w, size in enumerate(sizes) for i in range(size)
+    ]
+    assert (everything.version, everything.more, everything.head.version) == (9, False, 9)
+    # A page limit inside a write: the rest of that write comes in the same page.
+    seen, at, pages = [], 0, []
+    while True:
+        page = await engine.run(pull_changes, at, 2)
+        seen += [r["rule_id"] for r in page.upserts]
+        pages.append(page.version)
+        at = page.version
+        if not page.more:
+            break
+    assert pages == ends
+    assert seen == [r["rule_id"] for r in everything.upserts]

@@ -10,7 +10,7 @@ from ._anchors import (
     RuleAnchors,
     Slot,
 )
-from ._convert import rule_from_proto, rule_to_proto
+from ._convert import rule_from_proto, rule_from_upb, rule_to_proto
 from ._errors import RuleValidationError
 from ._json import iter_rules_json, rule_json_text, rules_from_json, rules_to_json
 from ._rule import (
@@ -58,6 +58,7 @@ __all__ = [
     "iter_rules_json",
     "json_depth",
     "rule_from_proto",
+    "rule_from_upb",
     "rule_json_text",
     "rule_to_proto",
     "rules_from_json",

@@ -226,8 +226,37 @@ async def pull_changes(connection: asyncpg.Connection, after: int, limit: int) -
     """Changes with a version above ``after``: about ``limit`` rows, whole writes.
 
     A page never ends inside a write (rows of one write share ``batch_end``), so a
-    replica applies each write at once.
+    replica applies each write at once. Usually one statement (one round trip, one
+    snapshot: the head and the rows agree); a page that the limit cuts inside a write
+    is read again in a snapshot with the rest of that write.
     """
+    rows = await connection.fetch(_PULL, after, limit)
+    head = Head(max(int(rows[0]["newest"]), int(rows[0]["horizon"])), int(rows[0]["horizon"]))
+    if after < head.horizon or after > head.version:
+        return Pull(head, True, [], [], after, None, False)
+    if rows[0]["version"] is None:  # the left join's empty side: nothing to pull
+        return Pull(head, False, [], [], after, None, False)
+    if rows[-1]["batch_end"] > rows[-1]["version"]:
+        return await _pull_in_snapshot(connection, after, limit)
+    return _pulled(head, rows)
+
+
+#: The head and the page in one statement (one snapshot). The page is empty when a
+#: resync is needed (``after`` below the horizon or above the newest version).
+_PULL = f"""
+    SELECT h.horizon, h.newest, c.*
+    FROM (SELECT (SELECT value FROM {META_TABLE} WHERE key = 'horizon') AS horizon,
+                 (SELECT coalesce(max(version), 0) FROM {RULES_TABLE}) AS newest) AS h
+    LEFT JOIN LATERAL (
+        SELECT version, batch_end, tombstone, extract(epoch from updated_at) AS at,
+               {_ROW_COLUMNS}
+        FROM {RULES_TABLE}
+        WHERE version > $1 AND $1 >= h.horizon
+        ORDER BY version LIMIT $2) AS c ON true
+    ORDER BY c.version"""
+
+
+async def _pull_in_snapshot(connection: asyncpg.Connection, after: int, limit: int) -> Pull:
     async with connection.transaction(isolation="repeatable_read", readonly=True):
         head = await _head(connection)
         if after < head.horizon or after > head.version:
@@ -248,6 +277,10 @@ async def pull_changes(connection: asyncpg.Connection, after: int, limit: int) -
             )
     if not rows:
         return Pull(head, False, [], [], after, None, False)
+    return _pulled(head, rows)
+
+
+def _pulled(head: Head, rows: list[asyncpg.Record]) -> Pull:
     version = int(rows[-1]["version"])
     return Pull(
         head,

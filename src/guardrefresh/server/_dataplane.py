@@ -38,7 +38,6 @@ from ..model import (
     check_family_ids,
     clip,
     echo,
-    rule_from_proto,
     rule_to_proto,
 )
 from ..proto import rule_installation as pb
@@ -61,6 +60,7 @@ from ..telemetry import (
     TelemetryUnavailableError,
 )
 from ._enforce import EnforceHandler
+from ._install import parse_install_request
 
 logger = logging.getLogger(__name__)
 
@@ -135,28 +135,6 @@ class RawResponse(RawRequest):
     """A response the handler has serialized itself (grpclib's codec sends the bytes)."""
 
     __slots__ = ()
-
-
-def parse_install_request(data: bytes) -> tuple[pb.InstallRulesRequest, list[Rule]]:
-    """Decode and validate an InstallRules request (runs in a worker thread)."""
-    try:
-        message = pb.InstallRulesRequest.parse(data)
-    except Exception as exc:  # betterproto2 raises assorted errors on malformed bytes
-        raise GRPCError(Status.INVALID_ARGUMENT, f"malformed InstallRulesRequest: {exc}") from None
-    rules = []
-    for index, r in enumerate(message.rules):
-        try:
-            rule = rule_from_proto(
-                r, installed_by=message.agent_id, config_id=message.config_id, owner=message.owner
-            )
-        except (AttributeError, TypeError) as exc:
-            # betterproto2 decodes a field sent with another wire type as an int or None
-            # rather than failing: malformed input, not a bug to log with a traceback.
-            raise GRPCError(
-                Status.INVALID_ARGUMENT, f"malformed InstallRulesRequest: rules[{index}]: {exc}"
-            ) from None
-        rules.append(rule)
-    return message, rules
 
 
 class RuleWriter(Protocol):
@@ -281,20 +259,18 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         # Decode, convert and validate everything off the event loop, before
         # anything is stored.
         # Pure work: when the caller is cancelled (drain, deadline) it is simply abandoned.
-        message, rules = await trio.to_thread.run_sync(
-            parse_install_request, data, abandon_on_cancel=True
-        )
-        if not message.agent_id:
+        request = await trio.to_thread.run_sync(parse_install_request, data, abandon_on_cancel=True)
+        if not request.agent_id:
             raise GRPCError(Status.INVALID_ARGUMENT, "agent_id is required")
         result = await self._writer.install_rules(
-            message.agent_id, rules, config_id=message.config_id, owner=message.owner
+            request.agent_id, request.rules, config_id=request.config_id, owner=request.owner
         )
         return pb.InstallRulesResponse(
             success=True,
             # Messages as the original data plane wrote them: people read them.
             message=(
                 f"Successfully installed {result.rules_installed} rules for agent "
-                f"{clip(message.agent_id)}"
+                f"{clip(request.agent_id)}"
             ),
             rules_installed=result.rules_installed,
             rules_by_layer=result.rules_by_layer,
