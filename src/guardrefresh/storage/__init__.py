@@ -12,8 +12,9 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._fs import atomic_write
+from ._manifest import Manifest, StoreInfo
 from ._segment import Segment
-from ._store import Manifest, StoreInfo, WarmStore
+from ._store import WarmStore
 from ._table import RuleRef, TableStat, WarmTable, family_of
 
 __all__ = [
