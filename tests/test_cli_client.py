@@ -35,7 +35,7 @@ from grpclib.server import Server
 from service_process import clean_env, running_service
 
 from guardrefresh.cli import main
-from guardrefresh.cli._client import human_duration, status_lines
+from guardrefresh.cli._format import human_duration, status_lines
 from guardrefresh.model import PolicyType, Rule, RuleAnchors, rules_from_json, rules_to_json
 from guardrefresh.proto import rule_installation as pb
 
