@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._encode import SegmentColumns
+from ._layout import FIXED_DTYPE
 from ._manifest import JOURNAL_HEADER_SIZE, Manifest
-from ._segment import FIXED_DTYPE, SegmentColumns
 from ._table import WarmTable
 
 #: Compact once the journal is this large and at least a quarter of the snapshot.

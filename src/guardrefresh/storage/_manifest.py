@@ -15,7 +15,7 @@ import attrs
 import xxhash
 
 from ._errors import CorruptStoreError, UnsupportedVersionError
-from ._segment import FORMAT_VERSION, READABLE_VERSIONS
+from ._layout import FORMAT_VERSION, READABLE_VERSIONS
 
 MANIFEST_MAGIC = b"GRWARM\r\n"
 JOURNAL_MAGIC = b"GRJRNL\r\n"

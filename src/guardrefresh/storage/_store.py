@@ -43,6 +43,7 @@ import attrs
 
 from ..model import Rule
 from ._compact import live_columns, wants_compaction
+from ._encode import SegmentColumns, encode_segment, segment_bytes
 from ._errors import (
     CorruptStoreError,
     StorageError,
@@ -51,8 +52,9 @@ from ._errors import (
 )
 from ._fs import DIR_MODE, atomic_write, translate_os_error
 from ._journal import JournalAppender
+from ._layout import FORMAT_VERSION
 from ._manifest import Manifest, StoreInfo, journal_header, now_ms
-from ._segment import FORMAT_VERSION, SegmentColumns, decode_segment, encode_segment, segment_bytes
+from ._segment import decode_segment
 from ._table import WarmTable
 from ._verify import StoreReader, Vanished
 

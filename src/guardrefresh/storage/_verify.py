@@ -16,8 +16,9 @@ import xxhash
 from ._errors import CorruptStoreError, StoreNotFoundError
 from ._files import StoreFiles
 from ._fs import check_safe, translate_os_error
+from ._layout import READABLE_VERSIONS
 from ._manifest import JOURNAL_HEADER, JOURNAL_HEADER_SIZE, JOURNAL_MAGIC, Manifest
-from ._segment import READABLE_VERSIONS, Segment, decode_segment, peek_segment
+from ._segment import Segment, decode_segment, peek_segment
 from ._table import WarmTable
 
 
