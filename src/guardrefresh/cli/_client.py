@@ -22,8 +22,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from ..model import Rule, rule_from_proto, rule_to_proto, rules_from_json
-from ..model._json import rule_json_text
+from ..model import Rule, rule_from_proto, rule_json_text, rule_to_proto, rules_from_json
 from ..proto import rule_installation as pb
 from ._command import EXIT_OK, EXIT_USAGE, CommandError, command_parser, print_json, run_command
 from ._connection import (

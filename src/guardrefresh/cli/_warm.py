@@ -27,8 +27,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..model import Rule, RuleValidationError
-from ..model._json import iter_rules_json
+from ..model import Rule, RuleValidationError, iter_rules_json
 from ..storage import Manifest, StorageError, WarmStore, WarmTable, atomic_write
 from ._client import read_rules_file
 from ._command import EXIT_OK, CommandError, CommandParser, run_command
