@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import functools
 import gc
 import logging
-import math
 import signal
-import ssl
-import sys
-import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import threadpoolctl
 import trio
 
 from ..bridge import Bridge
-from ..config import ConfigError, ServiceConfig
+from ..config import ServiceConfig
 from ..enforce import EnforcementEngine, IntentEncoder, open_intent_encoder
 from ..metrics import ServiceMetrics, refresh_error_reason, serve_metrics
 from ..refresh import (
@@ -35,23 +27,17 @@ from ..server import (
     EnforceHandler,
     EnforceObserver,
     GrpcHost,
-    max_connections_for,
     open_asyncio_loop,
 )
-from ..server._auth import AdminAuth, TokenFileError
-from ..server._dataplane import DataPlaneService, is_stale
-from ..server._tls import TlsConfigError, server_ssl_context
+from ..server._dataplane import DataPlaneService
 from ..storage import StorageError
-from ..telemetry import EnforceRecorder, Telemetry, open_telemetry
+from ..telemetry import EnforceRecorder, Telemetry
+from ._background import compact_in_background, shutdown, watch_staleness
 from ._limits import raise_fd_limit
-from ._memory import release_free_memory, tune_allocator
+from ._startup import StartupError, bind_error, edge_limits, open_service_telemetry, security
 from ._trim import trim_after_request_bursts
 
 logger = logging.getLogger(__name__)
-
-
-class StartupError(Exception):
-    """The service could not start; ``str()`` is the one-line reason."""
 
 
 def working_set_path(warm_storage: Path) -> Path:
@@ -85,9 +71,7 @@ async def serve_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
             open_intent_encoder(config.enforce.management_plane_url) as encoder,
-            # Entered before the server starts and left after it has drained: every
-            # session of an answered Enforce call is written before the process exits.
-            _open_telemetry(config) as telemetry,
+            open_service_telemetry(config) as telemetry,
         ):
             await _supervise(
                 config,
@@ -95,36 +79,11 @@ async def serve_service(
                 refresher,
                 encoder,
                 telemetry,
-                _edge_limits(config, fd_limit),
+                edge_limits(config, fd_limit),
                 task_status,
             )
     finally:
         bridge.close()
-
-
-@contextlib.asynccontextmanager
-async def _open_telemetry(config: ServiceConfig) -> AsyncIterator[Telemetry | None]:
-    """The telemetry store, or None with --no-telemetry."""
-    settings = config.telemetry
-    if not settings.enabled:
-        logger.info("Telemetry is off (--no-telemetry): Enforce decisions are not recorded")
-        yield None
-        return
-    path = settings.database_path(Path(config.storage.warm_storage))
-    async with open_telemetry(
-        path,
-        batch_window_s=settings.batch_window,
-        retention_s=settings.retention,
-        max_sessions=settings.max_sessions,
-        queue_capacity=settings.queue_size,
-    ) as telemetry:
-        logger.info(
-            "Telemetry: recording Enforce sessions in %s (kept %ss, at most %d)",
-            path,
-            f"{settings.retention:g}",
-            settings.max_sessions,
-        )
-        yield telemetry
 
 
 class _RefreshMetrics:
@@ -145,30 +104,6 @@ class _RefreshMetrics:
         self._metrics.observe_refresh_failure(trigger, refresh_error_reason(error), duration_s)
 
 
-def _security(config: ServiceConfig) -> tuple[ssl.SSLContext | None, AdminAuth | None]:
-    security = config.security
-    try:
-        context = None
-        if security.tls_cert is not None and security.tls_key is not None:
-            context = server_ssl_context(
-                security.tls_cert, security.tls_key, security.tls_client_ca
-            )
-        auth = None
-        if security.admin_token_file is not None:
-            auth = AdminAuth.from_file(security.admin_token_file, protect_reads=security.auth_reads)
-    except (TlsConfigError, TokenFileError) as exc:
-        raise StartupError(str(exc)) from None
-    return context, auth
-
-
-def _edge_limits(config: ServiceConfig, fd_limit: int) -> EdgeLimits:
-    server = config.server
-    return EdgeLimits(
-        max_connections=server.max_connections or max_connections_for(fd_limit),
-        idle_timeout_s=server.idle_timeout or math.inf,
-    )
-
-
 async def _supervise(
     config: ServiceConfig,
     bridge: Bridge,
@@ -178,7 +113,7 @@ async def _supervise(
     edge_limits: EdgeLimits,
     task_status: trio.TaskStatus[int],
 ) -> None:
-    ssl_context, auth = _security(config)
+    ssl_context, auth = security(config)
     metrics = ServiceMetrics()
     refresher.observers.append(_RefreshMetrics(metrics))
     if config.scheduler.refresh_on_start:
@@ -242,7 +177,7 @@ async def _supervise(
             try:
                 port = await nursery.start(host.serve)
             except OSError as exc:
-                raise StartupError(_bind_error(config, exc)) from None
+                raise StartupError(bind_error(config, exc)) from None
             if config.metrics.enabled:
                 try:
                     metrics_port = await nursery.start(
@@ -276,7 +211,7 @@ async def _supervise(
                 )
             # Scripts and tests wait for this line: keep its shape.
             logger.info("Listening on %s:%d", config.server.host, port)
-            nursery.start_soon(_compact_in_background, bridge)
+            nursery.start_soon(compact_in_background, bridge)
             nursery.start_soon(
                 trim_after_request_bursts,
                 host.request_budget.released,
@@ -285,7 +220,7 @@ async def _supervise(
                 host.forget_closed_connections,
             )
             nursery.start_soon(
-                _watch_staleness, host, refresher, staleness_limit, config.health.fail_when_stale
+                watch_staleness, host, refresher, staleness_limit, config.health.fail_when_stale
             )
             task_status.started(port)
 
@@ -301,7 +236,7 @@ async def _supervise(
                     config.server.shutdown_grace,
                     host.in_flight,
                 )
-                nursery.start_soon(_shutdown, nursery, host, scheduler, refresher, config)
+                nursery.start_soon(shutdown, nursery, host, scheduler, refresher, config)
 
 
 def _tune_garbage_collector() -> None:
@@ -317,131 +252,3 @@ def _tune_garbage_collector() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-async def _shutdown(
-    nursery: trio.Nursery,
-    host: GrpcHost,
-    scheduler: RefreshScheduler,
-    refresher: RefreshService,
-    config: ServiceConfig,
-) -> None:
-    report = await host.drain(config.server.shutdown_grace)
-    logger.info(
-        "Drained: %d in flight at start, %d completed, %d cancelled, %d rejected, "
-        "%d connections closed in %.2fs",
-        report.in_flight_at_start,
-        report.completed,
-        report.cancelled,
-        report.rejected,
-        report.connections_closed,
-        report.duration_s,
-    )
-    scheduler.stop()
-    logger.info("Scheduler stopped")
-    await refresher.save_working_set()
-    nursery.cancel_scope.cancel()
-    logger.info("Shutdown complete")
-
-
-async def _watch_staleness(
-    host: GrpcHost, refresher: RefreshService, limit_s: float, fail_when_stale: bool
-) -> None:
-    """Log when rules go stale or fresh again; with ``fail_when_stale`` flip health too.
-
-    Sleeps until the moment the last success would turn stale, or until the next
-    success, whichever comes first: no polling.
-    """
-    was_stale = False
-    while True:
-        last = refresher.last_stats.value
-        now_ms = int(time.time() * 1000)
-        last_ms = last.timestamp_ms if last is not None else 0
-        stale = is_stale(last_ms, now_ms, limit_s)
-        if stale != was_stale:
-            age = "never refreshed" if not last_ms else f"{(now_ms - last_ms) / 1000:.0f}s ago"
-            if stale:
-                logger.warning(
-                    "Rules are stale: last successful refresh %s (limit %ss)%s",
-                    age,
-                    limit_s,
-                    "; health NOT_SERVING" if fail_when_stale else "",
-                )
-            else:
-                logger.info(
-                    "Rules are fresh again%s", "; health SERVING" if fail_when_stale else ""
-                )
-            was_stale = stale
-        if fail_when_stale:
-            host.set_serving(not stale)
-        wait = math.inf if stale else limit_s - (now_ms - last_ms) / 1000 + 0.001
-        with trio.move_on_after(wait):
-            await refresher.last_stats.wait_transition()
-
-
-async def _compact_in_background(bridge: Bridge) -> None:
-    """Fold the journal into a new snapshot when it has grown (checked after writes)."""
-    while True:
-        await bridge.writes.wait_transition()
-        try:
-            compacted = await bridge.compact_if_needed()
-        except StorageError as exc:
-            logger.warning("Compaction failed (the journal keeps working): %s", exc)
-        else:
-            if compacted:
-                # The journal's segments were just freed, a few MB in holes of the heap.
-                await trio.to_thread.run_sync(release_free_memory)
-
-
-def _bind_error(config: ServiceConfig, exc: OSError) -> str:
-    where = f"{config.server.host}:{config.server.port}"
-    if exc.errno == errno.EADDRINUSE:
-        return f"cannot listen on {where}: address already in use"
-    return f"cannot listen on {where}: {exc.strerror or exc}"
-
-
-def run_service(config: ServiceConfig) -> int:
-    """Run the service in this process; returns the exit code.
-
-    0 after a graceful shutdown, 1 with a one-line reason on stderr when it
-    cannot start.
-    """
-    tune_allocator()
-    _single_threaded_blas()
-    try:
-        trio.run(serve_service, config)
-    except ConfigError as exc:
-        sys.stderr.write(f"guardrefresh: error: {exc}\n")
-        return 2
-    except StartupError as exc:
-        sys.stderr.write(f"guardrefresh: error: {exc}\n")
-        return 1
-    except BaseExceptionGroup as group:
-        startup = group.subgroup(StartupError)
-        if startup is None:
-            raise
-        first = _leaves(startup)[0]
-        sys.stderr.write(f"guardrefresh: error: {first}\n")
-        return 1
-    return 0
-
-
-def _single_threaded_blas() -> None:
-    """Run numpy's BLAS on the calling thread only, for the life of the process.
-
-    Enforce scores an intent with small matrix products on the event loop thread. A
-    multi-threaded BLAS hands each to worker threads that must all get a CPU: on a busy
-    machine (measured: 2 cores, load 6) a 1.5 ms decision over 1,000 rules then took up to
-    100 ms; single-threaded it stays at 1.3-10 ms.
-    """
-    threadpoolctl.threadpool_limits(limits=1, user_api="blas")
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            out.extend(_leaves(exc))
-        else:
-            out.append(exc)
-    return out
