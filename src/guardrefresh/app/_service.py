@@ -34,6 +34,7 @@ from ..storage import StorageError
 from ..telemetry import EnforceRecorder, Telemetry
 from ._background import compact_in_background, shutdown, watch_staleness
 from ._limits import raise_fd_limit
+from ._ready import ReadyFile
 from ._startup import StartupError, bind_error, edge_limits, open_service_telemetry, security
 from ._trim import trim_after_request_bursts
 
@@ -51,10 +52,13 @@ async def serve_service(
 
     Reports the bound gRPC port through ``task_status`` once the warm-up
     refresh is done, the scheduler runs and the port listens (health is
-    SERVING from then on). Raises :class:`StartupError` when it cannot start.
+    SERVING from then on); writes the ready file then too, if one is configured,
+    and removes it on the way out. Raises :class:`StartupError` when it cannot start.
     """
     config.security.check()
     fd_limit = raise_fd_limit()
+    ready = ReadyFile(config.server.ready_file)
+    await ready.clear()
     try:
         bridge = await Bridge.open(
             Path(config.storage.warm_storage),
@@ -80,9 +84,11 @@ async def serve_service(
                 encoder,
                 telemetry,
                 edge_limits(config, fd_limit),
+                ready,
                 task_status,
             )
     finally:
+        await ready.remove()
         bridge.close()
 
 
@@ -111,6 +117,7 @@ async def _supervise(
     encoder: IntentEncoder,
     telemetry: Telemetry | None,
     edge_limits: EdgeLimits,
+    ready: ReadyFile,
     task_status: trio.TaskStatus[int],
 ) -> None:
     ssl_context, auth = security(config)
@@ -178,6 +185,7 @@ async def _supervise(
                 port = await nursery.start(host.serve)
             except OSError as exc:
                 raise StartupError(bind_error(config, exc)) from None
+            metrics_port: int | None = None
             if config.metrics.enabled:
                 try:
                     metrics_port = await nursery.start(
@@ -211,6 +219,7 @@ async def _supervise(
                 )
             # Scripts and tests wait for this line: keep its shape.
             logger.info("Listening on %s:%d", config.server.host, port)
+            await ready.write(config.server.host, port, metrics_port)
             nursery.start_soon(compact_in_background, bridge)
             nursery.start_soon(
                 trim_after_request_bursts,

@@ -95,6 +95,10 @@ class ServerConfig:
     max_queued_rpcs: int = attrs.field(
         default=_default("server.max_queued_rpcs"), validator=_SERVER
     )
+    #: None: no ready file.
+    ready_file: pathlib.Path | None = attrs.field(
+        default=_default("server.ready_file"), validator=_SERVER
+    )
 
 
 @attrs.frozen(kw_only=True)

@@ -501,6 +501,17 @@ SETTINGS: tuple[Setting[Any], ...] = (
         help="Calls that may wait for a slot; beyond it the connection with the most "
         "waiting is refused with RESOURCE_EXHAUSTED. 0 = 4 x max_concurrent_rpcs.",
     ),
+    Setting(
+        section="server",
+        key="ready_file",
+        flag="--ready-file",
+        env="GUARDREFRESH_READY_FILE",
+        kind=OPTIONAL_PATH,
+        default=None,
+        help="Once health is SERVING, write this file (atomically) with the bound ports as "
+        'JSON, {"host", "port", "metrics_port", "pid"}, and remove it at exit: a launcher '
+        "waits for it instead of reading the log; handy with --port 0.",
+    ),
     # [storage]
     Setting(
         section="storage",
