@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from support.trio_service import open_service
+from support.waiting import in_thread
 
-from .service import DataPlaneClient, in_thread, open_grpcio_client, open_service
+from .service import DataPlaneClient, open_grpcio_client
 from .test_service_enforce import (
     BOUNDARIES_A,
     EXPECTED,

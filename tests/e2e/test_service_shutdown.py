@@ -30,6 +30,8 @@ import pytest
 import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from support.trio_service import open_service
+from support.waiting import in_thread
 
 from guardrefresh.proto import rule_installation as pb
 from guardrefresh.server import SHUTDOWN_MESSAGE
@@ -42,11 +44,9 @@ from .service import (
     GrpclibClient,
     Service,
     big_install_request,
-    in_thread,
     open_grpcio_client,
     open_grpcio_peer,
     open_grpclib_client,
-    open_service,
     rule_set,
     to_grpcio,
 )
