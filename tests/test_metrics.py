@@ -23,8 +23,9 @@ import prometheus_client
 import pytest
 import trio
 from grpclib.const import Status
-from helpers_grpc import GET_RULE, GET_RULE_STATS, in_thread, open_client, open_host, wait_until
+from helpers_grpc import GET_RULE, GET_RULE_STATS, open_client, open_host
 from prometheus_client.parser import text_string_to_metric_families
+from support.waiting import in_thread, wait_until_async
 
 from guardrefresh._version import __version__
 from guardrefresh.cache import CacheStats
@@ -343,7 +344,7 @@ async def test_grpc_host_reports_its_calls_into_the_metrics() -> None:
         metrics.add_grpc_services([pb.DataPlaneBase()])
         assert (await in_thread(client.get_rule_stats)).code is grpc.StatusCode.OK
         assert (await in_thread(client.get_rule, "sleep:0.1")).code is grpc.StatusCode.OK
-        await wait_until(lambda: host.in_flight == 0)
+        await wait_until_async(lambda: host.in_flight == 0)
         samples = await scrape(port)
     labels = {"grpc_type": "unary", "grpc_service": "rule_installation.DataPlane"}
     handled = "grpc_server_handled_total"
