@@ -217,7 +217,8 @@ async def _supervise(
                     "No management plane URL: Enforce requests without an intent_vector "
                     "are denied (fail-closed)"
                 )
-            # Scripts and tests wait for this line: keep its shape.
+            # Scripts may wait for this line (tests and benchmarks use --ready-file): keep
+            # its shape.
             logger.info("Listening on %s:%d", config.server.host, port)
             await ready.write(config.server.host, port, metrics_port)
             nursery.start_soon(compact_in_background, bridge)
