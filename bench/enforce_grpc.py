@@ -14,6 +14,8 @@ for the wire as well as for the engine.
   connection, calling back to back for a few windows; samples are requests/s per window,
   with the server's CPU per request (its process CPU clock) alongside. Reported, no
   target.
+- ``Enforce_telemetry_on_off_p50_ratio_<n>_rules``: the cost of telemetry, two services
+  side by side (``bench/enforce_telemetry.py``). Target >= 0.9.
 
 The client runs in the benchmark process (grpcio releases the GIL while it waits), so on
 a 2-core machine it competes with the server for CPU: the numbers are end to end, on
@@ -91,7 +93,9 @@ def bench_rules(n: int, *, seed: int = 15) -> list[Rule]:
     ]
 
 
-def enforce_request(seed: int) -> bytes:
+def enforce_request(seed: int, *, request_id: bool = True) -> bytes:
+    """A serialized EnforceRequest: :data:`TENANT`'s intent and a random vector (matching
+    none of :func:`bench_rules`); without ``request_id`` the service makes a new UUID."""
     rng = np.random.default_rng(seed)
     intent = (
         '{"id": "bench", "schemaVersion": "v1.3", "tenantId": "' + TENANT + '", '
@@ -103,7 +107,7 @@ def enforce_request(seed: int) -> bytes:
         pb.EnforceRequest(
             intent_event_json=intent,
             intent_vector=rng.standard_normal(128).astype(np.float32).tolist(),
-            request_id=f"bench-{seed}",
+            request_id=f"bench-{seed}" if request_id else "",
         )
     )
 
@@ -276,4 +280,8 @@ def run_enforce_grpc(ws: Workspace, plan: Plan) -> dict[str, Any]:
                     statistics.median(rps),
                     statistics.median(cpu_us),
                 )
+    # Deferred: that module builds on this one's helpers.
+    from .enforce_telemetry import run_telemetry_ratio
+
+    results.update(run_telemetry_ratio(ws, plan))
     return results

@@ -230,12 +230,13 @@ def bench_server(
 
 
 @contextlib.contextmanager
-def real_service(path: Path, log_dir: Path) -> Iterator[ServiceProcess]:
-    """``python -m guardrefresh --port 0 ...``, started by the tests' launcher: ready once
-    its ready file appears. Stopped with SIGTERM at the end (killed on an error)."""
+def real_service(path: Path, log_dir: Path, *extra_args: str) -> Iterator[ServiceProcess]:
+    """``python -m guardrefresh --port 0 ... *extra_args``, started by the tests'
+    launcher: ready once its ready file appears. Stopped with SIGTERM at the end (killed
+    on an error)."""
     with running_service(
         log_dir,
-        "--host", "127.0.0.1", "--log-level", "INFO", "--shutdown-grace", "2",
+        "--host", "127.0.0.1", "--log-level", "INFO", "--shutdown-grace", "2", *extra_args,
         warm_storage=path,
         env=_env(),
         check_log=False,

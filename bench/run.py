@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     python -m bench.run [--sizes 1000,10000,100000]
-                        [--only storage,refresh,grpc,edge,codec,enforce,enforce_grpc,telemetry]
+                        [--only storage,refresh,grpc,edge,codec,enforce,enforce_grpc,telemetry,fleet]
                         [--out bench/results/latest.json] [--tiny]
 
 ``--tiny`` shrinks every size, repeat count and window so the whole run takes
@@ -12,7 +12,7 @@ the targets, which then read ``met: null``.
 
 The document: ``meta`` (machine, versions, plan, timings) and one section per
 benchmark group (``storage``, ``refresh``, ``grpc``, ``edge``, ``codec``, ``enforce``,
-``enforce_grpc``, ``telemetry``), each mapping a benchmark name to its parameters, samples
+``enforce_grpc``, ``telemetry``, ``fleet``), each mapping a benchmark name to its parameters, samples
 summary, median, p99, targets and ``met``;
 ``summary`` lists every benchmark that has a target, with its verdict.
 """
@@ -40,7 +40,17 @@ __all__ = ["main", "run"]
 
 logger = logging.getLogger("bench")
 
-GROUPS = ("storage", "refresh", "grpc", "edge", "codec", "enforce", "enforce_grpc", "telemetry")
+GROUPS = (
+    "storage",
+    "refresh",
+    "grpc",
+    "edge",
+    "codec",
+    "enforce",
+    "enforce_grpc",
+    "telemetry",
+    "fleet",
+)
 DEFAULT_SIZES = (1000, 10_000, 100_000)
 DEFAULT_OUT = Path("bench/results/latest.json")
 
@@ -70,6 +80,7 @@ def _runners() -> dict[str, Callable[[Workspace, Plan], dict[str, Any]]]:
     from .edge import run_edge
     from .enforce import run_enforce
     from .enforce_grpc import run_enforce_grpc
+    from .fleet import run_fleet
     from .grpc_server import run_grpc
     from .refresh import run_refresh
     from .storage import run_storage
@@ -84,6 +95,7 @@ def _runners() -> dict[str, Callable[[Workspace, Plan], dict[str, Any]]]:
         "enforce": run_enforce,
         "enforce_grpc": run_enforce_grpc,
         "telemetry": run_telemetry,
+        "fleet": run_fleet,
     }
 
 
@@ -91,7 +103,8 @@ def _summary(document: dict[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for group in GROUPS:
         for name, result in document.get(group, {}).items():
-            if result.get("targets"):
+            # A group that could not run records {"skipped": reason}.
+            if isinstance(result, dict) and result.get("targets"):
                 rows.append(
                     {
                         "benchmark": f"{group}.{name}",

@@ -86,7 +86,7 @@ def _session(i: int, timestamp_ms: int, rng: random.Random) -> EnforcementSessio
         decision_name=decision,
         drift_score=0.1,
         final_similarities=(0.91, 0.42, 0.77, 0.18),
-        rules=rules,
+        evidence=rules,
         rules_evaluated=3,
         durations=Durations(encode_us=0, rule_query_us=40, evaluation_us=300, total_us=420),
         intent_json=intent,

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pg_support import MISSING_REASON, find_postgres_bin
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED = {
@@ -78,6 +80,7 @@ EXPECTED = {
         "Enforce_latency_20_rules",
         "Enforce_latency_50_rules",
         "Enforce_throughput_20_rules_8_clients",
+        "Enforce_telemetry_on_off_p50_ratio_20_rules",
     ],
     "telemetry": [
         "ingest_dropped_per_s",
@@ -105,9 +108,33 @@ WITH_TARGETS = {
     "codec": set(),
     # Decision targets are stated for 1,000 and 10,000 rules only.
     "enforce": {"speedup_vs_reference_50"},
-    "enforce_grpc": {"Enforce_latency_20_rules", "Enforce_latency_50_rules"},
+    "enforce_grpc": {
+        "Enforce_latency_20_rules",
+        "Enforce_latency_50_rules",
+        "Enforce_telemetry_on_off_p50_ratio_20_rules",
+    },
     "telemetry": {"ingest_dropped_per_s", "query_tenant_decision_last_hour_50", "query_newest_50"},
 }
+
+
+# The fleet group needs PostgreSQL's binaries (tests/pg_support.py); without them the run
+# records why it skipped it.
+FLEET = [
+    "write_visible_on_all_replicas",
+    "install_300_rules_batches_100",
+    "catch_up_200_changes",
+    "enforce_rps_3_over_1",
+    "full_resync_200_rules",
+]
+FLEET_TARGETS = {
+    "write_visible_on_all_replicas",
+    "install_300_rules_batches_100",
+    "catch_up_200_changes",
+    "full_resync_200_rules",
+}
+if find_postgres_bin() is not None:
+    EXPECTED["fleet"] = FLEET
+    WITH_TARGETS["fleet"] = FLEET_TARGETS
 
 
 def _number(value: Any) -> bool:
@@ -120,7 +147,7 @@ def _run_tiny(out: Path) -> dict[str, Any]:
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=180,
+        timeout=300,
         check=False,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
@@ -211,6 +238,22 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
     assert sum(fresh["flood_calls"].values()) > 0  # the flooders did flood
     assert fresh["probes"] >= 1 and edge["health_check_under_flood"]["probes"] >= 1
     assert set(fresh["rss_mib"]) == {"before", "end_of_flood", "after"}
+
+    # Telemetry on and off measured side by side, the on service really recording.
+    ratio = document["enforce_grpc"]["Enforce_telemetry_on_off_p50_ratio_20_rules"]
+    assert ratio["parameters"]["rounds"] == ratio["samples"]["n"] == len(ratio["values"]) == 2
+    assert ratio["targets"] == [{"stat": "median", "op": ">=", "value": 0.9, "unit": "ratio"}]
+    assert all(_number(ratio["p50_ms"][mode]) for mode in ("on", "off"))
+    assert all(ratio["server_cpu_us_per_request"][mode] > 0 for mode in ("on", "off"))
+    assert ratio["sessions_recorded"] >= 1 + 5 + 2 * 10
+
+    if "fleet" in EXPECTED:
+        fleet = document["fleet"]
+        assert fleet["install_300_rules_batches_100"]["converged_after_last_ack_ms"] >= 0
+        assert fleet["full_resync_200_rules"]["parameters"]["rules"] == 200
+        assert fleet["enforce_rps_3_over_1"]["rps_1_replica"] > 0
+    else:
+        assert document["fleet"] == {"skipped": MISSING_REASON}
 
     # Every benchmark with a target shows up in the summary, with its verdict.
     summarized = {row["benchmark"] for row in document["summary"]}

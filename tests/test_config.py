@@ -20,6 +20,7 @@ from guardrefresh.config import (
     HealthConfig,
     LoggingConfig,
     MetricsConfig,
+    ReplicationConfig,
     SecurityConfig,
     ServerConfig,
     ServiceConfig,
@@ -69,6 +70,13 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "health.max_staleness": (600.0, 1.5),
     "health.fail_when_stale": (True, False),
     "enforce.management_plane_url": ("http://127.0.0.1:8001/api/v2", "https://mp.example:443"),
+    "replication.dsn": (
+        "postgresql://guard@db.example:5432/guard?sslmode=require",
+        "postgres://127.0.0.1/fleet",
+    ),
+    "replication.password_file": (pathlib.Path("pgpass"), pathlib.Path("/run/pg pass")),
+    "replication.max_lag": (30.0, 0.5),
+    "replication.tombstone_retention": (3600.0, 0.5),
     "security.tls_cert": (pathlib.Path("cert.pem"), pathlib.Path("/etc/g r/cert.pem")),
     "security.tls_key": (pathlib.Path("key.pem"), pathlib.Path("/etc/g r/key.pem")),
     "security.tls_client_ca": (pathlib.Path("ca.pem"), pathlib.Path("/etc/ca.pem")),
@@ -90,6 +98,7 @@ SECTION_CLASSES = {
     "metrics": MetricsConfig,
     "health": HealthConfig,
     "enforce": EnforceConfig,
+    "replication": ReplicationConfig,
     "security": SecurityConfig,
     "telemetry": TelemetryConfig,
 }
@@ -694,6 +703,7 @@ def test_render_round_trips_defaults(tmp_path: pathlib.Path) -> None:
         "metrics",
         "health",
         "enforce",
+        "replication",
         "security",
         "telemetry",
     }

@@ -9,6 +9,8 @@ Trio to build a scope's evaluation set in a worker thread).
 from __future__ import annotations
 
 import json
+import math
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,6 +23,7 @@ from grpclib import GRPCError, Status
 
 from guardrefresh.bridge import Bridge
 from guardrefresh.enforce import EnforcementEngine, IntentEncoder
+from guardrefresh.metrics import ServiceMetrics
 from guardrefresh.model import PolicyType, RuleAnchors
 from guardrefresh.proto import rule_installation as pb
 from guardrefresh.server import EnforceHandler, EnforceOutcome
@@ -138,3 +141,120 @@ async def test_malformed_bytes_are_invalid_argument(bridge: Bridge) -> None:
         await on_asyncio(handler.enforce_bytes, b"\x0a\xff\xff\xff")
     assert info.value.status is Status.INVALID_ARGUMENT
     assert "malformed EnforceRequest" in str(info.value.message)
+
+
+# --------------------------------------------------------- refused requests ---
+
+
+def handler_with_metrics(bridge: Bridge) -> tuple[EnforceHandler, list[EnforceOutcome], Any]:
+    seen: list[EnforceOutcome] = []
+    metrics = ServiceMetrics()
+    handler = EnforceHandler(
+        EnforcementEngine(bridge),
+        IntentEncoder(None, None),
+        observers=[seen.append, metrics.enforce.observe],
+    )
+    return handler, seen, metrics
+
+
+async def refused(handler: EnforceHandler, request: pb.EnforceRequest) -> str:
+    with pytest.raises(GRPCError) as info:
+        await on_asyncio(handler.enforce_bytes, bytes(request))
+    assert info.value.status is Status.INVALID_ARGUMENT
+    return str(info.value.message)
+
+
+async def test_refused_requests_are_reported_as_refused_denials_not_decisions(
+    bridge: Bridge,
+) -> None:
+    vector = await install_allow_rule(bridge)
+    handler, seen, metrics = handler_with_metrics(bridge)
+    good = intent_json(layer="L1")
+    message = await refused(
+        handler,
+        pb.EnforceRequest(intent_event_json=good, intent_vector=vector[:5], request_id="bad-1"),
+    )
+    assert "intent_vector has 5 values" in message
+    nan_vector = [*vector[:-1], math.nan]
+    await refused(handler, pb.EnforceRequest(intent_event_json=good, intent_vector=nan_vector))
+    await refused(
+        handler,
+        pb.EnforceRequest(intent_event_json=good, intent_vector=vector, drift_score=math.inf),
+    )
+    assert [o.refused for o in seen] == [True, True, True]
+    first, second, third = seen
+    assert (first.request_id, first.tenant_id, first.agent_id, first.layer) == (
+        "bad-1", TENANT, "agent-h", "L1",
+    )  # fmt: skip
+    assert first.error == message and first.decision_name == "DENY"
+    assert first.result.evidence == () and first.rules_evaluated == 0
+    assert first.intent.raw == good and first.total_us >= 0
+    assert uuid.UUID(second.request_id) and second.request_id != third.request_id
+    assert "intent_vector[127] is nan" in second.error
+    assert math.isinf(third.drift_score) and "drift_score is inf" in third.error
+    # Decisions only in the Enforce metrics.
+    get = metrics.registry.get_sample_value
+    assert get("guardrefresh_enforce_total", {"decision": "DENY"}) == 0
+    assert get("guardrefresh_enforce_duration_seconds_count") == 0
+    await on_asyncio(
+        handler.enforce_bytes,
+        bytes(pb.EnforceRequest(intent_event_json=good, intent_vector=vector)),
+    )
+    assert get("guardrefresh_enforce_total", {"decision": "ALLOW"}) == 1
+    assert [o.refused for o in seen] == [True, True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected", "problem"),
+    [
+        ("{not json", ("", "", None), "not valid JSON"),
+        ("[1, 2]", ("", "", None), "must be a JSON object"),
+        ("", ("", "", None), "is empty"),
+        # Valid JSON that is not a whole IntentEvent: what it names is kept.
+        (
+            json.dumps({"tenantId": "t-9", "actor": {"id": "who"}, "layer": "L2"}),
+            ("t-9", "who", "L2"),
+            "missing field 'id'",
+        ),
+        (
+            json.dumps(
+                {"tenantId": 5, "rate_limit_context": {"agent_id": "rl"}, "actor": {"id": "a"}}
+            ),
+            ("", "rl", None),
+            "missing field 'id'",
+        ),
+    ],
+)
+async def test_a_bad_intent_is_reported_with_what_could_be_read_of_it(
+    bridge: Bridge, text: str, expected: tuple[str, str, str | None], problem: str
+) -> None:
+    handler, seen, _ = handler_with_metrics(bridge)
+    message = await refused(handler, pb.EnforceRequest(intent_event_json=text, request_id="r-x"))
+    assert problem in message
+    [outcome] = seen
+    assert outcome.refused and outcome.request_id == "r-x" and outcome.error == message
+    assert (outcome.tenant_id, outcome.agent_id, outcome.layer) == expected
+    assert outcome.intent.raw == text
+
+
+async def test_a_large_bad_intent_parsed_in_a_thread_keeps_what_could_be_read(
+    bridge: Bridge,
+) -> None:
+    handler, seen, _ = handler_with_metrics(bridge)
+    text = json.dumps({"tenantId": "t-big", "padding": "x" * 70_000})
+    # Parsed in a worker thread (over 64 KiB), started from the asyncio side.
+    with pytest.raises(GRPCError) as info:
+        await on_asyncio(handler.enforce_bytes, bytes(pb.EnforceRequest(intent_event_json=text)))
+    assert info.value.status is Status.INVALID_ARGUMENT
+    [outcome] = seen
+    assert outcome.refused and outcome.tenant_id == "t-big" and outcome.intent.raw == text
+
+
+async def test_undecodable_bytes_are_reported_as_a_refusal(bridge: Bridge) -> None:
+    handler, seen, _ = handler_with_metrics(bridge)
+    with pytest.raises(GRPCError):
+        await on_asyncio(handler.enforce_bytes, b"\x0a\xff\xff\xff")
+    [outcome] = seen
+    assert outcome.refused and "malformed EnforceRequest" in outcome.error
+    assert uuid.UUID(outcome.request_id)
+    assert (outcome.tenant_id, outcome.agent_id, outcome.intent.raw) == ("", "", "")

@@ -49,3 +49,28 @@ def test_kubernetes_manifest_probes_the_health_service() -> None:
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert f"{probe}:\n            grpc: {{port: 50051}}" in manifest
     assert 'prometheus.io/port: "9464"' in manifest
+
+
+def test_fleet_manifest_is_ready_on_health_alive_on_the_port_and_reads_the_dsn_secret() -> None:
+    manifest = (EXAMPLES / "fleet-kubernetes.yaml").read_text()
+    assert "kind: Deployment" in manifest and "replicas: 3" in manifest
+    assert "readinessProbe:\n            grpc: {port: 50051}" in manifest
+    # NOT_SERVING until the first sync must not get a replica killed.
+    for probe in ("startupProbe", "livenessProbe"):
+        assert f"{probe}:\n            tcpSocket: {{port: grpc}}" in manifest
+    assert "name: GUARDREFRESH_REPLICATION\n              valueFrom: {secretKeyRef:" in manifest
+    assert "name: PGPASSWORD\n              valueFrom: {secretKeyRef:" in manifest
+    assert "kind: Service" in manifest
+
+
+def test_fleet_systemd_unit_names_a_valid_database_without_a_password() -> None:
+    unit = (EXAMPLES / "guardrefresh-fleet.service").read_text()
+    dsn = next(
+        line.split("=", 2)[2]
+        for line in unit.splitlines()
+        if line.startswith("Environment=GUARDREFRESH_REPLICATION=")
+    )
+    config, _ = load_config([], {"GUARDREFRESH_REPLICATION": dsn})
+    assert config.replication.dsn == dsn and ":***@" not in config.replication.masked_dsn
+    assert "--replication-password-file ${CREDENTIALS_DIRECTORY}/pgpassword" in unit
+    assert "LoadCredential=pgpassword:" in unit and "TimeoutStopSec=20" in unit

@@ -22,6 +22,7 @@ import grpc
 import prometheus_client
 import pytest
 import trio
+import trio_asyncio
 from grpclib.const import Status
 from helpers_grpc import GET_RULE, GET_RULE_STATS, open_client, open_host
 from prometheus_client.parser import text_string_to_metric_families
@@ -40,6 +41,7 @@ from guardrefresh.metrics import (
 )
 from guardrefresh.proto import rule_installation as pb
 from guardrefresh.refresh import RefreshError, RefreshStats, RefreshTrigger, SchedulerStatus
+from guardrefresh.server import EdgeCounts, EdgeLimits, LoopErrorHandler
 from guardrefresh.storage import (
     CorruptStoreError,
     StorageError,
@@ -614,6 +616,7 @@ class FakeOutcome:
     encode_us: int = 0
     encoded: bool = False
     encode_failure: str | None = None
+    refused: bool = False
 
 
 def test_enforce_metrics_count_decisions_latency_rules_and_encoder_failures() -> None:
@@ -633,6 +636,8 @@ def test_enforce_metrics_count_decisions_latency_rules_and_encoder_failures() ->
             encode_us=1_500_000, total_us=1_500_100,
         )
     )  # fmt: skip
+    # A request refused with INVALID_ARGUMENT decided nothing: no Enforce metric moves.
+    metrics.enforce.observe(FakeOutcome(decision_name="DENY", rules_evaluated=0, refused=True))
     assert get("guardrefresh_enforce_total", {"decision": "ALLOW"}) == 2
     assert get("guardrefresh_enforce_total", {"decision": "STEP_UP"}) == 1
     assert get("guardrefresh_enforce_total", {"decision": "DENY"}) == 1
@@ -654,3 +659,90 @@ def test_enforce_metrics_refuse_unknown_labels() -> None:
     with pytest.raises(ValueError, match="unknown encode failure reason"):
         metrics.enforce.observe(FakeOutcome(decision_name="DENY", encode_failure="gremlins"))
     assert metrics.registry.get_sample_value("guardrefresh_enforce_duration_seconds_count") == 0
+
+
+# --------------------------------------------------------------- connections ---
+
+
+async def test_connection_metrics_are_read_from_the_host_at_each_scrape() -> None:
+    metrics = ServiceMetrics()
+    limits = EdgeLimits(max_connections=2, idle_timeout_s=0.5)
+    async with (
+        open_host(edge_limits=limits) as (host, _),
+        open_metrics_server(metrics) as port,
+    ):
+        loop = trio_asyncio.current_loop.get()
+        handler = loop.get_exception_handler()
+        assert isinstance(handler, LoopErrorHandler)
+        metrics.bind_edge(
+            counts=lambda: host.edge_counts,
+            open_connections=lambda: host.open_connections,
+            max_connections=host.edge_limits.max_connections,
+            loop_errors=handler,
+        )
+        first = await scrape(port)
+        assert value(first, "guardrefresh_connections_max") == 2
+        assert value(first, "guardrefresh_connections_open") == 0
+        assert value(first, "guardrefresh_connections_refused_total") == 0
+        for reason in ("idle", "calm", "error"):
+            assert value(first, "guardrefresh_connections_closed_total", reason=reason) == 0
+        assert value(first, "guardrefresh_accept_errors_total") == 0
+        for kind in ("connection", "other"):
+            assert value(first, "guardrefresh_loop_errors_total", kind=kind) == 0
+
+        # Three silent clients: two admitted, the third closed as soon as accepted; the
+        # two are closed once idle for half a second.
+        streams = [await trio.open_tcp_stream("127.0.0.1", host.port) for _ in range(3)]
+        try:
+            await wait_until_async(lambda: host.edge_counts.refused == 1)
+            second = await scrape(port)
+            assert value(second, "guardrefresh_connections_refused_total") == 1
+            assert value(second, "guardrefresh_connections_open") == 2
+            await wait_until_async(lambda: host.edge_counts.idle_closed == 2, limit_s=5.0)
+            # What reaches the loop's handler: an accept() out of descriptors.
+            loop.call_exception_handler(
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(24, "Too many open files"),
+                }
+            )
+            third = await scrape(port)
+        finally:
+            for stream in streams:
+                await stream.aclose()
+    assert value(third, "guardrefresh_connections_closed_total", reason="idle") == 2
+    assert value(third, "guardrefresh_connections_closed_total", reason="calm") == 0
+    assert value(third, "guardrefresh_accept_errors_total") == 1
+    assert value(third, "guardrefresh_loop_errors_total", kind="other") == 0
+
+
+async def test_connection_metrics_without_a_loop_handler_and_with_a_failing_callback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics = ServiceMetrics()
+    counts = EdgeCounts(refused=3, idle_closed=4, calm_closed=5, error_closed=6)
+
+    def broken() -> int:
+        raise RuntimeError("no connection count")
+
+    open_connections: list[Callable[[], int]] = [lambda: 7]
+    metrics.bind_edge(
+        counts=lambda: counts, open_connections=lambda: open_connections[0](), max_connections=9
+    )
+    async with open_metrics_server(metrics) as port:
+        samples = await scrape(port)
+        assert value(samples, "guardrefresh_connections_open") == 7
+        assert value(samples, "guardrefresh_connections_refused_total") == 3
+        assert value(samples, "guardrefresh_connections_closed_total", reason="calm") == 5
+        assert value(samples, "guardrefresh_connections_closed_total", reason="error") == 6
+        assert "guardrefresh_accept_errors_total" not in names(samples)
+        open_connections[0] = broken
+        with caplog.at_level(logging.ERROR, logger="guardrefresh.metrics"):
+            samples = await scrape(port)
+    assert "guardrefresh_connections_open" not in names(samples)
+    assert "guardrefresh_build_info" in names(samples)
+    assert "reading connection counts failed" in caplog.text
+    with pytest.raises(ValueError, match="max_connections"):
+        ServiceMetrics().bind_edge(
+            counts=lambda: counts, open_connections=lambda: 0, max_connections=0
+        )

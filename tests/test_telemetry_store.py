@@ -21,12 +21,15 @@ from telemetry_support import make_session
 
 from guardrefresh.telemetry import (
     SCHEMA_VERSION,
+    STORED_RULE_FIELDS,
+    WRITER_NICE,
     EnforcementSession,
     InvalidQueryError,
     SessionQuery,
     SessionReader,
     SessionWriter,
     TelemetryRecorder,
+    expand_stored_json,
     open_telemetry,
 )
 
@@ -353,11 +356,14 @@ def test_the_writer_commits_one_transaction_per_batch(db: Path) -> None:
 
 
 async def test_open_telemetry_writes_everything_queued_when_the_block_ends(db: Path) -> None:
-    async with open_telemetry(db, batch_window_s=1.0) as telemetry:
+    # Sessions stamped T0 (2023) are past the default 7-day retention: a retention that
+    # keeps them, or the background prune races the reads below.
+    keep = 20 * 365 * 86400.0
+    async with open_telemetry(db, batch_window_s=1.0, retention_s=keep) as telemetry:
         for i in range(300):
             assert telemetry.record(make_session(f"s{i}", timestamp_ms=T0 + i))
         # Within the window nothing needs to be committed yet; leaving must flush it all.
-    async with open_telemetry(db) as telemetry:
+    async with open_telemetry(db, retention_s=keep) as telemetry:
         page = await telemetry.query(SessionQuery(limit=500))
         assert page.total_count == 300
         document = await telemetry.get("s7")
@@ -438,3 +444,50 @@ async def test_checkpoints_run_beside_the_writer_and_keep_the_wal_bounded(db: Pa
     assert not wal.exists() or wal.stat().st_size == 0  # the last close checkpoints it all
     with contextlib.closing(sqlite3.connect(db)) as conn:
         assert conn.execute("SELECT count(*) FROM sessions").fetchone()[0] == 4800
+
+
+async def test_the_service_writer_runs_below_the_request_path_and_restores_its_thread(
+    db: Path,
+) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    async with open_telemetry(db) as telemetry:
+        writer = telemetry.writer
+        assert telemetry.record(make_session("s1", timestamp_ms=T0))
+        await trio.to_thread.run_sync(wait_for, lambda: writer.counters.committed == 1)
+        assert writer.nice == WRITER_NICE
+        assert writer.native_id is not None and writer.native_id != threading.get_native_id()
+        assert os.getpriority(os.PRIO_PROCESS, writer.native_id) == base + WRITER_NICE
+        # Only that thread: the Trio thread (Enforce's) keeps its priority.
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+    # Trio reuses its worker threads: the writer's is back at the service's priority
+    # (when the process may raise it again, as here: root in the test machine, or
+    # CAP_SYS_NICE).
+    if os.geteuid() == 0:
+        assert os.getpriority(os.PRIO_PROCESS, writer.native_id) == base
+
+
+def test_a_writer_run_directly_keeps_the_callers_priority(db: Path) -> None:
+    base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    write_all(db, [make_session("s1", timestamp_ms=T0)])
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == base
+
+
+def test_rules_are_stored_as_rows_and_served_as_the_full_document(db: Path) -> None:
+    session = make_session("compact", timestamp_ms=T0, rules=50)
+    write_all(db, [session])
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        [(stored,)] = conn.execute("SELECT session_json FROM sessions").fetchall()
+    full = session.to_json()
+    assert len(stored) < len(full) / 2  # 50 rules: rows instead of 18-field objects
+    rows = json.loads(stored)["rules_evaluated"]
+    assert len(rows) == 50 and len(rows[0]) == len(STORED_RULE_FIELDS)
+    reader = SessionReader(db)
+    try:
+        assert reader.get("compact") == full
+        # A row written as a full document (as before) is served as it is.
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("UPDATE sessions SET session_json = ?", (full,))
+        assert reader.get("compact") == full
+        assert expand_stored_json(full) is full
+    finally:
+        reader.close()

@@ -30,6 +30,7 @@ ADDED_MESSAGES = {
     ".rule_installation.GetRuleRequest",
     ".rule_installation.GetRuleResponse",
     ".rule_installation.RefreshStatsMessage",
+    ".rule_installation.ReplicationStatus",
 }
 ADDED_FIELDS = {
     ".rule_installation.QueryTelemetryRequest": {"decision_name"},

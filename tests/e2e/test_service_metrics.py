@@ -138,3 +138,37 @@ async def test_stale_rules_flip_health_only_with_fail_when_stale(tmp_path: Path)
             assert await peer.check("") == "SERVING"
             assert value(await scrape(metrics_port), "guard_scheduler_stale") == 0
             assert await service.stop() == 0
+
+
+async def test_connection_metrics_count_refused_and_idle_connections(tmp_path: Path) -> None:
+    port = free_port()
+    args = ("--metrics-port", str(port), "--max-connections", "2", "--idle-timeout", "1")
+    async with open_service(tmp_path, *args) as service:
+        before = await scrape(port)
+        assert value(before, "guardrefresh_connections_max") == 2
+        assert value(before, "guardrefresh_connections_refused_total") == 0
+        assert value(before, "guardrefresh_accept_errors_total") == 0
+        assert value(before, "guardrefresh_loop_errors_total", kind="connection") == 0
+        # Three silent TCP clients: the third is over the cap.
+        streams = [await trio.open_tcp_stream(HOST, service.port) for _ in range(3)]
+        try:
+            with trio.fail_after(10):
+                while True:
+                    during = await scrape(port)
+                    if value(during, "guardrefresh_connections_refused_total") >= 1:
+                        break
+                    await trio.sleep(0.05)
+            assert value(during, "guardrefresh_connections_refused_total") == 1
+            assert value(during, "guardrefresh_connections_open") == 2
+            with trio.fail_after(10):
+                while True:
+                    after = await scrape(port)
+                    if value(after, "guardrefresh_connections_closed_total", reason="idle") >= 2:
+                        break
+                    await trio.sleep(0.1)
+        finally:
+            for stream in streams:
+                await stream.aclose()
+        assert value(after, "guardrefresh_connections_closed_total", reason="idle") == 2
+        assert value(after, "guardrefresh_connections_closed_total", reason="calm") == 0
+        assert value(after, "guardrefresh_connections_closed_total", reason="error") == 0

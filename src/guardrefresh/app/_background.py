@@ -15,6 +15,7 @@ from ..refresh import RefreshScheduler, RefreshService
 from ..server import GrpcHost
 from ..server._dataplane import is_stale
 from ..storage import StorageError
+from ._health import ServingGate
 from ._memory import release_free_memory
 
 __all__ = ["compact_in_background", "shutdown", "watch_staleness"]
@@ -49,7 +50,7 @@ async def shutdown(
 
 
 async def watch_staleness(
-    host: GrpcHost, refresher: RefreshService, limit_s: float, fail_when_stale: bool
+    gate: ServingGate, refresher: RefreshService, limit_s: float, fail_when_stale: bool
 ) -> None:
     """Log when rules go stale or fresh again; with ``fail_when_stale`` flip health too.
 
@@ -77,7 +78,7 @@ async def watch_staleness(
                 )
             was_stale = stale
         if fail_when_stale:
-            host.set_serving(not stale)
+            gate.set("fresh", not stale)
         wait = math.inf if stale else limit_s - (now_ms - last_ms) / 1000 + 0.001
         with trio.move_on_after(wait):
             await refresher.last_stats.wait_transition()

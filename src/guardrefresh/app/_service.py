@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import gc
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -27,12 +30,15 @@ from ..server import (
     EnforceHandler,
     EnforceObserver,
     GrpcHost,
+    LoopErrorHandler,
     open_asyncio_loop,
 )
 from ..server._dataplane import DataPlaneService
 from ..storage import StorageError
-from ..telemetry import EnforceRecorder, Telemetry
+from ..telemetry import EnforceRecorder, TelemetryStore
 from ._background import compact_in_background, shutdown, watch_staleness
+from ._fleet import Fleet, FleetStartupError, open_fleet, watch_replication
+from ._health import ServingGate
 from ._limits import raise_fd_limit
 from ._ready import ReadyFile
 from ._startup import StartupError, bind_error, edge_limits, open_service_telemetry, security
@@ -56,6 +62,7 @@ async def serve_service(
     and removes it on the way out. Raises :class:`StartupError` when it cannot start.
     """
     config.security.check()
+    config.replication.check()
     fd_limit = raise_fd_limit()
     ready = ReadyFile(config.server.ready_file)
     await ready.clear()
@@ -70,12 +77,13 @@ async def serve_service(
         raise StartupError(f"cannot open warm storage: {exc}") from None
     try:
         async with (
-            open_asyncio_loop(),
+            open_asyncio_loop() as loop,
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
+            _open_fleet(config, bridge, refresher) as fleet,
             open_intent_encoder(config.enforce.management_plane_url) as encoder,
-            open_service_telemetry(config) as telemetry,
+            open_service_telemetry(config, fleet) as telemetry,
         ):
             await _supervise(
                 config,
@@ -83,13 +91,32 @@ async def serve_service(
                 refresher,
                 encoder,
                 telemetry,
+                fleet,
                 edge_limits(config, fd_limit),
+                _loop_errors(loop),
                 ready,
                 task_status,
             )
     finally:
         await ready.remove()
         bridge.close()
+
+
+def _loop_errors(loop: asyncio.AbstractEventLoop) -> LoopErrorHandler | None:
+    """The counters of the loop's error handler (installed by ``open_asyncio_loop``)."""
+    handler = loop.get_exception_handler()
+    return handler if isinstance(handler, LoopErrorHandler) else None
+
+
+@contextlib.asynccontextmanager
+async def _open_fleet(
+    config: ServiceConfig, bridge: Bridge, refresher: RefreshService
+) -> AsyncIterator[Fleet | None]:
+    try:
+        async with open_fleet(config.replication, bridge, refresher) as fleet:
+            yield fleet
+    except FleetStartupError as exc:
+        raise StartupError(str(exc)) from None
 
 
 class _RefreshMetrics:
@@ -115,8 +142,10 @@ async def _supervise(
     bridge: Bridge,
     refresher: RefreshService,
     encoder: IntentEncoder,
-    telemetry: Telemetry | None,
+    telemetry: TelemetryStore | None,
+    fleet: Fleet | None,
     edge_limits: EdgeLimits,
+    loop_errors: LoopErrorHandler | None,
     ready: ReadyFile,
     task_status: trio.TaskStatus[int],
 ) -> None:
@@ -136,7 +165,10 @@ async def _supervise(
             stats.bridge_version,
         )
     _tune_garbage_collector()
-    scheduler = RefreshScheduler(refresher, config.scheduler)
+    # In fleet mode the periodic refresh reconciles with the fleet first.
+    scheduler = RefreshScheduler(
+        fleet.refresher if fleet is not None else refresher, config.scheduler
+    )
     staleness_limit = config.health.staleness_limit(config.scheduler.refresh_interval)
     observers: list[EnforceObserver] = [metrics.enforce.observe]
     if telemetry is not None:
@@ -149,8 +181,12 @@ async def _supervise(
         staleness_limit_s=staleness_limit,
         enforcer=enforcer,
         telemetry=telemetry,
+        writer=fleet.writer if fleet is not None else None,
+        replication=fleet.replica.status if fleet is not None else None,
     )
     metrics.add_grpc_services([dataplane])
+    if fleet is not None:
+        metrics.bind_replication(fleet.replica.status)
     if telemetry is not None:
         metrics.bind_telemetry(telemetry.stats)
     metrics.bind(
@@ -177,10 +213,21 @@ async def _supervise(
         authorize=auth.check if auth is not None else None,
         edge_limits=edge_limits,
     )
+    metrics.bind_edge(
+        counts=lambda: host.edge_counts,
+        open_connections=lambda: host.open_connections,
+        max_connections=edge_limits.max_connections,
+        loop_errors=loop_errors,
+    )
+    gate = ServingGate(host)
+    if fleet is not None:
+        gate.set("fleet-synced", False)  # NOT_SERVING until the first sync
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             logger.info("Spawning scheduled refresh background task")
             await nursery.start(scheduler.run)
+            if fleet is not None:
+                await fleet.start(nursery)
             try:
                 port = await nursery.start(host.serve)
             except OSError as exc:
@@ -202,7 +249,7 @@ async def _supervise(
                         f"{exc.strerror or exc}"
                     ) from None
                 logger.info("Metrics on http://%s:%d/metrics", config.metrics.host, metrics_port)
-            host.set_serving(True)
+            gate.open()
             if ssl_context is not None:
                 mutual = config.security.tls_client_ca is not None
                 logger.info("gRPC over TLS%s", ", client certificates required" if mutual else "")
@@ -220,6 +267,7 @@ async def _supervise(
             # Scripts may wait for this line (tests and benchmarks use --ready-file): keep
             # its shape.
             logger.info("Listening on %s:%d", config.server.host, port)
+            # Health is SERVING now (in fleet mode it waits for the first sync).
             await ready.write(config.server.host, port, metrics_port)
             nursery.start_soon(compact_in_background, bridge)
             nursery.start_soon(
@@ -230,8 +278,12 @@ async def _supervise(
                 host.forget_closed_connections,
             )
             nursery.start_soon(
-                watch_staleness, host, refresher, staleness_limit, config.health.fail_when_stale
+                watch_staleness, gate, refresher, staleness_limit, config.health.fail_when_stale
             )
+            if fleet is not None:
+                nursery.start_soon(
+                    watch_replication, fleet.replica, gate, config.health.fail_when_stale
+                )
             task_status.started(port)
 
             async for signum in signals:

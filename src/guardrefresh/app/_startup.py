@@ -10,16 +10,24 @@ import math
 import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Final
+
+import attrs
 
 from ..config import ServiceConfig
+from ..replication import open_engine
 from ..server import EdgeLimits, max_connections_for
 from ..server._auth import AdminAuth, TokenFileError
 from ..server._tls import TlsConfigError, server_ssl_context
-from ..telemetry import Telemetry, open_telemetry
+from ..telemetry import TelemetryStore, open_telemetry
+from ._fleet import Fleet
 
 __all__ = ["StartupError", "bind_error", "edge_limits", "open_service_telemetry", "security"]
 
 logger = logging.getLogger(__name__)
+
+#: Connections of fleet telemetry's own pool: one writer, two concurrent reads.
+TELEMETRY_POOL_SIZE: Final = 3
 
 
 class StartupError(Exception):
@@ -27,8 +35,11 @@ class StartupError(Exception):
 
 
 @contextlib.asynccontextmanager
-async def open_service_telemetry(config: ServiceConfig) -> AsyncIterator[Telemetry | None]:
-    """The telemetry store, or None with --no-telemetry.
+async def open_service_telemetry(
+    config: ServiceConfig, fleet: Fleet | None
+) -> AsyncIterator[TelemetryStore | None]:
+    """The telemetry store, or None with --no-telemetry: in fleet mode the fleet's
+    PostgreSQL (every replica reads every replica's sessions), else SQLite.
 
     Entered before the server starts and left after it has drained, so every session
     of an answered Enforce call is written before the process exits.
@@ -39,16 +50,26 @@ async def open_service_telemetry(config: ServiceConfig) -> AsyncIterator[Telemet
         yield None
         return
     path = settings.database_path(Path(config.storage.warm_storage))
-    async with open_telemetry(
-        path,
-        batch_window_s=settings.batch_window,
-        retention_s=settings.retention,
-        max_sessions=settings.max_sessions,
-        queue_capacity=settings.queue_size,
-    ) as telemetry:
+    async with contextlib.AsyncExitStack() as stack:
+        engine = None
+        if fleet is not None:
+            # A pool of its own: deep telemetry pages never hold the replica's connections.
+            engine = await stack.enter_async_context(
+                open_engine(attrs.evolve(fleet.engine.settings, pool_size=TELEMETRY_POOL_SIZE))
+            )
+        telemetry = await stack.enter_async_context(
+            open_telemetry(
+                path,
+                batch_window_s=settings.batch_window,
+                retention_s=settings.retention,
+                max_sessions=settings.max_sessions,
+                queue_capacity=settings.queue_size,
+                engine=engine,
+            )
+        )
         logger.info(
             "Telemetry: recording Enforce sessions in %s (kept %ss, at most %d)",
-            path,
+            telemetry.location,
             f"{settings.retention:g}",
             settings.max_sessions,
         )

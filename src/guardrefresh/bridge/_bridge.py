@@ -14,7 +14,7 @@ import trio_util
 
 from ..cache import HotCache
 from ..model import Rule, RuleValidationError, clip, echo
-from ..storage import RuleRef, TableStat, WarmStore, WarmTable, family_of
+from ..storage import RuleRef, SegmentColumns, TableStat, WarmStore, WarmTable, family_of
 from ._errors import RuleConflictError, RuleNotFoundError, TooManyRulesError
 
 logger = logging.getLogger(__name__)
@@ -157,14 +157,7 @@ class Bridge:
         id that belongs to another agent) or a storage error; in every case
         nothing was stored.
         """
-        if len(rules) > self.max_rules_per_install:
-            raise TooManyRulesError(
-                f"{len(rules)} rules in one request; the limit is {self.max_rules_per_install}"
-            )
-        # Validation walks every anchor: keep it off the event loop.
-        stamped = await trio.to_thread.run_sync(
-            _stamped_batch, rules, agent_id, config_id, owner, abandon_on_cancel=True
-        )
+        stamped = await self.prepare_install(agent_id, rules, config_id=config_id, owner=owner)
         async with self.write_lock:
             for rule in stamped:
                 existing = self.table.ref(rule.rule_id)
@@ -188,6 +181,24 @@ class Bridge:
             },
         )
         return InstallResult(len(stamped), dict(by_layer), self.table.bridge_version)
+
+    async def prepare_install(
+        self, agent_id: str, rules: Sequence[Rule], *, config_id: str = "", owner: str = ""
+    ) -> list[Rule]:
+        """Validate an install request and stamp its provenance; store nothing.
+
+        The checks :meth:`install_rules` makes before it writes (the request's size,
+        every rule, duplicate ids, the rules' agent), with the same errors; a fleet
+        replica runs them before it writes to the fleet's engine.
+        """
+        if len(rules) > self.max_rules_per_install:
+            raise TooManyRulesError(
+                f"{len(rules)} rules in one request; the limit is {self.max_rules_per_install}"
+            )
+        # Validation walks every anchor: keep it off the event loop.
+        return await trio.to_thread.run_sync(
+            _stamped_batch, rules, agent_id, config_id, owner, abandon_on_cancel=True
+        )
 
     async def remove_policy(self, agent_id: str, policy_id: str) -> int:
         """Remove rule ``policy_id`` of ``agent_id``.
@@ -253,6 +264,44 @@ class Bridge:
                     if ref is not None
                 )
             self.writes.value += 1
+
+    async def apply_replicated(self, columns: SegmentColumns) -> None:
+        """Apply a batch of upserts and deletions decided elsewhere, at its version.
+
+        For fleet replication: ``columns`` (rules, ``deleted_ids``, ``bridge_version``
+        = the fleet's version, above this store's) become one journal append, and the
+        hot cache follows, as for a local install. All or nothing; raises the storage
+        errors of :meth:`WarmStore.append_columns`. Completes even if the caller is
+        cancelled once started (the disk and the in-memory view never disagree).
+        """
+        async with self.write_lock:
+            with trio.CancelScope(shield=True):
+                table = await trio.to_thread.run_sync(
+                    self.store.append_columns, self.table, columns
+                )
+                self.adopt(table)
+                if columns.deleted_ids:
+                    self.cache.remove_many(columns.deleted_ids)
+                if columns.ids:
+                    refs = [(key, ref) for key in columns.ids if (ref := table.ref(key))]
+                    self.cache.insert_many(refs)
+                self.writes.value += 1
+
+    async def replace_replicated(self, columns: SegmentColumns) -> None:
+        """Replace every rule with ``columns`` at their version (a fleet resync).
+
+        Crash-safe whole-store replacement (a new generation); the hot cache keeps
+        the ids that still exist, pointing at their new content, and drops the rest.
+        Raises the storage errors of :meth:`WarmStore.replace_columns`.
+        """
+        async with self.write_lock:
+            with trio.CancelScope(shield=True):
+                table = await trio.to_thread.run_sync(self.store.replace_columns, columns)
+                self.adopt(table)
+                self.cache.replace(
+                    [(key, ref) for key, _ in self.cache.snapshot() if (ref := table.ref(key))]
+                )
+                self.writes.value += 1
 
     def adopt(self, table: WarmTable) -> None:
         """Make ``table`` the current warm view (after a write or a refresh)."""

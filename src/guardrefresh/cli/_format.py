@@ -100,5 +100,29 @@ def status_lines(status: Any, target: str, *, now_ms: int) -> list[str]:
         ("warm rules", str(status.warm_rules)),
         ("stale", f"{stale} (limit {human_duration(status.max_staleness_s)})"),
     ]
+    fleet = getattr(status, "replication", None)
+    if fleet is not None:
+        rows += _replication_rows(fleet)
     width = max(len(name) for name, _ in rows) + 1
     return [f"guardrefresh at {target}"] + [f"  {name + ':':<{width}} {v}" for name, v in rows]
+
+
+def _replication_rows(fleet: Any) -> list[tuple[str, str]]:
+    """Rows of a fleet replica's ``ReplicationStatus``."""
+    state = "connected" if fleet.connected else "DISCONNECTED"
+    if not fleet.synced:
+        state += ", not yet synced (health NOT_SERVING)"
+    limit = f"limit {human_duration(fleet.max_lag_s)}" if fleet.max_lag_s else "no limit"
+    lag = f"{human_duration(fleet.lag_s)}, {fleet.versions_behind} versions behind ({limit})"
+    if fleet.lagging:
+        lag += ": LAGGING"
+    synced = utc_text(fleet.last_synced_ms) if fleet.last_synced_ms else "never"
+    return [
+        ("fleet database", fleet.engine),
+        ("replication", state),
+        ("fleet version", f"{fleet.fleet_version} (local {fleet.local_version})"),
+        ("replication lag", lag),
+        ("last in sync", synced),
+        ("resyncs", f"{fleet.resyncs} (tombstone horizon {fleet.horizon})"),
+        ("replication error", fleet.last_error or "-"),
+    ]

@@ -22,13 +22,14 @@ from ._service import (
     HealthConfig,
     LoggingConfig,
     MetricsConfig,
+    ReplicationConfig,
     SecurityConfig,
     ServerConfig,
     ServiceConfig,
     StorageConfig,
     TelemetryConfig,
 )
-from ._settings import CONFIG_ENV, DEFAULT_ORIGIN, ENV_PREFIX, SETTINGS, Setting
+from ._settings import CONFIG_ENV, DEFAULT_ORIGIN, ENV_PREFIX, SETTINGS, Setting, mask_dsn
 
 __all__ = [
     "CONFIG_ENV",
@@ -41,6 +42,7 @@ __all__ = [
     "HealthConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "ReplicationConfig",
     "ResolvedConfig",
     "SecurityConfig",
     "ServerConfig",
@@ -52,6 +54,7 @@ __all__ = [
     "build_parser",
     "format_help",
     "load_config",
+    "mask_dsn",
     "parse_args",
     "render_config",
     "resolve_config",

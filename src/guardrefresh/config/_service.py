@@ -10,13 +10,14 @@ import attrs
 
 from ..refresh import SchedulerConfig
 from ._errors import ConfigError
-from ._settings import SECTIONS, SETTINGS, SETTINGS_BY_NAME
+from ._settings import SECTIONS, SETTINGS, SETTINGS_BY_NAME, mask_dsn
 
 __all__ = [
     "EnforceConfig",
     "HealthConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "ReplicationConfig",
     "SecurityConfig",
     "ServerConfig",
     "ServiceConfig",
@@ -54,6 +55,7 @@ _METRICS = _validator("metrics")
 _HEALTH = _validator("health")
 _ENFORCE = _validator("enforce")
 _SECURITY = _validator("security")
+_REPLICATION = _validator("replication")
 _TELEMETRY = _validator("telemetry")
 
 
@@ -158,6 +160,38 @@ class EnforceConfig:
 
 
 @attrs.frozen(kw_only=True)
+class ReplicationConfig:
+    """Fleet mode: the PostgreSQL database the replicas replicate their rules through."""
+
+    #: None: a single node (the default).
+    dsn: str | None = attrs.field(
+        default=_default("replication.dsn"), validator=_REPLICATION, repr=False
+    )
+    password_file: pathlib.Path | None = attrs.field(
+        default=_default("replication.password_file"), validator=_REPLICATION
+    )
+    #: 0: no limit.
+    max_lag: float = attrs.field(default=_default("replication.max_lag"), validator=_REPLICATION)
+    tombstone_retention: float = attrs.field(
+        default=_default("replication.tombstone_retention"), validator=_REPLICATION
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return self.dsn is not None
+
+    @property
+    def masked_dsn(self) -> str:
+        """The DSN with any password replaced by ``***``: the only form to log."""
+        return "" if self.dsn is None else mask_dsn(self.dsn)
+
+    def check(self) -> None:
+        """Raise :class:`ConfigError` for combinations that cannot work."""
+        if self.password_file is not None and self.dsn is None:
+            raise ConfigError("replication: password_file needs dsn (--replication)")
+
+
+@attrs.frozen(kw_only=True)
 class SecurityConfig:
     """TLS for gRPC and the admin token for mutating RPCs."""
 
@@ -240,6 +274,9 @@ class ServiceConfig:
     enforce: EnforceConfig = attrs.field(
         factory=EnforceConfig, validator=attrs.validators.instance_of(EnforceConfig)
     )
+    replication: ReplicationConfig = attrs.field(
+        factory=ReplicationConfig, validator=attrs.validators.instance_of(ReplicationConfig)
+    )
     security: SecurityConfig = attrs.field(
         factory=SecurityConfig, validator=attrs.validators.instance_of(SecurityConfig)
     )
@@ -257,6 +294,7 @@ SECTION_CLASSES: Mapping[str, Callable[..., object]] = {
     "metrics": MetricsConfig,
     "health": HealthConfig,
     "enforce": EnforceConfig,
+    "replication": ReplicationConfig,
     "security": SecurityConfig,
     "telemetry": TelemetryConfig,
 }

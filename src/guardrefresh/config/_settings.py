@@ -29,6 +29,7 @@ __all__ = [
     "Constraint",
     "Kind",
     "Setting",
+    "mask_dsn",
     "toml_key",
     "toml_string",
 ]
@@ -292,6 +293,48 @@ OPTIONAL_URL: Kind[str | None] = Kind(
 )
 
 
+def mask_dsn(dsn: str) -> str:
+    """``dsn`` with the password in its user info replaced by ``***`` (for logs)."""
+    parts = urllib.parse.urlsplit(dsn)
+    if parts.password is None:
+        return dsn
+    user_info, _, host = parts.netloc.rpartition("@")
+    user = user_info.split(":", 1)[0]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def _is_postgres_url(value: object) -> bool:
+    if not isinstance(value, str) or not value or any(ch.isspace() for ch in value):
+        return False
+    try:
+        parts = urllib.parse.urlsplit(value)
+        parts.port  # noqa: B018  (raises ValueError for a bad port)
+    except ValueError:
+        return False
+    return parts.scheme in ("postgresql", "postgres")
+
+
+def _parse_optional_dsn(text: str) -> str | None:
+    text = text.strip()
+    if not text:
+        return None
+    if not _is_postgres_url(text):
+        raise ValueError("not a postgresql:// URL")
+    return text
+
+
+OPTIONAL_DSN: Kind[str | None] = Kind(
+    description='a postgresql:// URL ("" = not set)',
+    metavar="URL",
+    accepts=lambda v: v is None or _is_postgres_url(v),
+    from_text=_parse_optional_dsn,
+    from_toml=_text_only(_parse_optional_dsn),
+    # A password written into the URL is never shown (--print-config, --help).
+    to_toml=lambda v: toml_string("" if v is None else mask_dsn(v)),
+    to_text=lambda v: "" if v is None else mask_dsn(v),
+)
+
+
 LOG_LEVEL = _choice("DEBUG", "INFO", "WARNING", "ERROR")
 LOG_FORMAT = _choice("text", "json", metavar="FORMAT", upper=False)
 
@@ -508,9 +551,10 @@ SETTINGS: tuple[Setting[Any], ...] = (
         env="GUARDREFRESH_READY_FILE",
         kind=OPTIONAL_PATH,
         default=None,
-        help="Once health is SERVING, write this file (atomically) with the bound ports as "
-        'JSON, {"host", "port", "metrics_port", "pid"}, and remove it at exit: a launcher '
-        "waits for it instead of reading the log; handy with --port 0.",
+        help="Once the service listens and health is SERVING (in fleet mode health waits for "
+        "the first sync), write this file (atomically) with the bound ports as JSON, "
+        '{"host", "port", "metrics_port", "pid"}, and remove it at exit: a launcher waits '
+        "for it instead of reading the log; handy with --port 0.",
     ),
     # [storage]
     Setting(
@@ -671,6 +715,52 @@ SETTINGS: tuple[Setting[Any], ...] = (
         help="Base URL of the Guard management plane (e.g. http://127.0.0.1:8001/api/v2): "
         "Enforce requests without an intent_vector are encoded by POST <URL>/encode/intent. "
         "Unset, such requests are denied (fail-closed).",
+    ),
+    # [replication]
+    Setting(
+        section="replication",
+        key="dsn",
+        flag="--replication",
+        env="GUARDREFRESH_REPLICATION",
+        kind=OPTIONAL_DSN,
+        default=None,
+        help="Fleet mode: replicate the rule set through this PostgreSQL database "
+        "(postgresql://USER@HOST:PORT/DB?...) with every other replica given the same URL. "
+        "Put no password in it: use --replication-password-file or libpq's environment "
+        "(PGPASSWORD, ~/.pgpass). Unset: a single node, rules in warm storage only.",
+    ),
+    Setting(
+        section="replication",
+        key="password_file",
+        flag="--replication-password-file",
+        env="GUARDREFRESH_REPLICATION_PASSWORD_FILE",
+        kind=OPTIONAL_PATH,
+        default=None,
+        help="File holding the PostgreSQL password of --replication (one line; it must not "
+        "be readable by group or others). Never logged.",
+    ),
+    Setting(
+        section="replication",
+        key="max_lag",
+        flag="--max-replication-lag",
+        env="GUARDREFRESH_MAX_REPLICATION_LAG",
+        kind=SECONDS,
+        default=0.0,
+        constraint=_at_least(0),
+        help="Seconds this replica may be behind the fleet (or out of touch with its "
+        "database) before its rules count as stale; with --fail-when-stale the health "
+        "check then reports NOT_SERVING. 0 = no limit.",
+    ),
+    Setting(
+        section="replication",
+        key="tombstone_retention",
+        flag="--tombstone-retention",
+        env="GUARDREFRESH_TOMBSTONE_RETENTION",
+        kind=SECONDS,
+        default=7 * 86400.0,
+        constraint=_above(0),
+        help="Seconds a removed rule's tombstone stays in the database (604800 = 7 days); "
+        "a replica stopped for longer resynchronises the whole rule set when it returns.",
     ),
     # [security]
     Setting(

@@ -15,7 +15,7 @@ from ._encoder import (
     open_intent_encoder,
 )
 from ._engine import DEFAULT_CACHE_BYTES, EnforcementEngine
-from ._intent import MAX_DEPTH, Intent, IntentError, parse_intent
+from ._intent import MAX_DEPTH, Intent, IntentError, PartialIntent, parse_intent
 from ._params import (
     DEFAULT_THRESHOLDS,
     DEFAULT_WEIGHTS,
@@ -51,6 +51,7 @@ __all__ = [
     "Intent",
     "IntentEncoder",
     "IntentError",
+    "PartialIntent",
     "RuleEvidence",
     "RuleScoring",
     "deny_result",

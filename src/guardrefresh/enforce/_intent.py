@@ -22,7 +22,7 @@ from typing import Any, Final
 
 import attrs
 
-__all__ = ["MAX_DEPTH", "Intent", "IntentError", "parse_intent"]
+__all__ = ["MAX_DEPTH", "Intent", "IntentError", "PartialIntent", "parse_intent"]
 
 #: Deepest nesting of arrays and objects accepted anywhere in the intent.
 MAX_DEPTH: Final = 64
@@ -30,7 +30,59 @@ _I32 = (-(2**31), 2**31 - 1)
 
 
 class IntentError(ValueError):
-    """``intent_event_json`` is not a usable IntentEvent; ``str()`` says what is wrong."""
+    """``intent_event_json`` is not a usable IntentEvent; ``str()`` says what is wrong.
+
+    ``partial`` is what could still be read of it (for the record of the refused
+    request), set by :func:`parse_intent`; None when raised elsewhere.
+    """
+
+    def __init__(self, message: str, *, partial: PartialIntent | None = None) -> None:
+        super().__init__(message)
+        self.partial = partial
+
+
+@attrs.frozen(kw_only=True)
+class PartialIntent:
+    """What could be read of an ``intent_event_json`` that is not a valid IntentEvent.
+
+    Best effort, for telemetry of a refused request: each field is taken from the JSON
+    object when it is there with the right type, else left empty. Has the attributes of
+    :class:`Intent` that a record of a request reads (``raw``, ``tenant_id``,
+    ``agent_id``, ``layer``, ``action``, ``tool_name``).
+    """
+
+    raw: str = attrs.field(default="", repr=False)
+    tenant_id: str = ""
+    agent_id: str = ""
+    layer: str | None = None
+    action: str = ""
+    tool_name: str | None = None
+
+    @classmethod
+    def of(cls, raw: str, document: object = None) -> PartialIntent:
+        """The fields of ``document`` (the parsed ``raw``; anything but a JSON object
+        gives only ``raw``). Reads top-level keys and one level below: never recurses."""
+        if not isinstance(document, dict):
+            return cls(raw=raw)
+
+        def text(obj: object, key: str) -> str:
+            value = obj.get(key) if isinstance(obj, dict) else None
+            return value if isinstance(value, str) else ""
+
+        context = document.get("rate_limit_context")
+        agent = (
+            text(context, "agent_id")
+            or text(context, "agentId")
+            or text(document.get("actor"), "id")
+        )
+        return cls(
+            raw=raw,
+            tenant_id=text(document, "tenantId"),
+            agent_id=agent,
+            layer=text(document, "layer") or None,
+            action=text(document, "action"),
+            tool_name=text(document, "tool_name") or None,
+        )
 
 
 @attrs.frozen(kw_only=True)
@@ -79,21 +131,34 @@ def parse_intent(text: str) -> Intent:
     worker thread. Never raises anything but :class:`IntentError`.
     """
     if not isinstance(text, str):
-        raise IntentError("intent_event_json must be a string")
+        raise IntentError("intent_event_json must be a string", partial=PartialIntent())
+    unparsed = PartialIntent(raw=text)
     if not text.strip():
-        raise IntentError("intent_event_json is empty; it must hold an IntentEvent JSON object")
+        raise IntentError(
+            "intent_event_json is empty; it must hold an IntentEvent JSON object",
+            partial=unparsed,
+        )
     try:
         document = json.loads(text, parse_constant=_refuse_constant)
     except json.JSONDecodeError as exc:
-        raise IntentError(f"intent_event_json is not valid JSON: {exc}") from None
+        raise IntentError(f"intent_event_json is not valid JSON: {exc}", partial=unparsed) from None
     except RecursionError:
-        raise IntentError(f"intent_event_json nests deeper than {MAX_DEPTH} levels") from None
+        raise IntentError(
+            f"intent_event_json nests deeper than {MAX_DEPTH} levels", partial=unparsed
+        ) from None
     except ValueError as exc:  # from _refuse_constant
-        raise IntentError(f"intent_event_json: {exc}") from None
-    _check_depth(document)
-    if not isinstance(document, dict):
-        raise IntentError(f"intent_event_json must be a JSON object, got {_type_name(document)}")
-    return _intent(text, document)
+        raise IntentError(f"intent_event_json: {exc}", partial=unparsed) from None
+    try:
+        _check_depth(document)
+        if not isinstance(document, dict):
+            raise IntentError(
+                f"intent_event_json must be a JSON object, got {_type_name(document)}"
+            )
+        return _intent(text, document)
+    except IntentError as exc:
+        # Only on the way out of a refusal: what the record of it can still name.
+        exc.partial = PartialIntent.of(text, document)
+        raise
 
 
 def _refuse_constant(name: str) -> Any:

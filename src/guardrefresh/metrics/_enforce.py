@@ -48,6 +48,8 @@ class EnforceOutcomeLike(Protocol):
     def encoded(self) -> bool: ...
     @property
     def encode_failure(self) -> str | None: ...
+    @property
+    def refused(self) -> bool: ...
 
 
 class EnforceMetrics:
@@ -96,7 +98,13 @@ class EnforceMetrics:
             self._encode_failures.labels(reason=reason)
 
     def observe(self, outcome: EnforceOutcomeLike) -> None:
-        """One decided request. :exc:`ValueError` for an unknown decision or reason."""
+        """One request. :exc:`ValueError` for an unknown decision or reason.
+
+        A refused request (answered INVALID_ARGUMENT) decided nothing: it is left out of
+        every Enforce metric (``grpc_server_handled_total`` counts it by status).
+        """
+        if outcome.refused:
+            return
         if outcome.decision_name not in DECISION_NAMES:
             raise ValueError(
                 f"decision must be one of {DECISION_NAMES}, got {outcome.decision_name!r}"

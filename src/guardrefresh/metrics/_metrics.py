@@ -25,6 +25,7 @@ from grpclib.const import Status
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from .._version import __version__
+from ._edge import EdgeCollector, EdgeCountsLike, LoopErrorsLike
 from ._enforce import EnforceMetrics
 from ._grpc import (
     BUILTIN_GRPC_TYPES,
@@ -35,6 +36,7 @@ from ._grpc import (
 )
 from ._protocols import CacheStatsLike, RefreshStatsLike, SchedulerStatusLike
 from ._reasons import REFRESH_ERROR_REASONS
+from ._replication import ReplicationCollector, ReplicationStatusLike
 from ._state import BoundState, StateCollector
 from ._telemetry import TelemetryCollector, TelemetryStatsLike
 
@@ -198,10 +200,37 @@ class ServiceMetrics:
         )
         self._bound = state
 
+    def bind_replication(self, status: Callable[[], ReplicationStatusLike]) -> None:
+        """Expose fleet replication (``guardrefresh_replication_*``), read at each
+        scrape from ``status`` (cheap: no database access)."""
+        self.registry.register(ReplicationCollector(status))
+
     def bind_telemetry(self, stats: Callable[[], TelemetryStatsLike]) -> None:
         """Expose the telemetry store's counters (``guardrefresh_telemetry_*``), read at
         each scrape from ``stats`` (cheap: a snapshot of counters, no I/O)."""
         self.registry.register(TelemetryCollector(stats))
+
+    def bind_edge(
+        self,
+        *,
+        counts: Callable[[], EdgeCountsLike],
+        open_connections: Callable[[], int],
+        max_connections: int,
+        loop_errors: LoopErrorsLike | None = None,
+    ) -> None:
+        """Expose the connection layer's counters (``guardrefresh_connections_*``,
+        ``guardrefresh_accept_errors_total``, ``guardrefresh_loop_errors_total``), read at
+        each scrape: pass ``GrpcHost.edge_counts``'s getter, ``GrpcHost.open_connections``'s,
+        the cap in force, and the loop's :class:`~guardrefresh.server.LoopErrorHandler`
+        (None leaves the accept and loop error families out)."""
+        self.registry.register(
+            EdgeCollector(
+                counts=counts,
+                open_connections=open_connections,
+                max_connections=max_connections,
+                loop_errors=loop_errors,
+            )
+        )
 
     def add_grpc_services(self, services: Iterable[object]) -> None:
         """Learn the ``grpc_type`` of each method of these grpclib servables and start

@@ -12,6 +12,7 @@ from ._enforce import (
 )
 from ._host import DEFAULT_EXEMPT_METHODS, SHUTDOWN_MESSAGE, DrainReport, GrpcHost
 from ._loop import open_asyncio_loop
+from ._loop_errors import LoopErrorHandler
 
 __all__ = [
     "DEFAULT_EXEMPT_METHODS",
@@ -26,6 +27,7 @@ __all__ = [
     "EnforceObserver",
     "EnforceOutcome",
     "GrpcHost",
+    "LoopErrorHandler",
     "decode_message",
     "encode_message",
     "enforce_response",

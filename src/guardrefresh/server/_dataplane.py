@@ -14,8 +14,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar
 
 import grpclib.const
 import grpclib.server
@@ -26,6 +26,7 @@ from grpclib import GRPCError, Status
 from ..bridge import (
     GLOBAL_LAYER,
     Bridge,
+    InstallResult,
     RuleConflictError,
     RuleNotFoundError,
     TooManyRulesError,
@@ -48,6 +49,7 @@ from ..refresh import (
     RefreshStats,
     RefreshTrigger,
 )
+from ..replication import ReplicationError, ReplicationStatus
 from ..storage import StorageError
 from ..telemetry import (
     InvalidQueryError,
@@ -89,6 +91,10 @@ def _mapped(
             logger.warning("%s failed, answered UNAVAILABLE: %s", handler.__name__, exc)
             raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
         except RefreshError as exc:
+            raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
+        except ReplicationError as exc:
+            # Fleet mode: the database is unreachable, or this replica is behind.
+            logger.warning("%s failed, answered UNAVAILABLE: %s", handler.__name__, exc)
             raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
         except Exception:
             logger.exception("Unhandled error in %s", handler.__name__)
@@ -151,6 +157,37 @@ def parse_install_request(data: bytes) -> tuple[pb.InstallRulesRequest, list[Rul
     return message, rules
 
 
+class RuleWriter(Protocol):
+    """Where installs and removals go: the bridge on a single node, the fleet's
+    database in fleet mode (``guardrefresh.replication.FleetWriter``)."""
+
+    async def install_rules(
+        self, agent_id: str, rules: Sequence[Rule], *, config_id: str = "", owner: str = ""
+    ) -> InstallResult: ...
+
+    async def remove_policy(self, agent_id: str, policy_id: str) -> int: ...
+
+    async def remove_agent_rules(self, agent_id: str) -> int: ...
+
+
+def replication_message(status: ReplicationStatus) -> pb.ReplicationStatus:
+    return pb.ReplicationStatus(
+        engine=status.engine,
+        connected=status.connected,
+        synced=status.synced,
+        fleet_version=status.fleet_version,
+        local_version=status.local_version,
+        versions_behind=status.versions_behind,
+        lag_s=status.lag_s,
+        max_lag_s=status.max_lag_s,
+        lagging=status.lagging,
+        last_synced_ms=status.last_synced_ms,
+        resyncs=status.resyncs,
+        last_error=status.last_error,
+        horizon=status.horizon,
+    )
+
+
 def is_stale(last_success_ms: int, now_ms: int, limit_s: float) -> bool:
     """Never refreshed, or the last success is older than the limit."""
     return last_success_ms == 0 or now_ms - last_success_ms > limit_s * 1000
@@ -186,6 +223,8 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         wall_clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
         enforcer: EnforceHandler | None = None,
+        writer: RuleWriter | None = None,
+        replication: Callable[[], ReplicationStatus] | None = None,
     ) -> None:
         #: Decides Enforce requests; by default without a management plane encoder
         #: (requests without a vector are denied, fail-closed).
@@ -195,6 +234,9 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             else EnforceHandler(EnforcementEngine(bridge), IntentEncoder(None, None))
         )
         self._bridge = bridge
+        #: Installs and removals: the bridge itself unless in fleet mode.
+        self._writer: RuleWriter = writer if writer is not None else bridge
+        self._replication = replication
         self._telemetry = telemetry
         self._refresher = refresher
         self._scheduler = scheduler
@@ -247,7 +289,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         )
         if not message.agent_id:
             raise GRPCError(Status.INVALID_ARGUMENT, "agent_id is required")
-        result = await self._bridge.install_rules(
+        result = await self._writer.install_rules(
             message.agent_id, rules, config_id=message.config_id, owner=message.owner
         )
         return pb.InstallRulesResponse(
@@ -268,7 +310,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
     ) -> pb.RemoveAgentRulesResponse:
         if not message.agent_id:
             raise GRPCError(Status.INVALID_ARGUMENT, "agent_id is required")
-        removed = await trio_asyncio.trio_as_aio(self._bridge.remove_agent_rules)(message.agent_id)
+        removed = await trio_asyncio.trio_as_aio(self._writer.remove_agent_rules)(message.agent_id)
         return pb.RemoveAgentRulesResponse(
             success=True,
             message=f"Removed {removed} rules for agent {clip(message.agent_id)}",
@@ -279,7 +321,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
     async def remove_policy(self, message: pb.RemovePolicyRequest) -> pb.RemovePolicyResponse:
         if not message.agent_id or not message.policy_id:
             raise GRPCError(Status.INVALID_ARGUMENT, "agent_id and policy_id are required")
-        removed = await trio_asyncio.trio_as_aio(self._bridge.remove_policy)(
+        removed = await trio_asyncio.trio_as_aio(self._writer.remove_policy)(
             message.agent_id, message.policy_id
         )
         return pb.RemovePolicyResponse(
@@ -375,6 +417,9 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
             warm_rules=len(self._bridge.table),
             stale=stale,
             max_staleness_s=max_staleness,
+            replication=(
+                replication_message(self._replication()) if self._replication is not None else None
+            ),
         )
 
     @_mapped

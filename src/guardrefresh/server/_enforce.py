@@ -9,17 +9,20 @@ worker thread, not on the loop).
 
 Answers:
 
-- INVALID_ARGUMENT: ``intent_event_json`` is not an IntentEvent (the message names the
-  problem), ``intent_vector`` has neither 0 nor 128 values or holds NaN/Inf, or
-  ``drift_score`` is NaN/Inf. Nothing is decided, nothing recorded.
+- INVALID_ARGUMENT: the request does not parse, ``intent_event_json`` is not an
+  IntentEvent (the message names the problem), ``intent_vector`` has neither 0 nor 128
+  values or holds NaN/Inf, or ``drift_score`` is NaN/Inf. Nothing is decided; the
+  refusal is still reported as an outcome (``refused``, a DENY with the message as
+  ``error``), so telemetry records every call.
 - a fail-closed DENY with no evidence when the request has no vector and it cannot be
   encoded (no management plane URL, encoder unreachable, timeout, non-2xx, a bad or
   wrong-length vector): the reason is logged (rate-limited WARNING), counted and kept
   in the outcome.
 - otherwise the engine's decision.
 
-Every decided request becomes one :class:`EnforceOutcome`, built in one place
-(:meth:`EnforceHandler._finish`) and handed to every observer (metrics, telemetry).
+Every request becomes one :class:`EnforceOutcome`, decided or refused, reported in one
+place (:meth:`EnforceHandler._finish`) to every observer (metrics, which count decisions
+only; telemetry, which records both).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from ..enforce import (
     Intent,
     IntentEncoder,
     IntentError,
+    PartialIntent,
     deny_result,
     parse_intent,
 )
@@ -70,7 +74,7 @@ PARSE_IN_THREAD_BYTES: Final = 64 * 1024
 
 @attrs.frozen(kw_only=True)
 class EnforceOutcome:
-    """One decided Enforce request: what was asked, how long each step took, the result.
+    """One Enforce request: what was asked, how long each step took, the result.
 
     Durations are in microseconds; ``encode_us`` is 0 when the request carried its
     vector (``encoded`` False). ``rule_query_us`` is the selection of the rules in scope,
@@ -80,11 +84,16 @@ class EnforceOutcome:
     "nothing matched" ("" otherwise); when the intent could not be encoded,
     ``encode_failure`` is the reason (a value of
     :data:`~guardrefresh.enforce.ENCODE_FAILURE_REASONS`).
+
+    ``refused``: the request was answered INVALID_ARGUMENT, not decided. ``result`` is
+    then a DENY without evidence, ``error`` the status message, ``intent`` what could be
+    read of it (a :class:`~guardrefresh.enforce.PartialIntent` when the intent itself
+    was bad) and ``request_id`` the request's, else a new UUID, as for a decision.
     """
 
     request_id: str
     session_id: str
-    intent: Intent
+    intent: Intent | PartialIntent
     drift_score: float
     encoded: bool
     encode_us: int
@@ -94,6 +103,7 @@ class EnforceOutcome:
     encode_failure: str | None
     error: str
     result: EnforcementResult
+    refused: bool = False
 
     @property
     def tenant_id(self) -> str:
@@ -116,7 +126,8 @@ class EnforceOutcome:
         return self.result.rules_evaluated
 
 
-#: Called with every outcome, synchronously, on the Trio thread; must be quick.
+#: Called with every outcome (decided or refused), synchronously, on the Trio thread;
+#: must be quick.
 EnforceObserver = Callable[[EnforceOutcome], None]
 
 
@@ -259,26 +270,45 @@ class EnforceHandler:
         protobuf's C runtime from the embedded descriptors, the same bytes betterproto2
         would write, ~100x faster for an answer with 1,000 evidence entries.
         """
+        start = self._clock_ns()
         try:
             message = _UPB_REQUEST.FromString(data)
         except DecodeError as exc:
-            raise _invalid(f"malformed EnforceRequest: {exc}") from None
-        result, request_id = await self.decide(message)
+            error = _invalid(f"malformed EnforceRequest: {exc}")
+            self._refuse(error, start, "", PartialIntent(), 0.0, "")
+            raise error from None
+        result, request_id = await self.decide(message, start_ns=start)
         return enforce_response_bytes(result, request_id)
 
-    async def decide(self, message: EnforceRequestLike) -> tuple[EnforcementResult, str]:
+    async def decide(
+        self, message: EnforceRequestLike, *, start_ns: int | None = None
+    ) -> tuple[EnforcementResult, str]:
         """The decision for ``message`` and its request id (the request's, else a new UUID).
 
-        Raises :class:`GRPCError` INVALID_ARGUMENT for bad input; records the outcome.
+        Raises :class:`GRPCError` INVALID_ARGUMENT for bad input, after reporting the
+        refusal to the observers; reports the outcome of a decision.
         """
-        start = self._clock_ns()
-        intent = await self._intent(message.intent_event_json)
-        drift = _drift(message.drift_score)
-        vector = request_vector(message.intent_vector)
-        if not isinstance(message.request_id, str):
-            # betterproto2 decodes a field sent with another wire type as an int.
-            raise _invalid("malformed EnforceRequest: request_id")
-        request_id = message.request_id or str(uuid.uuid4())
+        start = self._clock_ns() if start_ns is None else start_ns
+        raw_id = message.request_id
+        # betterproto2 decodes a field sent with another wire type as an int.
+        request_id = (raw_id if isinstance(raw_id, str) else "") or str(uuid.uuid4())
+        session_id = message.session_id if isinstance(message.session_id, str) else ""
+        text = message.intent_event_json
+        intent: Intent | PartialIntent = PartialIntent(raw=text if isinstance(text, str) else "")
+        drift = message.drift_score if isinstance(message.drift_score, float) else 0.0
+        try:
+            try:
+                intent = await self._intent(text)
+            except IntentError as exc:
+                intent = exc.partial if exc.partial is not None else intent
+                raise _invalid(str(exc)) from None
+            drift = _drift(message.drift_score)
+            vector = request_vector(message.intent_vector)
+            if not isinstance(raw_id, str):
+                raise _invalid("malformed EnforceRequest: request_id")
+        except GRPCError as exc:
+            self._refuse(exc, start, request_id, intent, drift, session_id)
+            raise
 
         encoded = vector is None
         encode_us = 0
@@ -312,7 +342,7 @@ class EnforceHandler:
         self._finish(
             EnforceOutcome(
                 request_id=request_id,
-                session_id=message.session_id if isinstance(message.session_id, str) else "",
+                session_id=session_id,
                 intent=intent,
                 drift_score=drift,
                 encoded=encoded,
@@ -328,15 +358,13 @@ class EnforceHandler:
         return result, request_id
 
     async def _intent(self, text: object) -> Intent:
+        """``text`` parsed; :class:`IntentError` (with what could be read) if it is bad."""
         if not isinstance(text, str):
             raise _invalid("malformed EnforceRequest: intent_event_json")
-        try:
-            if len(text) > PARSE_IN_THREAD_BYTES:
-                intent: Intent = await trio_asyncio.trio_as_aio(_parse_in_thread)(text)
-                return intent
-            return parse_intent(text)
-        except IntentError as exc:
-            raise _invalid(str(exc)) from None
+        if len(text) > PARSE_IN_THREAD_BYTES:
+            intent: Intent = await trio_asyncio.trio_as_aio(_parse_in_thread)(text)
+            return intent
+        return parse_intent(text)
 
     async def _encode(self, intent: Intent) -> npt.NDArray[np.float32]:
         if not self.encoder.configured:
@@ -347,21 +375,56 @@ class EnforceHandler:
         )
         return vector
 
+    def _refuse(
+        self,
+        error: GRPCError,
+        start_ns: int,
+        request_id: str,
+        intent: Intent | PartialIntent,
+        drift: float,
+        session_id: str,
+    ) -> None:
+        """Report a request answered with ``error`` (INVALID_ARGUMENT) instead of a decision."""
+        message = str(error.message)
+        total = _us(start_ns, self._clock_ns())
+        self._finish(
+            EnforceOutcome(
+                request_id=request_id or str(uuid.uuid4()),
+                session_id=session_id,
+                intent=intent,
+                drift_score=drift,
+                encoded=False,
+                encode_us=0,
+                rule_query_us=0,
+                evaluation_us=0,
+                total_us=total,
+                encode_failure=None,
+                error=message,
+                result=deny_result(message),
+                refused=True,
+            )
+        )
+
     def _finish(self, outcome: EnforceOutcome) -> None:
-        """The one place a decided request is reported: the log line and every observer."""
+        """The one place a request is reported: the log line and every observer."""
         if logger.isEnabledFor(logging.DEBUG):
+            if outcome.refused:
+                verdict = f"refused (INVALID_ARGUMENT: {outcome.error})"
+            else:
+                verdict = outcome.decision_name
+                if outcome.error:
+                    verdict += f" (fail-closed: {outcome.error})"
             logger.debug(
-                "Enforce %s: %s for tenant %r layer %r, %d rules evaluated in %d us%s",
+                "Enforce %s: %s for tenant %r layer %r, %d rules evaluated in %d us",
                 outcome.request_id,
-                outcome.decision_name,
+                verdict,
                 outcome.tenant_id,
                 outcome.layer,
                 outcome.rules_evaluated,
                 outcome.total_us,
-                f" (fail-closed: {outcome.error})" if outcome.error else "",
                 extra={
                     "request_id": outcome.request_id,
-                    "decision": outcome.decision_name,
+                    "decision": "REFUSED" if outcome.refused else outcome.decision_name,
                     "tenant_id": outcome.tenant_id,
                     "rules": outcome.rules_evaluated,
                     "duration_us": outcome.total_us,

@@ -12,16 +12,21 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._fs import atomic_write
+from ._encode import SegmentColumns
+from ._layout import FIXED_DTYPE, FORMAT_VERSION
 from ._manifest import Manifest, StoreInfo
 from ._segment import Segment
 from ._store import WarmStore
 from ._table import RuleRef, TableStat, WarmTable, family_of
 
 __all__ = [
+    "FIXED_DTYPE",
+    "FORMAT_VERSION",
     "CorruptStoreError",
     "Manifest",
     "RuleRef",
     "Segment",
+    "SegmentColumns",
     "StorageError",
     "StoreBusyError",
     "StoreDirectoryMissingError",

@@ -226,38 +226,61 @@ class WarmStore(StoreReader):
         state stays intact on disk (a partly written journal tail is ignored).
         """
         with self.files.locked():
-            try:
-                m = self.read_manifest()
-            except StoreNotFoundError:
-                if not self._recreate_if_emptied():
-                    raise
-                m = self.read_manifest()
-            if base.generation != m.generation or base.bridge_version != m.bridge_version:
-                base, m = self._load_once()
-            version = m.bridge_version + 1
+            base, m = self._current(base)
             columns = SegmentColumns.from_rules(
-                upserts, bridge_version=version, deleted_ids=deletes
+                upserts, bridge_version=m.bridge_version + 1, deleted_ids=deletes
             )
-            head, body = encode_segment(columns)
-            record = head + b"".join(body)
-            seg = decode_segment(
-                memoryview(record), 0, path=self.journal_path(m.generation), what="new segment"
-            )
-            table = base.with_segment(seg)
-            hasher = self._journal.write(m, record)
-            new = attrs.evolve(
-                m,
-                format_version=FORMAT_VERSION,
-                bridge_version=version,
-                rule_count=len(table),
-                journal_size=m.journal_size + len(record),
-                journal_checksum=hasher.intdigest(),
-                updated_at_ms=now_ms(),
-            )
-            atomic_write(self.path, [new.encode()])
-            self._journal.committed(new, hasher)
-            self._seen = new
-            return table
+            return self._append_locked(base, m, columns)
+
+    def append_columns(self, base: WarmTable, columns: SegmentColumns) -> WarmTable:
+        """:meth:`append` of ready-made columns at their own ``bridge_version``.
+
+        For a change whose version is decided elsewhere (fleet replication: the
+        fleet's version becomes this store's). The version must be above the
+        store's; :class:`ValueError` otherwise, with nothing written.
+        """
+        with self.files.locked():
+            base, m = self._current(base)
+            if columns.bridge_version <= m.bridge_version:
+                raise ValueError(
+                    f"version {columns.bridge_version} does not advance the store's "
+                    f"{m.bridge_version}"
+                )
+            return self._append_locked(base, m, columns)
+
+    def _current(self, base: WarmTable) -> tuple[WarmTable, Manifest]:
+        """The manifest on disk and ``base``, reloaded if another writer committed."""
+        try:
+            m = self.read_manifest()
+        except StoreNotFoundError:
+            if not self._recreate_if_emptied():
+                raise
+            m = self.read_manifest()
+        if base.generation != m.generation or base.bridge_version != m.bridge_version:
+            base, m = self._load_once()
+        return base, m
+
+    def _append_locked(self, base: WarmTable, m: Manifest, columns: SegmentColumns) -> WarmTable:
+        head, body = encode_segment(columns)
+        record = head + b"".join(body)
+        seg = decode_segment(
+            memoryview(record), 0, path=self.journal_path(m.generation), what="new segment"
+        )
+        table = base.with_segment(seg)
+        hasher = self._journal.write(m, record)
+        new = attrs.evolve(
+            m,
+            format_version=FORMAT_VERSION,
+            bridge_version=columns.bridge_version,
+            rule_count=len(table),
+            journal_size=m.journal_size + len(record),
+            journal_checksum=hasher.intdigest(),
+            updated_at_ms=now_ms(),
+        )
+        atomic_write(self.path, [new.encode()])
+        self._journal.committed(new, hasher)
+        self._seen = new
+        return table
 
     def needs_compaction(self) -> bool:
         return self._seen is not None and wants_compaction(self._seen)
@@ -296,10 +319,38 @@ class WarmStore(StoreReader):
             # Later duplicates win, as in the journal; a snapshot must hold each id once.
             rules = list({r.rule_id: r for r in rules}.values())
             columns = SegmentColumns.from_rules(rules, bridge_version=version)
-            columns.table_versions = {(r.family_id, r.layer): version for r in rules}
-            head, body = encode_segment(columns)
-            self._switch_generation(generation, version, len(rules), head, body)
+            self._replace_locked(generation, columns)
         return self.load()
+
+    def replace_columns(self, columns: SegmentColumns) -> WarmTable:
+        """Replace the whole store with ``columns`` (each id once) at their version.
+
+        Crash-safe as :meth:`write_snapshot_from` (the next generation's files are
+        written first, the manifest switches to them in one rename). The version may
+        be lower than the store's (a replica resynchronised to its fleet): the new
+        generation tells readers the content is new.
+        """
+        if len(set(columns.ids)) != len(columns.ids):
+            raise ValueError("duplicate rule ids in a whole-store replacement")
+        with self.files.locked():
+            try:
+                m: Manifest | None = self.read_manifest()
+            except StorageError:
+                m = None
+            # File names only: reading the old data files is for rebuilding damaged stores.
+            last_generation = max(
+                (int(p.name.rsplit(".", 2)[-2]) for p in self.files.data_files()), default=0
+            )
+            self._replace_locked(max(m.generation if m else 0, last_generation) + 1, columns)
+        return self.load()
+
+    def _replace_locked(self, generation: int, columns: SegmentColumns) -> None:
+        version = columns.bridge_version
+        columns.table_versions = {
+            (fam, lay): version for fam, lay in zip(columns.families, columns.layers, strict=True)
+        }
+        head, body = encode_segment(columns)
+        self._switch_generation(generation, version, len(columns.ids), head, body)
 
     def _switch_generation(
         self,

@@ -225,6 +225,20 @@ class WarmTable:
             found.extend(seg.ids[row] for row in np.flatnonzero(live & mask).tolist())
         return found
 
+    def content_digest(self) -> int:
+        """The sum, modulo 2**64, of every live rule's 64-bit digest.
+
+        Order-independent, so two stores holding the same rules agree whatever their
+        segments; any changed, missing or extra rule changes it (a fleet replica
+        compares it with the engine's, see ``guardrefresh.replication``).
+        """
+        total = 0
+        for seg, live in zip(self.segments, self._live, strict=True):
+            if seg.n:
+                # numpy's uint64 sum wraps: it is already taken modulo 2**64.
+                total += int(seg.digests[live].sum(dtype=np.uint64))
+        return total % 2**64
+
     def table_stats(self) -> list[TableStat]:
         """One row per (family, layer), sorted, counting live rules."""
         counts: dict[tuple[str, str], list[int]] = {}

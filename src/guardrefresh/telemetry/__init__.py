@@ -30,15 +30,18 @@ from ._session import (
     BLOCK,
     DECISION_NAMES,
     PASS,
+    STORED_RULE_FIELDS,
     Durations,
     EnforcementResultLike,
     EnforcementSession,
     EvidenceLike,
     RuleEvaluation,
     decision_name_of,
+    expand_stored_json,
     legacy_decision,
+    rule_document,
 )
-from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, SessionWriter, session_row
+from ._writer import COMMIT_BUCKETS, PRUNE_STEP_BUDGET_S, WRITER_NICE, SessionWriter, session_row
 
 __all__ = [
     "BLOCK",
@@ -52,6 +55,8 @@ __all__ = [
     "PASS",
     "PRUNE_STEP_BUDGET_S",
     "SCHEMA_VERSION",
+    "STORED_RULE_FIELDS",
+    "WRITER_NICE",
     "Checkpointer",
     "Durations",
     "EnforceOutcomeLike",
@@ -75,11 +80,13 @@ __all__ = [
     "TelemetryUnavailableError",
     "cap_intent_json",
     "decision_name_of",
+    "expand_stored_json",
     "intent_identity",
     "intent_summary",
     "legacy_decision",
     "open_database",
     "open_telemetry",
+    "rule_document",
     "session_from_outcome",
     "session_row",
 ]

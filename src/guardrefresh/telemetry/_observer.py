@@ -1,7 +1,9 @@
-"""The hook into Enforce: one decided request in, one recorded session out.
+"""The hook into Enforce: one request in, one recorded session out.
 
-The Enforce handler hands every decided request (an outcome: the intent, the timings,
-the engine's result) to its observers, synchronously on the Trio thread.
+The Enforce handler hands every request (an outcome: the intent, the timings, the
+engine's result; for a request refused with INVALID_ARGUMENT, a DENY carrying the status
+message as its error and what could be read of the intent) to its observers,
+synchronously on the Trio thread.
 :class:`EnforceRecorder` is such an observer: it builds the session (cheap: no parsing,
 no serialisation) and queues it, never blocking. Typed against small protocols, so this
 package does not depend on the server or the engine.
@@ -66,7 +68,8 @@ class EnforceOutcomeLike(Protocol):
 def session_from_outcome(
     outcome: EnforceOutcomeLike, *, now_ms: int | None = None
 ) -> EnforcementSession:
-    """The session of one decided request; its id is the response's ``request_id``.
+    """The session of one request; its id is the response's ``request_id`` (for a refused
+    request, the request's ``request_id``, else the UUID the handler gave it).
 
     The timestamp is when the request arrived (now minus its total duration).
     """

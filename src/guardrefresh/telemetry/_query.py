@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar
 import attrs
 
 from ._database import connect, is_corruption
-from ._session import DECISION_NAMES
+from ._session import DECISION_NAMES, expand_stored_json
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -222,7 +222,7 @@ class SessionReader:
             row = conn.execute(
                 "SELECT session_json FROM sessions WHERE session_id = ?", (session_id,)
             ).fetchone()
-            return None if row is None else str(row[0])
+            return None if row is None else expand_stored_json(str(row[0]))
 
         return self._run(run)
 

@@ -23,7 +23,7 @@ from ._checkpoint import Checkpointer
 from ._query import QueryPage, SessionQuery, SessionReader
 from ._recorder import DEFAULT_QUEUE_CAPACITY, TelemetryRecorder
 from ._session import EnforcementSession
-from ._writer import COMMIT_BUCKETS, SessionWriter
+from ._writer import COMMIT_BUCKETS, WRITER_NICE, SessionWriter
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Telemetry", "TelemetryStats", "open_telemetry"]
 
@@ -144,6 +144,8 @@ async def open_telemetry(
         prune_interval_s=prune_interval_s,
         on_reopen=reopened,
         request_checkpoint=checkpointer.request,
+        # Below the request path: the writer takes the CPU time Enforce leaves idle.
+        nice=WRITER_NICE,
     )
     reader = SessionReader(path, generation=lambda: generation)
     with trio.CancelScope(shield=True):
