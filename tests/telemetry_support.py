@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import attrs
 
+from guardrefresh.replication import EngineSettings
 from guardrefresh.telemetry import Durations, EnforcementSession
 
 
@@ -73,3 +74,8 @@ def make_session(
         durations=Durations(encode_us=100, rule_query_us=20, evaluation_us=300, total_us=total_us),
         timestamp_ms=timestamp_ms,
     )
+
+
+def engine_settings(dsn: str) -> EngineSettings:
+    """The fleet engine's settings for a test database: a small pool, quick timeouts."""
+    return EngineSettings(dsn=dsn, pool_size=3, connect_timeout_s=2.0, command_timeout_s=10.0)

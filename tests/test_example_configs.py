@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 
@@ -51,6 +52,24 @@ def test_kubernetes_manifest_probes_the_health_service() -> None:
     assert 'prometheus.io/port: "9464"' in manifest
 
 
+def _setting_names(text: str) -> tuple[set[str], set[str]]:
+    """The ``--flags`` and ``GUARDREFRESH_*`` variables an example uses (not in comments)."""
+    text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    flags = set(re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", text)) - {"--config"}
+    envs = set(re.findall(r"\b(GUARDREFRESH_[A-Z0-9_]+)\b", text))
+    return flags, envs
+
+
+def _assert_known_settings(text: str) -> None:
+    flags, envs = _setting_names(text)
+    assert flags | envs, "the example names no settings: is the pattern right?"
+    known_flags = {s.flag for s in SETTINGS} | {
+        "--no-" + s.flag.removeprefix("--") for s in SETTINGS
+    }
+    assert flags <= known_flags, flags - known_flags
+    assert envs <= {s.env for s in SETTINGS}, envs - {s.env for s in SETTINGS}
+
+
 def test_fleet_manifest_is_ready_on_health_alive_on_the_port_and_reads_the_dsn_secret() -> None:
     manifest = (EXAMPLES / "fleet-kubernetes.yaml").read_text()
     assert "kind: Deployment" in manifest and "replicas: 3" in manifest
@@ -61,6 +80,7 @@ def test_fleet_manifest_is_ready_on_health_alive_on_the_port_and_reads_the_dsn_s
     assert "name: GUARDREFRESH_REPLICATION\n              valueFrom: {secretKeyRef:" in manifest
     assert "name: PGPASSWORD\n              valueFrom: {secretKeyRef:" in manifest
     assert "kind: Service" in manifest
+    _assert_known_settings(manifest)
 
 
 def test_fleet_systemd_unit_names_a_valid_database_without_a_password() -> None:
@@ -74,3 +94,4 @@ def test_fleet_systemd_unit_names_a_valid_database_without_a_password() -> None:
     assert config.replication.dsn == dsn and ":***@" not in config.replication.masked_dsn
     assert "--replication-password-file ${CREDENTIALS_DIRECTORY}/pgpassword" in unit
     assert "LoadCredential=pgpassword:" in unit and "TimeoutStopSec=20" in unit
+    _assert_known_settings(unit)

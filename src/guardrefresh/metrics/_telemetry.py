@@ -69,7 +69,7 @@ class TelemetryCollector:
 
         histogram = HistogramMetricFamily(
             "guardrefresh_telemetry_batch_commit_seconds",
-            "Time to commit one batch of sessions (one SQLite transaction).",
+            "Time to commit one batch of sessions (one transaction, SQLite or the fleet's PostgreSQL).",
         )
         if s is not None:
             cumulative = 0
@@ -99,7 +99,8 @@ class TelemetryCollector:
             histogram,
             GaugeMetricFamily(
                 "guardrefresh_telemetry_database_bytes",
-                "Bytes of the telemetry database and its write-ahead log.",
+                "Bytes of the telemetry database and its write-ahead log (in fleet mode: of the "
+                "fleet's whole sessions table).",
                 value=value("database_bytes"),
             ),
             CounterMetricFamily(

@@ -55,7 +55,7 @@ from ..telemetry import (
     InvalidQueryError,
     SessionQuery,
     SessionSummary,
-    Telemetry,
+    TelemetryStore,
     TelemetryUnavailableError,
 )
 from ._enforce import EnforceHandler
@@ -221,7 +221,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         *,
         staleness_limit_s: float | None = None,
         wall_clock: Callable[[], float] = time.time,
-        telemetry: Telemetry | None = None,
+        telemetry: TelemetryStore | None = None,
         enforcer: EnforceHandler | None = None,
         writer: RuleWriter | None = None,
         replication: Callable[[], ReplicationStatus] | None = None,
@@ -431,7 +431,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         return await self.enforcer.enforce_bytes(data)
 
     # -- telemetry (reads in worker threads, through Trio) ------------------------
-    def _telemetry_or_refuse(self) -> Telemetry:
+    def _telemetry_or_refuse(self) -> TelemetryStore:
         if self._telemetry is None:
             raise GRPCError(
                 Status.FAILED_PRECONDITION,

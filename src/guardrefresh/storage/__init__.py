@@ -1,5 +1,6 @@
 """Warm storage: the durable, verified, columnar rule store on disk."""
 
+from ._encode import SegmentColumns
 from ._errors import (
     CorruptStoreError,
     StorageError,
@@ -12,7 +13,6 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._fs import atomic_write
-from ._encode import SegmentColumns
 from ._layout import FIXED_DTYPE, FORMAT_VERSION
 from ._manifest import Manifest, StoreInfo
 from ._segment import Segment

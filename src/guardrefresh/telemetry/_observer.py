@@ -96,7 +96,7 @@ def session_from_outcome(
 
 
 class SessionSink(Protocol):
-    """Where sessions go: a :class:`~guardrefresh.telemetry.Telemetry` or a recorder."""
+    """Where sessions go: a :class:`~guardrefresh.telemetry.TelemetryStore` or a recorder."""
 
     def record(self, session: EnforcementSession) -> bool: ...
 

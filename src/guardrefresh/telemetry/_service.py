@@ -14,45 +14,21 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Final
+from typing import overload
 
-import attrs
 import trio
 
 from ._checkpoint import Checkpointer
+from ._pg_service import open_postgres_telemetry
 from ._query import QueryPage, SessionQuery, SessionReader
 from ._recorder import DEFAULT_QUEUE_CAPACITY, TelemetryRecorder
 from ._session import EnforcementSession
-from ._writer import COMMIT_BUCKETS, WRITER_NICE, SessionWriter
+from ._store import DEFAULT_BATCH_SIZE, EngineLike, TelemetryStats, TelemetryStore
+from ._writer import WRITER_NICE, SessionWriter
 
 __all__ = ["DEFAULT_BATCH_SIZE", "Telemetry", "TelemetryStats", "open_telemetry"]
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_BATCH_SIZE: Final = 2000
-
-
-@attrs.frozen(kw_only=True)
-class TelemetryStats:
-    """A snapshot of the telemetry counters (for metrics)."""
-
-    #: Sessions committed to the database since start.
-    recorded: int
-    #: Sessions lost: queue full, recorder closed, or a failed write.
-    dropped: int
-    #: Sessions waiting for the writer now.
-    queue_depth: int
-    #: Sessions deleted by retention (age or count) since start.
-    pruned: int
-    #: Bytes of the database file and its WAL.
-    database_bytes: int
-    #: Batch commits per bucket of :data:`COMMIT_BUCKETS` (the last: larger), not cumulative.
-    commit_counts: tuple[int, ...]
-    commit_seconds: float
-    #: False while writes fail or the database cannot be opened.
-    healthy: bool
-
-    buckets = COMMIT_BUCKETS
 
 
 class Telemetry:
@@ -68,6 +44,11 @@ class Telemetry:
     @property
     def path(self) -> Path:
         return self._writer.path
+
+    @property
+    def location(self) -> str:
+        """Where the sessions are kept (the database file), for log lines."""
+        return str(self._writer.path)
 
     @property
     def writer(self) -> SessionWriter:
@@ -108,8 +89,31 @@ class Telemetry:
         )
 
 
-@contextlib.asynccontextmanager
-async def open_telemetry(
+@overload
+def open_telemetry(
+    path: Path,
+    *,
+    batch_window_s: float = ...,
+    retention_s: float = ...,
+    max_sessions: int = ...,
+    queue_capacity: int = ...,
+    batch_size: int = ...,
+    prune_interval_s: float = ...,
+    engine: None = None,
+) -> contextlib.AbstractAsyncContextManager[Telemetry]: ...
+@overload
+def open_telemetry(
+    path: Path,
+    *,
+    batch_window_s: float = ...,
+    retention_s: float = ...,
+    max_sessions: int = ...,
+    queue_capacity: int = ...,
+    batch_size: int = ...,
+    prune_interval_s: float = ...,
+    engine: EngineLike,
+) -> contextlib.AbstractAsyncContextManager[TelemetryStore]: ...
+def open_telemetry(
     path: Path,
     *,
     batch_window_s: float = 0.25,
@@ -118,6 +122,45 @@ async def open_telemetry(
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
     batch_size: int = DEFAULT_BATCH_SIZE,
     prune_interval_s: float = 10.0,
+    engine: EngineLike | None = None,
+) -> contextlib.AbstractAsyncContextManager[TelemetryStore]:
+    """The telemetry store for the block: SQLite at ``path``, or with ``engine`` (fleet
+    mode) the fleet's PostgreSQL (:func:`open_postgres_telemetry`; ``path`` unused).
+
+    Both behave alike: recording never blocks, reads and writes degrade rather than
+    fail while the database cannot be used, and leaving the block writes the queue.
+    """
+    if engine is not None:
+        return open_postgres_telemetry(
+            engine,
+            batch_window_s=batch_window_s,
+            retention_s=retention_s,
+            max_sessions=max_sessions,
+            queue_capacity=queue_capacity,
+            batch_size=batch_size,
+            prune_interval_s=prune_interval_s,
+        )
+    return _open_sqlite_telemetry(
+        path,
+        batch_window_s=batch_window_s,
+        retention_s=retention_s,
+        max_sessions=max_sessions,
+        queue_capacity=queue_capacity,
+        batch_size=batch_size,
+        prune_interval_s=prune_interval_s,
+    )
+
+
+@contextlib.asynccontextmanager
+async def _open_sqlite_telemetry(
+    path: Path,
+    *,
+    batch_window_s: float,
+    retention_s: float,
+    max_sessions: int,
+    queue_capacity: int,
+    batch_size: int,
+    prune_interval_s: float,
 ) -> AsyncIterator[Telemetry]:
     """Open the telemetry store at ``path`` and run its writer for the block's lifetime.
 

@@ -80,21 +80,36 @@ _PRUNE_OLDEST: Final = (
 Row = tuple[str, int, str, str, str, int, str, int, int, str, str, str]
 
 
+def storable_text(value: str) -> str:
+    """``value`` with NUL and lone surrogates replaced by U+FFFD.
+
+    An intent's JSON can carry both (``"\\u0000"``, ``"\\udcff"``) into the agent id or
+    the summary; neither encodes to UTF-8 for SQLite, nor fits PostgreSQL's text.
+    """
+    if "\x00" in value:
+        value = value.replace("\x00", "\ufffd")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value
+
+
 def session_row(session: EnforcementSession) -> Row:
     """The ``sessions`` row of one session (serialises it: writer thread only)."""
     return (
-        session.session_id,
+        storable_text(session.session_id),
         session.timestamp_ms,
-        session.tenant_id,
-        session.agent_id,
-        session.layer,
+        storable_text(session.tenant_id),
+        storable_text(session.agent_id),
+        storable_text(session.layer),
         session.final_decision,
         session.decision_name,
         session.rules_evaluated,
         session.durations.total_us,
-        session.summary(),
-        session.deciding_rule_id,
-        session.to_stored_json(),
+        storable_text(session.summary()),
+        storable_text(session.deciding_rule_id),
+        session.to_stored_json(),  # orjson, or ASCII json.dumps for what it refuses
     )
 
 
