@@ -1,8 +1,9 @@
 """The ready file (``--ready-file``): tells a launcher, without log scraping, that the
 service is serving and on which ports.
 
-The file appears, complete, once health is SERVING (written to a temporary name beside
-it and renamed over it); it holds one JSON object::
+The file appears, complete, once the service listens and its start-up is done: health
+is SERVING then (in fleet mode health still waits for the first sync). It is written to
+a temporary name beside it and renamed over it, and holds one JSON object::
 
     {"host": "127.0.0.1", "port": 50051, "metrics_port": 9464, "pid": 12345}
 
