@@ -30,7 +30,7 @@ import pytest
 import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
-from support.trio_service import open_service
+from support.trio_service import TrioService, open_service
 from support.waiting import in_thread
 
 from guardrefresh.proto import rule_installation as pb
@@ -42,7 +42,6 @@ from .service import (
     HOST,
     DataPlaneClient,
     GrpclibClient,
-    Service,
     big_install_request,
     open_grpcio_client,
     open_grpcio_peer,
@@ -61,7 +60,7 @@ BIG_MESSAGE_FLAGS = ("--max-message-bytes", str(16 * 1024 * 1024))
 SIGTERM_LINE = re.compile(r"Received SIGTERM: draining \(grace \S+s, (?P<n>\d+) RPCs in flight\)")
 
 
-async def _in_flight_at_sigterm(service: Service) -> int:
+async def _in_flight_at_sigterm(service: TrioService) -> int:
     return int((await service.wait_for_log(SIGTERM_LINE))["n"])
 
 
