@@ -190,7 +190,13 @@ def run_edge(ws: Workspace, plan: Plan) -> dict[str, Any]:
         plan,
         {},
     )
-    return {"fresh_client_GetRuleStats_under_flood": fresh, "health_check_under_flood": checks}
+    from .stall import run_stall
+
+    return {
+        "fresh_client_GetRuleStats_under_flood": fresh,
+        "health_check_under_flood": checks,
+        **run_stall(ws, plan),
+    }
 
 
 def _probe_entry(

@@ -585,10 +585,13 @@ async def _serve_service(path: Path, hot_capacity: int) -> None:
     import trio
 
     from guardrefresh.bridge import Bridge
-    from guardrefresh.refresh import RefreshScheduler, RefreshTrigger, SchedulerConfig
-    from guardrefresh.refresh._service import open_refresh_service
-    from guardrefresh.server import GrpcHost, open_asyncio_loop
-    from guardrefresh.server._dataplane import DataPlaneService
+    from guardrefresh.refresh import (
+        RefreshScheduler,
+        RefreshTrigger,
+        SchedulerConfig,
+        open_refresh_service,
+    )
+    from guardrefresh.server import DataPlaneService, GrpcHost, open_asyncio_loop
 
     bridge = await Bridge.open(path, hot_capacity=hot_capacity)
     try:
@@ -616,8 +619,7 @@ async def _serve_plain_asyncio(path: Path, hot_capacity: int) -> None:
     import grpclib.server
 
     from guardrefresh.bridge import Bridge
-    from guardrefresh.server import CompiledProtoCodec
-    from guardrefresh.server._dataplane import DataPlaneService
+    from guardrefresh.server import CompiledProtoCodec, DataPlaneService
     from guardrefresh.storage import WarmStore
 
     store = WarmStore(path)

@@ -25,8 +25,7 @@ from typing import Any
 import trio
 
 from guardrefresh.bridge import Bridge
-from guardrefresh.refresh import RefreshTrigger
-from guardrefresh.refresh._service import open_refresh_service
+from guardrefresh.refresh import RefreshTrigger, open_refresh_service
 
 from ._data import Plan, Target, Workspace, entry
 

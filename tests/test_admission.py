@@ -50,7 +50,7 @@ class Calls:
     async def _run(self, name: str, connection: str) -> None:
         try:
             try:
-                await self.admission.acquire(connection)
+                demoted = await self.admission.acquire(connection)
             except AdmissionRefused:
                 self.refused.append(name)
                 return
@@ -58,7 +58,7 @@ class Calls:
             try:
                 await self._done[name].wait()
             finally:
-                self.admission.release()
+                self.admission.release(demoted)
         finally:
             self.admission.leave(connection)
 
@@ -307,3 +307,64 @@ async def test_the_busier_connection_is_shed_even_with_as_few_waiting(
         assert admission.load("polite") == 1 and admission.load("peer") == 0
 
     await on_asyncio(body)
+
+
+async def test_demoted_connections_come_last_and_share_a_capped_number_of_slots(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A connection shed lately (demoted) waits behind every other connection, counts as
+    the busiest in a full queue, and demoted ones hold at most ``max_demoted`` slots."""
+
+    async def body() -> None:
+        demoted = {"flood1", "flood2"}
+        admission = Admission(
+            max_running=4, max_queued=4, demoted=demoted.__contains__, max_demoted=2
+        )
+        assert admission.max_demoted == 2
+        calls = Calls(admission)
+        for name, connection in (("x1", "flood1"), ("x2", "flood2"), ("y1", "flood1")):
+            calls.start(name, connection)
+        await settle()
+        # Two slots are free, but demoted connections hold their share already.
+        assert calls.order == ["x1", "x2"]
+        assert (admission.running, admission.running_demoted, admission.queued) == (2, 2, 1)
+        calls.start("p1", "polite")  # not demoted: takes a free slot at once
+        await settle()
+        assert calls.order == ["x1", "x2", "p1"]
+        calls.start("p2", "polite")
+        calls.start("q1", "other")
+        await settle()
+        assert calls.order == ["x1", "x2", "p1", "p2"]
+        for name, connection in (("y2", "flood2"), ("y3", "flood1")):
+            calls.start(name, connection)
+        await settle()
+        assert admission.queued == 4  # y1, q1, y2, y3: full
+        # A polite call in a full queue displaces a demoted one, not "other"'s.
+        calls.start("p3", "polite")
+        await settle()
+        assert calls.refused == ["y3"]
+        # Freed slots go to the connections not demoted first, in turn.
+        await calls.finish("p1")
+        await calls.finish("p2")
+        assert calls.order[-2:] == ["q1", "p3"]
+        # A demoted slot freed goes to the next demoted call.
+        await calls.finish("x1")
+        assert calls.order[-1] == "y1"
+        assert admission.running_demoted == 2
+        # A slot that is not demoted, freed while demoted ones hold their share, stays free.
+        await calls.finish("q1")
+        assert admission.running == 3 and admission.queued == 1  # y2 still waits
+        await calls.finish("x2")
+        assert calls.order[-1] == "y2"
+        for name in ("p3", "y1", "y2"):
+            await calls.finish(name)
+        assert (admission.running, admission.running_demoted, admission.queued) == (0, 0, 0)
+
+    await on_asyncio(body)
+
+
+def test_the_demoted_share_is_checked() -> None:
+    assert Admission(16, 64).max_demoted == 16 // _admission.DEMOTED_SHARE
+    assert Admission(1, 0).max_demoted == 1
+    with pytest.raises(ValueError, match="max_demoted"):
+        Admission(4, 4, max_demoted=5)

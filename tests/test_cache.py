@@ -45,7 +45,8 @@ def lru_first(cache: HotCache[Value]) -> list[str]:
 
 
 def test_defaults() -> None:
-    cache: HotCache[Value] = HotCache(family_of=fam)
+    # The capacity has no default here: the bridge and the service setting own it.
+    cache: HotCache[Value] = HotCache(10_000, family_of=fam)
     assert cache.capacity == 10_000
     assert cache.eviction_batch == 1_000
     assert len(cache) == 0

@@ -216,12 +216,32 @@ def test_table_matches_the_config_classes(section: str) -> None:
     assert {f.name for f in attrs.fields(ServiceConfig)} == set(SECTION_CLASSES)
 
 
-def test_table_defaults_match_the_scheduler_defaults() -> None:
-    # SchedulerConfig declares its own defaults; they must not drift from the table.
-    defaults = SchedulerConfig()
+def test_table_defaults_are_the_class_defaults() -> None:
+    defaults = ServiceConfig()
     for setting in SETTINGS:
-        if setting.section == "scheduler":
-            assert getattr(defaults, setting.key) == setting.default, setting.name
+        assert value_of(defaults, setting.name) == setting.default, setting.name
+        assert setting.default_text == (setting.derived or as_text(setting.default))
+
+
+def test_a_short_refresh_interval_alone_is_accepted(tmp_path: pathlib.Path) -> None:
+    # backoff_initial defaults to min(30 s, refresh_interval): a 2 s interval must not
+    # be refused because of a default the user never set.
+    resolved = resolve_config(parse_args(["--refresh-interval", "2"]), {})
+    assert resolved.config.scheduler.refresh_interval == 2.0
+    assert resolved.config.scheduler.backoff_initial == 2.0
+    assert resolved.origins["scheduler.backoff_initial"] == "default"
+    assert load([], {"GUARDREFRESH_REFRESH_INTERVAL": "0.1"}).scheduler.backoff_initial == 0.1
+    path = write(tmp_path, "[scheduler]\nrefresh_interval = 5\n")
+    assert load(["--config", str(path)]).scheduler.backoff_initial == 5.0
+    # An explicit backoff is still checked against the interval.
+    with pytest.raises(ConfigError, match="backoff_initial must be <= refresh_interval"):
+        load(["--refresh-interval", "2", "--backoff-initial", "30"])
+    # --help and --print-config say how the default is computed.
+    assert "Default: min(30.0, refresh_interval)." in " ".join(format_help().split())
+    text = render_config(resolved.config, origins=resolved.origins)
+    assert "Default: min(30.0, refresh_interval)." in " ".join(text.split())
+    assert "backoff_initial = 2.0" in text.splitlines()
+    assert read_back(text, tmp_path) == resolved.config
 
 
 def test_defaults() -> None:
@@ -271,7 +291,7 @@ def test_help_documents_every_setting_with_its_default(monkeypatch: pytest.Monke
     monkeypatch.setenv("COLUMNS", "80")
     text = " ".join(format_help().split())
     for setting in SETTINGS:
-        default = as_text(setting.default)
+        default = setting.default_text
         assert setting.flag in text
         if setting.negative_flag:
             assert setting.negative_flag in text

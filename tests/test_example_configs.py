@@ -14,10 +14,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def test_example_toml_sets_every_setting_to_its_default() -> None:
     path = EXAMPLES / "guardrefresh.toml"
-    document = tomllib.loads(path.read_text())
+    text = path.read_text()
+    document = tomllib.loads(text)
+    # A default computed from other settings is shown commented out, so that changing
+    # those settings in the file moves it too.
     assert {(section, key) for section in document for key in document[section]} == {
-        (s.section, s.key) for s in SETTINGS
+        (s.section, s.key) for s in SETTINGS if s.derived is None
     }
+    for setting in SETTINGS:
+        if setting.derived is not None:
+            assert f"# {setting.key} = {setting.kind.to_toml(setting.default)}" in text
     config, _ = load_config(["--config", str(path)], {})
     assert config == ServiceConfig()
 

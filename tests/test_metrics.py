@@ -219,6 +219,22 @@ async def test_event_metrics_move_with_observations() -> None:
     assert value(after, "guardrefresh_warm_storage_loads_total") == 1
 
 
+async def test_no_created_series_are_exposed() -> None:
+    # prometheus_client adds a `<name>_created` timestamp per counter and histogram
+    # series unless told not to, doubling the exposition for nothing.
+    prometheus_client.enable_created_metrics()  # as a fresh process starts
+    metrics = ServiceMetrics()
+    metrics.observe_load()
+    metrics.observe_refresh(stats(duration_ms=30.0, added=1))
+    async with open_metrics_server(metrics) as port:
+        status, _, body = await trio.to_thread.run_sync(
+            _get, f"http://127.0.0.1:{port}{METRICS_PATH}"
+        )
+    assert status == 200
+    assert "guard_scheduler_refresh_total{" in body  # counters are there...
+    assert "_created" not in body  # ...without their creation timestamps
+
+
 async def test_state_metrics_are_read_from_the_bound_callbacks_at_each_scrape() -> None:
     clock = FakeClock(NOW_S)
     metrics = ServiceMetrics(wall_clock=clock)

@@ -9,6 +9,7 @@ import attrs
 import pytest
 
 from guardrefresh.refresh import RefreshError, RefreshStats, RefreshTrigger, SchedulerConfig
+from guardrefresh.settings import ConfigError
 
 
 def test_defaults_are_the_documented_production_values() -> None:
@@ -40,57 +41,94 @@ def test_config_is_keyword_only() -> None:
         SchedulerConfig(60.0)  # type: ignore[call-arg]
 
 
+SECONDS_ABOVE_0 = "allowed: a number of seconds > 0"
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"refresh_interval": -5}, "refresh_interval must be > 0 seconds, got -5"),
-        ({"refresh_interval": 0}, "refresh_interval must be > 0 seconds, got 0"),
-        ({"refresh_interval": math.nan}, "refresh_interval must be > 0 seconds, got nan"),
+        (
+            {"refresh_interval": -5},
+            f"scheduler.refresh_interval: invalid value -5; {SECONDS_ABOVE_0}",
+        ),
+        (
+            {"refresh_interval": 0},
+            f"scheduler.refresh_interval: invalid value 0; {SECONDS_ABOVE_0}",
+        ),
+        (
+            {"refresh_interval": math.nan},
+            f"scheduler.refresh_interval: invalid value nan; {SECONDS_ABOVE_0}",
+        ),
         (
             {"refresh_interval": math.inf},
-            "refresh_interval must be a finite number of seconds, got inf",
+            f"scheduler.refresh_interval: invalid value inf; {SECONDS_ABOVE_0}",
         ),
         (
             {"refresh_interval": "60"},
-            "refresh_interval must be a number of seconds > 0, got '60'",
+            f"scheduler.refresh_interval: invalid value '60'; {SECONDS_ABOVE_0}",
         ),
         (
             {"refresh_interval": True},
-            "refresh_interval must be a number of seconds > 0, got True",
+            f"scheduler.refresh_interval: invalid value True; {SECONDS_ABOVE_0}",
         ),
-        ({"enabled": "yes"}, "enabled must be True or False, got 'yes'"),
-        ({"enabled": 1}, "enabled must be True or False, got 1"),
-        ({"jitter": -0.1}, r"jitter must be in [0, 0.5], got -0.1"),
-        ({"jitter": 0.6}, r"jitter must be in [0, 0.5], got 0.6"),
-        ({"jitter": math.nan}, r"jitter must be in [0, 0.5], got nan"),
-        ({"refresh_on_start": None}, "refresh_on_start must be True or False, got None"),
-        ({"backoff_initial": 0}, "backoff_initial must be > 0 seconds, got 0"),
+        ({"enabled": "yes"}, "scheduler.enabled: invalid value 'yes'; allowed: a boolean"),
+        ({"enabled": 1}, "scheduler.enabled: invalid value 1; allowed: a boolean"),
+        ({"jitter": -0.1}, "scheduler.jitter: invalid value -0.1; allowed: a number from 0 to 0.5"),
+        ({"jitter": 0.6}, "scheduler.jitter: invalid value 0.6; allowed: a number from 0 to 0.5"),
+        ({"jitter": math.nan}, "scheduler.jitter: invalid value nan; allowed: a number from 0"),
+        ({"refresh_on_start": None}, "scheduler.refresh_on_start: invalid value None; allowed"),
+        ({"backoff_initial": 0}, f"scheduler.backoff_initial: invalid value 0; {SECONDS_ABOVE_0}"),
         (
             {"backoff_initial": 30000.0},
             "backoff_initial must be <= refresh_interval (21600.0 s), got 30000.0",
         ),
         (
-            {"refresh_interval": 10.0},
+            {"refresh_interval": 10.0, "backoff_initial": 30.0},
             "backoff_initial must be <= refresh_interval (10.0 s), got 30.0",
         ),
-        ({"max_interval": -1.0}, "max_interval must be > 0 seconds, got -1.0"),
+        ({"max_interval": -1.0}, f"scheduler.max_interval: invalid value -1.0; {SECONDS_ABOVE_0}"),
         (
             {"max_interval": 3600.0},
             "max_interval must be >= refresh_interval (21600.0 s), got 3600.0",
         ),
-        ({"max_duty_cycle": 0}, r"max_duty_cycle must be in (0, 1), got 0"),
-        ({"max_duty_cycle": 1}, r"max_duty_cycle must be in (0, 1), got 1"),
-        ({"max_duty_cycle": 2.5}, r"max_duty_cycle must be in (0, 1), got 2.5"),
+        (
+            {"max_duty_cycle": 0},
+            "scheduler.max_duty_cycle: invalid value 0; allowed: a number > 0 and < 1",
+        ),
+        ({"max_duty_cycle": 1}, "scheduler.max_duty_cycle: invalid value 1; allowed"),
+        ({"max_duty_cycle": 2.5}, "scheduler.max_duty_cycle: invalid value 2.5; allowed"),
     ],
 )
-def test_invalid_setting_raises_one_clear_value_error(
-    changes: dict[str, Any], message: str
-) -> None:
-    with pytest.raises(ValueError) as info:
+def test_invalid_setting_raises_one_config_error(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as info:
         SchedulerConfig(**changes)
-    # Exactly one plain error (no group), whose text is the whole explanation.
-    assert type(info.value) is ValueError
-    assert str(info.value) == message
+    # Exactly one error (no group), the configuration's one type, whose text is the
+    # whole explanation on one line.
+    assert type(info.value) is ConfigError
+    assert str(info.value).startswith(message)
+    assert "\n" not in str(info.value)
+
+
+def test_inconsistent_values_name_the_settings_involved() -> None:
+    with pytest.raises(ConfigError) as info:
+        SchedulerConfig(refresh_interval=10.0, backoff_initial=30.0)
+    assert set(info.value.settings) == {"scheduler.refresh_interval", "scheduler.backoff_initial"}
+    with pytest.raises(ConfigError) as info:
+        SchedulerConfig(max_interval=60.0)
+    assert set(info.value.settings) == {"scheduler.refresh_interval", "scheduler.max_interval"}
+
+
+@pytest.mark.parametrize(
+    ("interval", "backoff"), [(2.0, 2.0), (0.1, 0.1), (30.0, 30.0), (60.0, 30.0), (21600.0, 30.0)]
+)
+def test_backoff_defaults_to_the_interval_when_that_is_shorter(
+    interval: float, backoff: float
+) -> None:
+    # A short interval must not be refused because of a default the user never set.
+    config = SchedulerConfig(refresh_interval=interval)
+    assert config.backoff_initial == backoff
+    # Given explicitly, the backoff is kept as given.
+    assert SchedulerConfig(refresh_interval=interval, backoff_initial=0.05).backoff_initial == 0.05
 
 
 def test_boundary_values_are_accepted() -> None:

@@ -353,6 +353,45 @@ async def test_a_shed_connection_is_not_read_for_a_while(
     await on_asyncio(body)
 
 
+async def test_a_shed_connection_is_held_to_fewer_streams_until_forgiven(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """ShedBackoff asks for the shed stream limit once, keeps it while sheds go on, and
+    restores the usual limit after ``forgive_s`` without one."""
+
+    async def body() -> None:
+        import socket
+
+        from guardrefresh.server._intake import ShedBackoff
+
+        loop = asyncio.get_running_loop()
+        ours, theirs = socket.socketpair()
+        transport, _ = await loop.connect_accepted_socket(asyncio.Protocol, ours)
+        limits: list[int | None] = []
+        try:
+            backoff = ShedBackoff(
+                4.0,
+                shed_streams=1,
+                forgive_s=30.0,
+                limit_streams=lambda _connection, limit: limits.append(limit),
+            )
+            backoff.shed(transport)
+            assert limits == [1] and backoff.is_limited(transport) and backoff.limited == 1
+            await asyncio.sleep(20.0)
+            backoff.shed(transport)  # shed again: limited already, the clock starts over
+            assert limits == [1]
+            await asyncio.sleep(29.0)
+            assert backoff.is_limited(transport)
+            await asyncio.sleep(2.0)
+            assert limits == [1, None] and not backoff.is_limited(transport)
+            assert transport.is_reading()  # the pause ended long ago
+        finally:
+            transport.close()
+            theirs.close()
+
+    await on_asyncio(body)
+
+
 async def test_a_refused_call_makes_its_connection_back_off(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

@@ -27,6 +27,8 @@ async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], flo
             return str(response.read().decode())
 
     text = await trio.to_thread.run_sync(get)
+    # Counters and histograms come without their `_created` timestamp series.
+    assert "_created" not in text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)

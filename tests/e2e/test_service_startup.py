@@ -200,6 +200,15 @@ async def test_print_config_shows_the_effective_settings(tmp_path: Path) -> None
     assert not (tmp_path / "var").exists()
 
 
+async def test_a_short_refresh_interval_alone_starts(tmp_path: Path) -> None:
+    # backoff_initial defaults to min(30 s, refresh_interval): a 2 s interval is not
+    # refused for a default the user never set, and the scheduler runs on it.
+    async with open_service(tmp_path, "--refresh-interval", "2", "--jitter", "0") as service:
+        assert service.find("Starting scheduled refresh with 2 second interval")
+        await service.wait_for_log("Scheduled refresh completed", limit_s=10)
+        assert await service.stop(signal.SIGTERM) == 0
+
+
 async def test_default_bind_is_loopback_and_sigint_stops_it(tmp_path: Path) -> None:
     async with open_service(tmp_path) as service:
         assert service.host == "127.0.0.1"

@@ -11,9 +11,8 @@ import trio
 
 from ..bridge import Bridge
 from ..config import ServiceConfig
-from ..refresh import RefreshScheduler, RefreshService
+from ..refresh import RefreshScheduler, RefreshService, is_stale
 from ..server import GrpcHost
-from ..server._dataplane import is_stale
 from ..storage import StorageError
 from ._health import ServingGate
 from ._memory import release_free_memory

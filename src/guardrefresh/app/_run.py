@@ -8,6 +8,7 @@ import threadpoolctl
 import trio
 
 from ..config import ConfigError, ServiceConfig
+from ..server import DependencyInternalsError
 from ._memory import tune_allocator
 from ._service import serve_service
 from ._startup import StartupError
@@ -19,7 +20,7 @@ def run_service(config: ServiceConfig) -> int:
     """Run the service in this process; returns the exit code.
 
     0 after a graceful shutdown, 1 with a one-line reason on stderr when it
-    cannot start.
+    cannot start (also when an internal of a pinned dependency is missing).
     """
     tune_allocator()
     _single_threaded_blas()
@@ -28,11 +29,11 @@ def run_service(config: ServiceConfig) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"guardrefresh: error: {exc}\n")
         return 2
-    except StartupError as exc:
+    except (StartupError, DependencyInternalsError) as exc:
         sys.stderr.write(f"guardrefresh: error: {exc}\n")
         return 1
     except BaseExceptionGroup as group:
-        startup = group.subgroup(StartupError)
+        startup = group.subgroup((StartupError, DependencyInternalsError))
         if startup is None:
             raise
         first = _leaves(startup)[0]

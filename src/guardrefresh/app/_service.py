@@ -26,6 +26,7 @@ from ..refresh import (
     open_refresh_service,
 )
 from ..server import (
+    DataPlaneService,
     EdgeLimits,
     EnforceHandler,
     EnforceObserver,
@@ -33,8 +34,7 @@ from ..server import (
     LoopErrorHandler,
     open_asyncio_loop,
 )
-from ..server._dataplane import DataPlaneService
-from ..storage import StorageError
+from ..storage import StorageError, working_set_path
 from ..telemetry import EnforceRecorder, TelemetryStore
 from ._background import compact_in_background, shutdown, watch_staleness
 from ._fleet import Fleet, FleetStartupError, open_fleet, watch_replication
@@ -45,10 +45,6 @@ from ._startup import StartupError, bind_error, edge_limits, open_service_teleme
 from ._trim import trim_after_request_bursts
 
 logger = logging.getLogger(__name__)
-
-
-def working_set_path(warm_storage: Path) -> Path:
-    return warm_storage.with_name(warm_storage.name + ".hot")
 
 
 async def serve_service(

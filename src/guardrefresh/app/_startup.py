@@ -16,9 +16,14 @@ import attrs
 
 from ..config import ServiceConfig
 from ..replication import open_engine
-from ..server import EdgeLimits, max_connections_for
-from ..server._auth import AdminAuth, TokenFileError
-from ..server._tls import TlsConfigError, server_ssl_context
+from ..server import (
+    AdminAuth,
+    EdgeLimits,
+    TlsConfigError,
+    TokenFileError,
+    max_connections_for,
+    server_ssl_context,
+)
 from ..telemetry import TelemetryStore, open_telemetry
 from ._fleet import Fleet
 

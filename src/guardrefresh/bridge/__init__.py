@@ -2,6 +2,7 @@
 
 from ._bridge import (
     DEFAULT_HOT_CAPACITY,
+    DEFAULT_MAX_RULES_PER_INSTALL,
     GLOBAL_LAYER,
     Bridge,
     InstallResult,
@@ -12,6 +13,7 @@ from ._errors import BridgeError, RuleConflictError, RuleNotFoundError, TooManyR
 
 __all__ = [
     "DEFAULT_HOT_CAPACITY",
+    "DEFAULT_MAX_RULES_PER_INSTALL",
     "GLOBAL_LAYER",
     "Bridge",
     "BridgeError",

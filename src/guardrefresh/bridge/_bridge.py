@@ -19,6 +19,9 @@ from ._errors import RuleConflictError, RuleNotFoundError, TooManyRulesError
 
 logger = logging.getLogger(__name__)
 
+#: Most rules in the hot cache, and most rules one install may carry, unless told
+#: otherwise; also the defaults of the service's ``[storage] hot_capacity`` and
+#: ``[server] max_rules_per_install`` settings, which are declared with these.
 DEFAULT_HOT_CAPACITY = 10_000
 DEFAULT_MAX_RULES_PER_INSTALL = 10_000
 #: How counts by layer name rules without a layer (the original data plane's label).

@@ -38,7 +38,7 @@ class HotCache(Generic[V]):
 
     Inserting a new key into a full cache first evicts the
     ``max(1, ceil(capacity * eviction_fraction))`` least recently used entries in one batch
-    (1,000 of the default 10,000), so that a steady stream of new keys pays for eviction once
+    (1,000 of a capacity of 10,000), so that a steady stream of new keys pays for eviction once
     per batch rather than on every insert. Lookups and inserts are O(1).
 
     Every value belongs to a *family*, given by ``family_of(value)``; :meth:`replace` can swap
@@ -77,7 +77,7 @@ class HotCache(Generic[V]):
 
     def __init__(
         self,
-        capacity: int = 10_000,
+        capacity: int,
         *,
         family_of: Callable[[V], str],
         eviction_fraction: float = 0.1,

@@ -1,35 +1,28 @@
-"""Configuration of the service: settings, their sources and their validation.
+"""Configuration of the service: its sections, their sources and ``--print-config``.
 
-Every setting is declared once in a table (see ``_settings.py``); command-line flags,
+Every setting is declared once, as a field of its section class (see
+:mod:`guardrefresh.settings`); :data:`SETTINGS`, the command-line flags,
 ``GUARDREFRESH_*`` environment variables, the TOML file, ``--help`` and
-``--print-config`` are generated from it.
+``--print-config`` are generated from those fields.
 """
 
+from ..settings import ENV_PREFIX, Setting, mask_dsn
+from ._cli import CliOptions, build_parser, format_help, parse_args, version_text
 from ._errors import ConfigError, UsageError
-from ._load import (
-    CliOptions,
-    ResolvedConfig,
-    build_parser,
-    format_help,
-    load_config,
-    parse_args,
-    resolve_config,
-    version_text,
-)
+from ._load import ResolvedConfig, load_config, resolve_config
 from ._render import render_config
-from ._service import (
+from ._sections import (
     EnforceConfig,
     HealthConfig,
     LoggingConfig,
     MetricsConfig,
     ReplicationConfig,
     SecurityConfig,
-    ServerConfig,
-    ServiceConfig,
     StorageConfig,
     TelemetryConfig,
 )
-from ._settings import CONFIG_ENV, DEFAULT_ORIGIN, ENV_PREFIX, SETTINGS, Setting, mask_dsn
+from ._server import ServerConfig
+from ._service import CONFIG_ENV, DEFAULT_ORIGIN, SETTINGS, ServiceConfig
 
 __all__ = [
     "CONFIG_ENV",

@@ -5,9 +5,9 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Mapping
 
-from .._version import __version__
-from ._service import ServiceConfig, setting_values
-from ._settings import DEFAULT_ORIGIN, SECTIONS, SETTINGS, toml_key
+from .. import __version__
+from ..settings import toml_key
+from ._service import DEFAULT_ORIGIN, SECTIONS, SETTINGS, ServiceConfig, setting_values
 
 __all__ = ["render_config"]
 
@@ -27,9 +27,8 @@ def render_config(config: ServiceConfig, *, origins: Mapping[str, str] | None = 
         for setting in SETTINGS:
             if setting.section != section:
                 continue
-            default = setting.kind.to_toml(setting.default)
             lines += textwrap.wrap(
-                f"{setting.help} Default: {default}.",
+                f"{setting.help} Default: {setting.default_toml}.",
                 width=88,
                 initial_indent="# ",
                 subsequent_indent="# ",

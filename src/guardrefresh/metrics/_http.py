@@ -20,7 +20,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve
 from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable, Scope
-from prometheus_client import CollectorRegistry, make_asgi_app
+from prometheus_client import CollectorRegistry, disable_created_metrics, make_asgi_app
 
 __all__ = ["METRICS_PATH", "serve_metrics"]
 
@@ -110,6 +110,10 @@ async def serve_metrics(
     HTTP/1.1 and cleartext HTTP/2; other paths get 404, methods other than GET
     and HEAD get 405.
 
+    The exposition leaves out the ``*_created`` series of counters and histograms
+    (a timestamp per series, doubling the output for nothing a dashboard uses):
+    prometheus_client's switch for that is process-wide, and this sets it.
+
     Errors binding (port taken, unknown host) raise :exc:`OSError` before
     ``task_status.started()``. Cancellation ends it: the listening socket and
     every open connection are closed before the cancellation propagates, so
@@ -117,6 +121,7 @@ async def serve_metrics(
     """
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be in 0..65535, got {port}")
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus_client
     sock = await _bind(host, port)
     try:
         bound_host, bound_port = sock.getsockname()[:2]

@@ -24,7 +24,7 @@ from typing import Final
 from grpclib.const import Status
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from .._version import __version__
+from .. import __version__
 from ._edge import EdgeCollector, EdgeCountsLike, LoopErrorsLike
 from ._enforce import EnforceMetrics
 from ._grpc import (

@@ -41,7 +41,8 @@ from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from hyperframe.exceptions import HyperframeError
 
-from . import _drain
+from . import _http2
+from ._dependency_internals import open_streams
 from ._throttle import LogThrottle
 
 __all__ = [
@@ -167,9 +168,9 @@ class GuardedConnection(asyncio.Protocol):
         self.idle_since = self._reset_at = trio.current_time()
         try:
             self._outer.connection_made(transport)
-            _drain.ignore_unknown_frames(self._h2)
-            _drain.refuse_malformed_requests(self._h2)
-            _drain.observe_stream_resets(self._h2, self._stream_reset)
+            _http2.ignore_unknown_frames(self._h2)
+            _http2.refuse_malformed_requests(self._h2)
+            _http2.observe_stream_resets(self._h2, self._stream_reset)
         except Exception as exc:
             self._failed(exc, "connection_made")
 
@@ -186,7 +187,7 @@ class GuardedConnection(asyncio.Protocol):
         if self._calm_reason is not None:
             self._calm(self._calm_reason)
             return
-        if _drain.oversized_frame_pending(self._h2):
+        if _http2.oversized_frame_pending(self._h2):
             self._guard.counts.error_closed += 1
             self._guard._log_error(self, "it sent a frame over SETTINGS_MAX_FRAME_SIZE")
             self.close(ErrorCodes.FRAME_SIZE_ERROR)
@@ -195,7 +196,7 @@ class GuardedConnection(asyncio.Protocol):
         if now_unread > self._guard.limits.max_unread_output_bytes and now_unread > unread:
             self._calm(f"{now_unread} bytes of output unread while it keeps sending")
             return
-        if _drain.open_streams(self._h2):
+        if open_streams(self._h2):
             self.idle_since = None
 
     def eof_received(self) -> bool | None:
@@ -236,7 +237,7 @@ class GuardedConnection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         """Whether a stream is open (a call not yet answered)."""
-        return bool(_drain.open_streams(self._h2))
+        return bool(open_streams(self._h2))
 
     def _stream_reset(self) -> None:
         # Inside grpclib's data_received: only note it; data_received acts after.
@@ -276,7 +277,7 @@ class GuardedConnection(asyncio.Protocol):
         if not isinstance(transport, asyncio.WriteTransport) or transport.is_closing():
             return
         try:
-            _drain.send_goaway(self._h2, error_code)
+            _http2.send_goaway(self._h2, error_code)
         except Exception as exc:  # the state that raised before may raise again
             logger.debug("no GOAWAY to %s: %r", self.peer, exc)
         if transport.can_write_eof():

@@ -48,6 +48,8 @@ from ..refresh import (
     RefreshService,
     RefreshStats,
     RefreshTrigger,
+    is_stale,
+    staleness_limit,
 )
 from ..replication import ReplicationError, ReplicationStatus
 from ..storage import StorageError
@@ -186,11 +188,6 @@ def replication_message(status: ReplicationStatus) -> pb.ReplicationStatus:
         last_error=status.last_error,
         horizon=status.horizon,
     )
-
-
-def is_stale(last_success_ms: int, now_ms: int, limit_s: float) -> bool:
-    """Never refreshed, or the last success is older than the limit."""
-    return last_success_ms == 0 or now_ms - last_success_ms > limit_s * 1000
 
 
 def stats_message(stats: RefreshStats | None) -> pb.RefreshStatsMessage | None:
@@ -398,7 +395,7 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         now_ms = int(self._wall_clock() * 1000)
         last_ms = last.timestamp_ms if last is not None else 0
         age_ms = now_ms - last_ms if last_ms else 0
-        max_staleness = self._staleness_limit_s or 2 * status.current_interval_s
+        max_staleness = staleness_limit(self._staleness_limit_s or 0.0, status.current_interval_s)
         stale = is_stale(last_ms, now_ms, max_staleness)
         return pb.GetRefreshStatusResponse(
             scheduler_enabled=status.enabled,

@@ -2,7 +2,7 @@
 
 grpclib reads a request message as ``recv_data(5)`` (the compression flag and the
 length) and then ``recv_data(length)``, buffering the whole body. The host makes each
-call's reads go through a :class:`RequestReader` (see ``_drain.intercept_request_reads``),
+call's reads go through a :class:`RequestReader` (see ``_dependency_internals.intercept_request_reads``),
 which enforces, in order:
 
 1. the size limit: a message longer than ``max_message_bytes`` is refused at its
@@ -47,47 +47,96 @@ _Read = Callable[[int], Awaitable[bytes]]
 
 
 class ShedBackoff:
-    """Stop reading a connection for about ``seconds`` after one of its calls was shed.
+    """Slow down a connection one of whose calls was shed: fewer streams, and a pause.
 
-    Its calls already read go on and its answers are still written; what the client
-    sends meanwhile waits in the socket buffers (TCP pushes back on it). A later shed
-    restarts the pause. Each pause lasts 0.5 to 1.5 times ``seconds`` (at random), so
-    that connections shed together are not all read again at the same moment (a flood
-    of calls every ``seconds``). ``connection`` is the connection's transport.
+    On a shed the connection is (1) told, by a SETTINGS frame, that it may have only
+    ``shed_streams`` streams open at once (``limit_streams(connection, n)``; a
+    conforming client, grpcio and grpclib included, then waits for one of its calls
+    to end before it starts the next; one that does not breaks the protocol and loses
+    the connection), and (2) not read for about ``seconds``: its calls already read go
+    on and its answers are still written; what it sends meanwhile waits in the socket
+    buffers (TCP pushes back on it). A later shed restarts the pause. Each pause lasts
+    0.5 to 1.5 times ``seconds`` (at random), so that connections shed together are
+    not all read again at the same moment.
+
+    The stream limit stays until the connection has gone ``forgive_s`` seconds
+    without a shed; then ``limit_streams(connection, None)`` restores the usual one.
+    So a flooder's next burst is one call, not the dozens it had open, and refusing
+    it costs little; a client that only burst once gets its streams back.
+    ``connection`` is the connection's transport.
     """
 
-    def __init__(self, seconds: float, *, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        shed_streams: int | None = None,
+        forgive_s: float = 30.0,
+        limit_streams: Callable[[Hashable, int | None], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if shed_streams is not None and shed_streams < 1:
+            raise ValueError(f"shed_streams must be >= 1, got {shed_streams}")
         self._seconds = seconds
+        self._shed_streams = shed_streams
+        self._forgive_s = forgive_s
+        self._limit_streams = limit_streams
         self._rng = rng or random.Random()
         self._resume_at: dict[asyncio.ReadTransport, asyncio.TimerHandle] = {}
+        self._forgive_at: dict[asyncio.ReadTransport, asyncio.TimerHandle] = {}
 
     @property
     def paused(self) -> int:
         """Connections not being read now."""
         return len(self._resume_at)
 
+    @property
+    def limited(self) -> int:
+        """Connections held to ``shed_streams`` streams now."""
+        return len(self._forgive_at)
+
+    def is_limited(self, connection: Hashable) -> bool:
+        """Whether ``connection`` is held to ``shed_streams`` streams now (not forgiven)."""
+        return connection in self._forgive_at
+
     def shed(self, connection: Hashable) -> None:
         if not isinstance(connection, asyncio.ReadTransport) or connection.is_closing():
             return
+        loop = asyncio.get_running_loop()
         timer = self._resume_at.pop(connection, None)
         if timer is not None:
             timer.cancel()
         else:
             connection.pause_reading()
-        loop = asyncio.get_running_loop()
         pause = self._seconds * self._rng.uniform(0.5, 1.5)
         self._resume_at[connection] = loop.call_later(pause, self._resume, connection)
+        if self._shed_streams is None or self._limit_streams is None:
+            return
+        forgive = self._forgive_at.pop(connection, None)
+        if forgive is not None:
+            forgive.cancel()  # limited already: only the clock starts over
+        else:
+            self._limit_streams(connection, self._shed_streams)
+        self._forgive_at[connection] = loop.call_later(self._forgive_s, self._forgive, connection)
 
     def resume_all(self) -> None:
         """Read every paused connection again now (the drain needs to see clients close)."""
         for connection, timer in list(self._resume_at.items()):
             timer.cancel()
             self._resume(connection)
+        for timer in self._forgive_at.values():
+            timer.cancel()
+        self._forgive_at.clear()
 
     def _resume(self, connection: asyncio.ReadTransport) -> None:
         del self._resume_at[connection]
         if not connection.is_closing():
             connection.resume_reading()
+
+    def _forgive(self, connection: asyncio.ReadTransport) -> None:
+        del self._forgive_at[connection]
+        if not connection.is_closing() and self._limit_streams is not None:
+            self._limit_streams(connection, None)
 
 
 @attrs.frozen
@@ -121,6 +170,7 @@ class RequestReader:
         self._expect_body = False
         self._messages = 0
         self._holds_slot = False
+        self._demoted_slot = False
         if self._admit:
             assert limits.admission is not None
             limits.admission.enter(connection)
@@ -177,7 +227,7 @@ class RequestReader:
         if self._holds_slot:
             self._holds_slot = False
             assert admission is not None
-            admission.release()
+            admission.release(self._demoted_slot)
         if self._admit:
             assert admission is not None
             admission.leave(self._connection)
@@ -200,7 +250,7 @@ class RequestReader:
         admission = self._limits.admission
         assert admission is not None
         try:
-            await admission.acquire(self._connection)
+            self._demoted_slot = await admission.acquire(self._connection)
         except AdmissionRefused as exc:
             if self._limits.backoff is not None:
                 self._limits.backoff.shed(self._connection)

@@ -32,23 +32,21 @@ before they ever reach the loop (see ``_connections``); this is the net under th
   turn instead; the listen queue keeps its length, and the rest are accepted on the
   loop's next turns.
 
-It reaches one private method of asyncio's selector loop
-(``BaseSelectorEventLoop._start_serving(protocol_factory, sock, sslcontext, server,
-backlog, ...)``, the same in 3.11 to 3.13; ``backlog`` there only bounds the accepts
-per turn, ``listen()`` was called before) through an instance attribute; if a release
-changes it, a warning is logged and the guard is skipped (``tests/test_asyncio_loop.py``
-fails first).
+It reaches one private method of asyncio's selector loop (``_start_serving``, the same
+in Python 3.11 to 3.13; its ``backlog`` only bounds the accepts per turn, ``listen()``
+was called before) through ``_dependency_internals``, checked at start-up.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
+import functools
 import logging
 import socket
 from collections.abc import Callable
 from typing import Any
 
+from . import _dependency_internals as internals
 from ._throttle import LogThrottle
 
 __all__ = [
@@ -127,38 +125,22 @@ def contain_loop_errors(loop: asyncio.AbstractEventLoop) -> LoopErrorHandler:
     return handler
 
 
-def guard_accept_retry(loop: asyncio.AbstractEventLoop) -> bool:
+def guard_accept_retry(loop: asyncio.AbstractEventLoop) -> None:
     """Make ``loop`` skip an accept retry whose listening socket has closed meanwhile,
-    and accept at most :data:`ACCEPTS_PER_WAKEUP` connections per turn; returns whether
-    it could."""
-    start_serving: Callable[..., None] | None = getattr(loop, "_start_serving", None)
-    signature = inspect.signature(start_serving) if start_serving is not None else None
-    if signature is None or list(signature.parameters)[:5] != [
-        "protocol_factory",
-        "sock",
-        "sslcontext",
-        "server",
-        "backlog",
-    ]:
-        logger.warning(
-            "asyncio's loop has no _start_serving(protocol_factory, sock, sslcontext, server, "
-            "backlog, ...); accept bursts are not bounded and an accept retry after a drain "
-            "may fail"
-        )
-        return False
-    assert start_serving is not None
+    and accept at most :data:`ACCEPTS_PER_WAKEUP` connections per turn."""
 
-    def start_serving_if_open(*args: Any, **kwargs: Any) -> None:
-        bound = signature.bind(*args, **kwargs)
-        sock: socket.socket = bound.arguments["sock"]
-        if sock.fileno() < 0:
-            logger.debug("accept retry skipped: the listening socket was closed meanwhile")
-            return
-        backlog = bound.arguments.get("backlog", ACCEPTS_PER_WAKEUP)
-        bound.arguments["backlog"] = min(backlog, ACCEPTS_PER_WAKEUP)
-        start_serving(*bound.args, **bound.kwargs)
+    def guarded(start_serving: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(start_serving)  # keeps its signature for the start-up check
+        def start_serving_if_open(*args: Any, **kwargs: Any) -> None:
+            bound = signature.bind(*args, **kwargs)
+            sock: socket.socket = bound.arguments["sock"]
+            if sock.fileno() < 0:
+                logger.debug("accept retry skipped: the listening socket was closed meanwhile")
+                return
+            backlog = bound.arguments.get("backlog", ACCEPTS_PER_WAKEUP)
+            bound.arguments["backlog"] = min(backlog, ACCEPTS_PER_WAKEUP)
+            start_serving(*bound.args, **bound.kwargs)
 
-    # An instance attribute shadows the method; asyncio looks it up at each call
-    # (Server.start_serving and the delayed retry after an accept error).
-    loop._start_serving = start_serving_if_open  # type: ignore[attr-defined]
-    return True
+        return start_serving_if_open
+
+    signature = internals.wrap_start_serving(loop, guarded)

@@ -15,6 +15,7 @@ from ._errors import (
 from ._fs import atomic_write
 from ._layout import FIXED_DTYPE, FORMAT_VERSION
 from ._manifest import Manifest, StoreInfo
+from ._names import journal_path, lock_path, snapshot_path, working_set_path
 from ._segment import Segment
 from ._store import WarmStore
 from ._table import RuleRef, TableStat, WarmTable, family_of
@@ -41,4 +42,8 @@ __all__ = [
     "WarmTable",
     "atomic_write",
     "family_of",
+    "journal_path",
+    "lock_path",
+    "snapshot_path",
+    "working_set_path",
 ]

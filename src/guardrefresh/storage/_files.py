@@ -1,4 +1,5 @@
-"""The files of one warm store: their names, the writers' lock, and finding leftovers.
+"""The files of one warm store: their names (from ``_names``), the writers' lock, and
+finding leftovers.
 
 For a store at ``warm_storage.bin``::
 
@@ -24,6 +25,13 @@ from pathlib import Path
 import attrs
 
 from ._fs import FILE_MODE, fsync_dir, translate_os_error
+from ._names import (
+    data_file_generation,
+    journal_path,
+    lock_path,
+    snapshot_path,
+    working_set_path,
+)
 
 
 @attrs.frozen
@@ -38,22 +46,25 @@ class StoreFiles:
 
     @property
     def lock(self) -> Path:
-        return self.path.with_name(self.path.name + ".lock")
+        return lock_path(self.path)
 
     @property
     def hot(self) -> Path:
-        return self.path.with_name(self.path.name + ".hot")
+        return working_set_path(self.path)
 
     def snapshot(self, generation: int) -> Path:
-        return self.path.with_name(f"{self.path.name}.{generation:08d}.snap")
+        return snapshot_path(self.path, generation)
 
     def journal(self, generation: int) -> Path:
-        return self.path.with_name(f"{self.path.name}.{generation:08d}.journal")
+        return journal_path(self.path, generation)
 
     def data_files(self) -> list[Path]:
         """Every snapshot and journal beside the manifest, of any generation, sorted."""
-        pattern = re.compile(re.escape(self.path.name) + r"\.\d{8}\.(snap|journal)$")
-        return sorted(p for p in self.directory.iterdir() if pattern.match(p.name))
+        return sorted(
+            p
+            for p in self.directory.iterdir()
+            if data_file_generation(self.path, p.name) is not None
+        )
 
     def crash_leftovers(self) -> list[Path]:
         """Temp files of store writes whose writer process is gone."""
@@ -69,10 +80,9 @@ class StoreFiles:
 
     def remove_other_generations(self, keep: int) -> None:
         """Remove the snapshots and journals of every generation but ``keep`` (best effort)."""
-        pattern = re.compile(re.escape(self.path.name) + r"\.(\d{8})\.(snap|journal)$")
         for entry in self.directory.iterdir():
-            match = pattern.match(entry.name)
-            if match and int(match.group(1)) != keep:
+            generation = data_file_generation(self.path, entry.name)
+            if generation is not None and generation != keep:
                 with contextlib.suppress(OSError):
                     entry.unlink()
         fsync_dir(self.directory)

@@ -54,6 +54,7 @@ from ._fs import DIR_MODE, atomic_write, translate_os_error
 from ._journal import JournalAppender
 from ._layout import FORMAT_VERSION
 from ._manifest import Manifest, StoreInfo, journal_header, now_ms
+from ._names import data_file_generation
 from ._segment import decode_segment
 from ._table import WarmTable
 from ._verify import StoreReader, Vanished
@@ -339,7 +340,8 @@ class WarmStore(StoreReader):
                 m = None
             # File names only: reading the old data files is for rebuilding damaged stores.
             last_generation = max(
-                (int(p.name.rsplit(".", 2)[-2]) for p in self.files.data_files()), default=0
+                (data_file_generation(self.path, p.name) or 0 for p in self.files.data_files()),
+                default=0,
             )
             self._replace_locked(max(m.generation if m else 0, last_generation) + 1, columns)
         return self.load()

@@ -18,6 +18,7 @@ from ._files import StoreFiles
 from ._fs import check_safe, translate_os_error
 from ._layout import READABLE_VERSIONS
 from ._manifest import JOURNAL_HEADER, JOURNAL_HEADER_SIZE, JOURNAL_MAGIC, Manifest
+from ._names import data_file_generation
 from ._segment import Segment, decode_segment, peek_segment
 from ._table import WarmTable
 
@@ -164,7 +165,7 @@ class StoreReader:
         """Best-effort (generation, bridge version) from data files, trusting no checksum."""
         generation = version = 0
         for path in self.files.data_files():
-            generation = max(generation, int(path.name.rsplit(".", 2)[-2]))
+            generation = max(generation, data_file_generation(self.path, path.name) or 0)
             try:
                 raw = path.read_bytes()
             except OSError:

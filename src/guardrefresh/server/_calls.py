@@ -1,0 +1,236 @@
+"""The host's view of every call: counted in flight, rejected while draining, reported.
+
+A ``RecvRequest`` listener (:meth:`Calls.on_recv_request`) sees every call before its
+handler. It answers new calls with UNAVAILABLE while draining, runs the authorisation
+check, and swaps the handler for a wrapper that registers the call with its asyncio task
+and grpclib stream, and reads its request under the host's limits (``_intake``).
+
+In-flight counting keys on the request's asyncio *task*: the call leaves the count from
+the task's done-callback, i.e. after grpclib has sent its trailers and released the
+stream, never merely when the handler function returned. So a drain that sees zero in
+flight can close connections without cutting off a response on the wire. A forced end
+(:meth:`Calls.cancel_all`) cancels each remaining task after marking it; the wrapper turns
+that cancellation into ``GRPCError(UNAVAILABLE)``, which grpclib itself sends as trailers:
+a client always gets a status, never a hang until its own deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable, Collection, Mapping
+from typing import Any, NoReturn
+
+import attrs
+import grpclib.events
+import grpclib.server
+import trio
+import trio_util
+from grpclib.const import Status
+from grpclib.exceptions import GRPCError
+
+from . import _dependency_internals as internals
+from ._call_endings import require_request_message
+from ._intake import RequestLimits, RequestReader
+from ._wakeup import Wakeup
+
+__all__ = ["DEFAULT_EXEMPT_METHODS", "SHUTDOWN_MESSAGE", "Calls"]
+
+logger = logging.getLogger(__name__)
+
+#: grpc-message of every UNAVAILABLE the drain sends.
+SHUTDOWN_MESSAGE = "server is shutting down"
+
+#: Health and reflection methods: never counted as in flight, never rejected.
+DEFAULT_EXEMPT_METHODS: frozenset[str] = frozenset(
+    {
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    }
+)
+
+_HEALTH_WATCH = "/grpc.health.v1.Health/Watch"
+
+OnCallDone = Callable[[str, Status, float], None]
+Authorize = Callable[[str, Mapping[str, Any]], None]
+
+
+@attrs.define(eq=False)
+class _Outcome:
+    """What ``on_call_done`` is told about one RPC; its status is the trailers sent."""
+
+    method: str
+    started: float
+    #: The status grpclib was about to send (SendTrailingMetadata fires before the write).
+    status: Status | None = None
+    #: Set once the handler runs; tells whether the trailers really went out.
+    stream: grpclib.server.Stream[Any, Any] | None = None
+
+
+@attrs.define(eq=False)
+class _Call:
+    task: asyncio.Task[Any]
+    stream: grpclib.server.Stream[Any, Any]
+    method: str
+    exempt: bool
+    reader: RequestReader
+    forced: bool = False
+
+
+class Calls:
+    """The calls of one host (see the module docstring); lives on the asyncio side.
+
+    ``exempt`` methods are neither counted in flight nor rejected; ``on_call_done`` and
+    ``authorize`` are :class:`~guardrefresh.server.GrpcHost`'s. ``wakeup`` is set
+    whenever a call ends.
+    """
+
+    def __init__(
+        self,
+        limits: RequestLimits,
+        wakeup: Wakeup,
+        *,
+        exempt: Collection[str],
+        on_call_done: OnCallDone | None,
+        authorize: Authorize | None,
+    ) -> None:
+        self.exempt = frozenset(exempt)
+        #: Set by the host when its drain begins: new calls get UNAVAILABLE from then on.
+        self.draining = False
+        #: New calls answered UNAVAILABLE during the drain.
+        self.rejected = 0
+        #: Calls whose task has ended since the host was made (only grows).
+        self.ended: trio_util.AsyncValue[int] = trio_util.AsyncValue(0)
+        self._limits = limits
+        self._wakeup = wakeup
+        self._on_call_done = on_call_done
+        self._authorize = authorize
+        self._calls: set[_Call] = set()
+        self._outcomes: dict[asyncio.Task[Any], _Outcome] = {}
+
+    @property
+    def in_flight(self) -> int:
+        """Calls running now, health and reflection streams excluded."""
+        return sum(1 for call in self._calls if not call.exempt)
+
+    @property
+    def open(self) -> int:
+        """Calls whose handler task is running now, exempt ones included."""
+        return len(self._calls)
+
+    def listen(self, server: grpclib.server.Server) -> None:
+        """Register the listeners on a grpclib server (before it starts)."""
+        grpclib.events.listen(server, grpclib.events.RecvRequest, self.on_recv_request)
+        if self._on_call_done is not None:
+            grpclib.events.listen(
+                server, grpclib.events.SendTrailingMetadata, self._on_send_trailing_metadata
+            )
+
+    async def on_recv_request(self, event: grpclib.events.RecvRequest) -> None:
+        # asyncio side, in the request's task, before the handler runs.
+        method: str = event.method_name
+        exempt = method in self.exempt
+        if self._on_call_done is not None:
+            self._track_outcome(method)
+        if self.draining and not exempt:
+            self._reject(method)
+        if self._authorize is not None:
+            self._authorize(method, event.metadata)
+        event.method_func = self._wrap_handler(event.method_func, method, exempt)
+
+    def cancel_all(self) -> tuple[int, int]:
+        """The forced end: cancel every running call; its client gets UNAVAILABLE.
+
+        Health Watch streams are left to end by themselves after their final status.
+        Returns (calls cancelled before their status went out, exempt streams ended).
+        """
+        cancelled = 0
+        exempt_ended = 0
+        for call in list(self._calls):
+            if call.exempt:
+                exempt_ended += 1
+                if call.method == _HEALTH_WATCH:
+                    continue
+            elif not internals.trailers_sent(call.stream):
+                cancelled += 1
+            call.forced = True
+            call.task.cancel()
+        return cancelled, exempt_ended
+
+    def _wrap_handler(
+        self,
+        func: Callable[[grpclib.server.Stream[Any, Any]], Any],
+        method: str,
+        exempt: bool,
+    ) -> Callable[[grpclib.server.Stream[Any, Any]], Any]:
+        async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
+            # Listeners registered after ours may have awaited: check again.
+            if self.draining and not exempt:
+                self._reject(method)
+            task = asyncio.current_task()
+            assert task is not None
+            reader = RequestReader(
+                self._limits, connection=internals.call_transport(stream), admit=not exempt
+            )
+            call = _Call(task=task, stream=stream, method=method, exempt=exempt, reader=reader)
+            outcome = self._outcomes.get(task)
+            if outcome is not None:
+                outcome.stream = stream
+            self._calls.add(call)
+            task.add_done_callback(functools.partial(self._call_done, call))
+            internals.intercept_request_reads(stream, reader.read)
+            require_request_message(stream)
+            try:
+                await func(stream)
+            except asyncio.CancelledError:
+                if not call.forced:
+                    raise  # client reset, lost connection, deadline: grpclib's business
+                task.uncancel()
+                # grpclib sends a GRPCError leaving the handler as the call's trailers.
+                raise GRPCError(Status.UNAVAILABLE, SHUTDOWN_MESSAGE) from None
+
+        return handle
+
+    def _track_outcome(self, method: str) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        outcome = _Outcome(method=method, started=trio.current_time())
+        self._outcomes[task] = outcome
+        task.add_done_callback(functools.partial(self._report_outcome, outcome))
+
+    async def _on_send_trailing_metadata(self, event: grpclib.events.SendTrailingMetadata) -> None:
+        # grpclib sends a call's trailers from the call's own task.
+        task = asyncio.current_task()
+        outcome = self._outcomes.get(task) if task is not None else None
+        if outcome is not None and outcome.status is None:
+            outcome.status = event.status
+
+    def _report_outcome(self, outcome: _Outcome, task: asyncio.Task[Any]) -> None:
+        self._outcomes.pop(task, None)
+        assert self._on_call_done is not None
+        status = outcome.status
+        if outcome.stream is not None and not internals.trailers_sent(outcome.stream):
+            # grpclib tried (UNKNOWN, after the reset) but the client had gone:
+            # from its side the call was cancelled.
+            status = None
+        if status is None:
+            status = Status.CANCELLED
+        try:
+            self._on_call_done(outcome.method, status, trio.current_time() - outcome.started)
+        except Exception:
+            logger.exception("on_call_done(%r, %s) failed", outcome.method, status.name)
+
+    def _reject(self, method: str) -> NoReturn:
+        self.rejected += 1
+        logger.debug("rejected %s: draining", method)
+        raise GRPCError(Status.UNAVAILABLE, SHUTDOWN_MESSAGE)
+
+    def _call_done(self, call: _Call, _task: asyncio.Task[Any]) -> None:
+        # Runs after grpclib sent the trailers and released the stream.
+        call.reader.finish()
+        self._calls.discard(call)
+        self.ended.value += 1
+        self._wakeup.set()
