@@ -35,7 +35,6 @@ import logging
 import re
 import signal
 import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -48,10 +47,11 @@ import grpc  # type: ignore[import-untyped]  # no stubs
 
 from guardrefresh.model import rule_to_proto
 from guardrefresh.proto import rule_installation as pb
+from tests.support.service import ServiceError, ServiceProcess
 
 from ._data import Plan, Target, Workspace, entry
 from .enforce_grpc import TENANT, bench_rules, enforce_request
-from .grpc_server import REPO_ROOT, _env, _stop
+from .grpc_server import REPO_ROOT, _env
 
 __all__ = ["run_fleet"]
 
@@ -62,7 +62,6 @@ GET_RULE = "/rule_installation.DataPlane/GetRule"
 STATUS = "/rule_installation.DataPlane/GetRefreshStatus"
 ENFORCE = "/rule_installation.DataPlane/Enforce"
 _IN_SYNC = re.compile(r"Fleet replica in sync at version (\d+)")
-_LISTENING = re.compile(r"Listening on [^\s:]+:(\d+)")
 _RESYNC_DONE = re.compile(r"Fleet resync done: (\d+) rules at version \d+ in (\d+) ms")
 _START_TIMEOUT_S = 120.0
 
@@ -78,10 +77,12 @@ def _pg_support() -> Any:
 
 @attrs.define
 class _Replica:
-    proc: subprocess.Popen[str]
-    log: Path
-    port: int
+    process: ServiceProcess
     channel: Any
+
+    @property
+    def port(self) -> int:
+        return self.process.port
 
     def call(self, path: str, request: bytes, timeout: float = 120.0) -> bytes:
         result: bytes = self.channel.unary_unary(path)(request, timeout=timeout)
@@ -105,44 +106,34 @@ def _channel(port: int) -> Any:
     )
 
 
-def _wait_log(log: Path, pattern: re.Pattern[str], proc: subprocess.Popen[str]) -> re.Match[str]:
-    deadline = time.monotonic() + _START_TIMEOUT_S
-    while True:
-        match = pattern.search(log.read_text(errors="replace"))
-        if match:
-            return match
-        if proc.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"replica not ready ({proc.returncode}):\n{tail}")
-        time.sleep(0.02)
-
-
 @contextlib.contextmanager
 def _replica(directory: Path, dsn: str) -> Iterator[_Replica]:
+    """A replica started by the tests' launcher; yielded once it is in sync."""
     directory.mkdir(parents=True, exist_ok=True)
-    log = directory / "service.log"
-    cmd = [
-        sys.executable, "-m", "guardrefresh", "--port", "0", "--metrics-port", "0",
-        "--warm-storage", str(directory / "warm_storage.bin"), "--replication", dsn,
-        "--shutdown-grace", "2", "--log-level", "INFO",
-    ]  # fmt: skip
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            cmd, cwd=REPO_ROOT, env=_env(), stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL, stderr=err, text=True,
-        )  # fmt: skip
+    process = ServiceProcess(
+        directory,
+        "--replication", dsn, "--shutdown-grace", "2", "--log-level", "INFO",
+        warm_storage=directory / "warm_storage.bin",
+        env=_env(),
+    )  # fmt: skip
     channel = None
     try:
-        port = int(_wait_log(log, _LISTENING, proc).group(1))
-        _wait_log(log, _IN_SYNC, proc)
-        channel = _channel(port)
-        yield _Replica(proc, log, port, channel)
+        process.wait_ready(timeout=_START_TIMEOUT_S)
+        process.wait_for_log(_IN_SYNC, timeout=_START_TIMEOUT_S)
+        channel = _channel(process.port)
+        yield _Replica(process, channel)
     finally:
         if channel is not None:
             channel.close()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGCONT)  # in case it was left paused
-        _stop(proc, what="replica")
+        if process.returncode is None:
+            process.send_signal(signal.SIGCONT)  # in case it was left paused
+            with contextlib.suppress(ServiceError):
+                code = process.stop(timeout=30)
+                if code != 0:
+                    logger.warning(
+                        "a replica exited with %s; log tail:\n%s", code, process.log[-3000:]
+                    )
+        process.close()
 
 
 #: The writing benchmarks' rules belong to this agent, so Enforce (tenant TENANT) sees
@@ -229,7 +220,7 @@ def _bulk_install(replicas: Sequence[_Replica], total: int, batch: int) -> tuple
 def _catch_up(replicas: Sequence[_Replica], changes: int, batch: int) -> float:
     paused, writer = replicas[-1], replicas[0]
     rules = [attrs.evolve(r, rule_id=f"catch-{i:06d}") for i, r in enumerate(bench_rules(changes))]
-    paused.proc.send_signal(signal.SIGSTOP)
+    paused.process.send_signal(signal.SIGSTOP)
     try:
         version = 0
         for i in range(0, changes, batch):
@@ -237,7 +228,7 @@ def _catch_up(replicas: Sequence[_Replica], changes: int, batch: int) -> float:
                 writer.call(INSTALL, _install_request(rules[i : i + batch]))
             )
     finally:
-        paused.proc.send_signal(signal.SIGCONT)
+        paused.process.send_signal(signal.SIGCONT)
     started = time.perf_counter()
     _wait_applied([paused], version)
     return time.perf_counter() - started
@@ -374,7 +365,7 @@ def run_fleet(ws: Workspace, plan: Plan) -> dict[str, Any]:
         resync_dsn = server.dsn(server.create_database("fleet_resync"))
         _seed_database(resync_dsn, resync_n)
         with _replica(root / "resync", resync_dsn) as fresh:
-            match = _wait_log(fresh.log, _RESYNC_DONE, fresh.proc)
+            match = fresh.process.wait_for_log(_RESYNC_DONE, timeout=_START_TIMEOUT_S)
             assert int(match.group(1)) == resync_n
             results[f"full_resync_{resync_n}_rules"] = entry(
                 parameters={"rules": resync_n},

@@ -49,7 +49,6 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import subprocess
 import sys
@@ -60,6 +59,8 @@ from pathlib import Path
 from typing import IO, Any
 
 import attrs
+
+from tests.support.service import ServiceProcess, running_service, service_env
 
 from ._data import Plan, Target, Workspace, entry
 
@@ -81,9 +82,6 @@ IDLE_FULL_WINDOW_S = 60.0
 HOT_IDS = 100
 _START_TIMEOUT_S = 180.0
 _CLIENT_TIMEOUT_S = 600.0
-# The app logs "Listening on HOST:PORT" once ready; GrpcHost logs "gRPC host listening on
-# HOST:PORT" as soon as the port is bound (after the warm-up refresh). Either will do.
-_READY = re.compile(r"listening on [^\s:]+:(\d+)", re.IGNORECASE)
 
 
 # =========================================================================================
@@ -149,10 +147,10 @@ def _pin(pid: int, cpus: frozenset[int] | None) -> None:
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.pop("GUARDREFRESH_CONFIG", None)
-    return env
+    """The environment of the processes started here: the repository importable, and no
+    GUARDREFRESH_* settings of whoever runs the benchmark."""
+    path = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return service_env({"PYTHONPATH": path})
 
 
 def _stop(proc: subprocess.Popen[str], *, what: str) -> int:
@@ -232,55 +230,22 @@ def bench_server(
 
 
 @contextlib.contextmanager
-def real_service(path: Path, log_dir: Path, *extra_args: str) -> Iterator[_Server]:
-    """``python -m guardrefresh --port 0 ... *extra_args``: ready once it logged
-    ``Listening on``."""
-    log = log_dir / f"service-{time.monotonic_ns()}.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "guardrefresh",
-        "--port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--host",
-        "127.0.0.1",
-        "--warm-storage",
-        str(path),
-        "--log-level",
-        "INFO",
-        "--shutdown-grace",
-        "2",
-        *extra_args,
-    ]
-    with log.open("w") as err:
-        proc = subprocess.Popen(
-            cmd,
-            cwd=REPO_ROOT,
-            env=_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-            text=True,
-        )
-    try:
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        port = None
-        while port is None:
-            match = _READY.search(log.read_text(errors="replace"))
-            if match:
-                port = int(match.group(1))
-            elif proc.poll() is not None or time.monotonic() > deadline:
-                tail = log.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the service did not become ready ({proc.returncode}):\n{tail}")
-            else:
-                time.sleep(0.05)
-        yield _Server(proc, port)
-    finally:
-        code = _stop(proc, what="service")
+def real_service(path: Path, log_dir: Path, *extra_args: str) -> Iterator[ServiceProcess]:
+    """``python -m guardrefresh --port 0 ... *extra_args``, started by the tests'
+    launcher: ready once its ready file appears. Stopped with SIGTERM at the end (killed
+    on an error)."""
+    with running_service(
+        log_dir,
+        "--host", "127.0.0.1", "--log-level", "INFO", "--shutdown-grace", "2", *extra_args,
+        warm_storage=path,
+        env=_env(),
+        check_log=False,
+        start_timeout=_START_TIMEOUT_S,
+    ) as service:  # fmt: skip
+        yield service
+        code = service.stop()
         if code != 0:
-            logger.warning("the service exited with %s; see %s", code, log)
+            logger.warning("the service exited with %s; log tail:\n%s", code, service.log[-3000:])
 
 
 @attrs.frozen
@@ -304,7 +269,7 @@ class _Client:
     """A client process for one server and one method; warmed up once, measured per run."""
 
     def __init__(
-        self, proc: subprocess.Popen[str], server: _Server, method: str, log: Path
+        self, proc: subprocess.Popen[str], server: _Server | ServiceProcess, method: str, log: Path
     ) -> None:
         self._proc = proc
         self._server = server
@@ -335,7 +300,7 @@ class _Client:
 
 @contextlib.contextmanager
 def open_client(
-    server: _Server,
+    server: _Server | ServiceProcess,
     method: str,
     count: int,
     streams: int,

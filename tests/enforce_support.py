@@ -21,7 +21,8 @@ from guardrefresh.enforce._params import effective_weights
 from guardrefresh.enforce._reference import evaluation_order, slot_similarity
 from guardrefresh.model import BLOCK_SHAPE, PolicyType, Rule, RuleAnchors
 from guardrefresh.storage import Segment, WarmStore, WarmTable
-from guardrefresh.storage._segment import SegmentColumns, decode_segment, segment_bytes
+from guardrefresh.storage._encode import SegmentColumns, segment_bytes
+from guardrefresh.storage._segment import decode_segment
 
 #: Similarities of the engine (float32) and the reference (float64) agree within this.
 SIM_TOL = 1e-5

@@ -1,7 +1,5 @@
 """What every suite that drives a real service with grpcio shares.
 
-- :func:`service_env`: the child-process environment without a developer's own
-  ``GUARDREFRESH_*`` settings.
 - :func:`generate_grpcio_modules`: grpcio modules generated from the proto at test time
   (grpcio is the independent reference client), imported once per session.
 - :class:`Outcome`: how a grpcio call ended.
@@ -14,13 +12,12 @@
 from __future__ import annotations
 
 import importlib
-import os
 import socket
 import subprocess
 import sys
 import time
 import types
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +39,6 @@ DATA_PLANE = "rule_installation.DataPlane"
 CALL_TIMEOUT_S = 30.0
 # The service's own limit is the one under test: the client must never be the one to refuse.
 CLIENT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
-
-
-def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Our environment without GUARDREFRESH_* (a developer's settings must not leak), plus ``extra``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARDREFRESH_")}
-    env.update(extra or {})
-    return env
 
 
 def generate_grpcio_modules(out_dir: Path) -> types.SimpleNamespace:

@@ -18,6 +18,7 @@ import grpc
 import trio
 from grpcio_support import Outcome, call_outcome
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
+from support.waiting import in_thread
 
 from guardrefresh.proto import rule_installation as pb
 from guardrefresh.server import GrpcHost, open_asyncio_loop
@@ -71,17 +72,6 @@ async def open_host(**kwargs: Any) -> AsyncIterator[tuple[GrpcHost, ScriptedData
         yield host, servicer
         if host.report is None:
             await host.drain(0.0)
-
-
-async def wait_until(predicate: Callable[[], bool], *, limit_s: float = 5.0) -> None:
-    """Poll ``predicate`` (real clock) until true; fail the test after ``limit_s``.
-
-    Polling, because what the tests wait for changes in grpcio's threads or in
-    asyncio callbacks, where no Trio event is set.
-    """
-    with trio.fail_after(limit_s):
-        while not predicate():  # noqa: ASYNC110
-            await trio.sleep(0.005)
 
 
 class Client:
@@ -152,10 +142,6 @@ async def open_client(
         yield client
     finally:
         await trio.to_thread.run_sync(client.close)
-
-
-async def in_thread(fn: Callable[..., Outcome], *args: Any) -> Outcome:
-    return await trio.to_thread.run_sync(fn, *args)
 
 
 class Results:

@@ -23,12 +23,13 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
+
+from support.service import free_port
 
 __all__ = [
     "MIN_VERSION",
@@ -67,12 +68,6 @@ def find_postgres_bin(root: Path = _SEARCH_ROOT) -> Path | None:
     return max(found)[1] if found else None
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 class PostgresServer:
     """One PostgreSQL cluster in ``directory``, run by :meth:`start` / :meth:`stop`.
 
@@ -106,7 +101,7 @@ class PostgresServer:
         if bin_dir is None:
             raise PostgresError(MISSING_REASON)
         directory = Path(tempfile.mkdtemp(prefix="guardrefresh-pg-"))
-        server = cls(bin_dir, directory, _free_port())
+        server = cls(bin_dir, directory, free_port())
         try:
             if server._as:
                 # The service user must own its cluster and socket directory.

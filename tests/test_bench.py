@@ -222,7 +222,11 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
         assert len(ratio["round_medians"]) == plan["grpc_rounds"]
         low, high = ratio["median_95ci"]
         assert ratio["samples"]["min"] <= low <= ratio["median"] <= high <= ratio["samples"]["max"]
-    assert grpc["idle_cpu_percent"]["median"] >= 0
+    idle = grpc["idle_cpu_percent"]
+    # The window was measured around the planned idle sleep, and the percent derives from it.
+    assert idle["parameters"]["window_s"] >= meta["plan"]["idle_window_s"]
+    expected_percent = idle["idle_cpu_s"] / idle["parameters"]["window_s"] * 100
+    assert math.isclose(idle["median"], expected_percent, rel_tol=0.01, abs_tol=1e-6)
     enforce = document["enforce"]
     assert enforce["decide_nothing_matching_200"]["parameters"]["rules_in_scope"] == 200
     assert enforce["decide_nothing_matching_200"]["samples"]["n"] == 5

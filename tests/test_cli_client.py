@@ -32,10 +32,10 @@ import pytest
 from factories import make_rule
 from grpclib.events import RecvRequest, listen
 from grpclib.server import Server
-from service_process import clean_env, running_service
+from support.service import free_port, running_service, service_env
 
 from guardrefresh.cli import main
-from guardrefresh.cli._client import human_duration, status_lines
+from guardrefresh.cli._format import human_duration, status_lines
 from guardrefresh.model import PolicyType, Rule, RuleAnchors, rules_from_json, rules_to_json
 from guardrefresh.proto import rule_installation as pb
 
@@ -46,8 +46,8 @@ PROCESS_TIMEOUT_S = 60.0
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A running service for the whole module; yields its ``127.0.0.1:PORT``."""
-    with running_service(tmp_path_factory.mktemp("service")) as address:
-        yield address
+    with running_service(tmp_path_factory.mktemp("service")) as service:
+        yield service.target
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str, str]:
@@ -63,7 +63,7 @@ def cli_process(*args: str | Path, stdin: bytes = b"") -> subprocess.CompletedPr
         capture_output=True,
         text=True,
         timeout=PROCESS_TIMEOUT_S,
-        env=clean_env(),
+        env=service_env(),
     )
 
 
@@ -360,13 +360,6 @@ def test_remove_agent(capsys: pytest.CaptureFixture[str], target: str, tmp_path:
 
 
 # -- connection failures and usage -------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 def test_connection_refused_names_the_target(capsys: pytest.CaptureFixture[str]) -> None:

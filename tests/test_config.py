@@ -66,6 +66,7 @@ SAMPLES: dict[str, tuple[Any, Any]] = {
     "server.request_timeout": (1.5, 120.0),
     "server.max_concurrent_rpcs": (4, 1),
     "server.max_queued_rpcs": (32, 1),
+    "server.ready_file": (pathlib.Path("ready.json"), pathlib.Path("/run/guardrefresh/ready")),
     "storage.warm_storage": (pathlib.Path("a/warm.bin"), pathlib.Path("/srv/b c.bin")),
     "storage.hot_capacity": (1, 123_456),
     "scheduler.refresh_interval": (3600.0, 60.5),

@@ -13,7 +13,8 @@ import socket
 
 import pytest
 import trio
-from helpers_grpc import open_host, wait_until
+from helpers_grpc import open_host
+from support.waiting import wait_until_async
 
 from guardrefresh.server import FD_RESERVE, EdgeLimits, max_connections_for
 
@@ -68,7 +69,7 @@ async def test_connections_over_the_cap_are_closed_at_once_and_counted() -> None
         first = socket.create_connection(("127.0.0.1", host.port))
         second = socket.create_connection(("127.0.0.1", host.port))
         try:
-            await wait_until(lambda: host.open_connections == 2)
+            await wait_until_async(lambda: host.open_connections == 2)
             # The third is closed before grpclib says anything (no SETTINGS).
             assert await trio.to_thread.run_sync(_connect_and_read, host.port, PREFACE) == b""
             assert host.edge_counts.refused == 1
@@ -76,7 +77,7 @@ async def test_connections_over_the_cap_are_closed_at_once_and_counted() -> None
         finally:
             first.close()
             second.close()
-        await wait_until(lambda: host.open_connections == 0)
+        await wait_until_async(lambda: host.open_connections == 0)
         answer = await trio.to_thread.run_sync(_connect_and_read, host.port, PREFACE)
         assert answer.endswith(b"<still open>")  # admitted again, and served
         assert host.edge_counts.refused == 1

@@ -37,12 +37,14 @@ import pytest
 import trio
 import trio.testing
 import trio_asyncio
-from grpcio_support import Outcome, call_outcome, grpc_request_headers, service_env
+from grpcio_support import Outcome, call_outcome, grpc_request_headers
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 from h2.connection import H2Connection
-from helpers_grpc import in_thread, wait_until
+from support.service import service_env
+from support.waiting import in_thread
+from support.waiting import wait_until_async as wait_until
 
 from guardrefresh.server import DependencyInternalsError, open_asyncio_loop
 from guardrefresh.server import _dependency_internals as internals

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from service_process import clean_env, running_service
+from support.service import running_service, service_env
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -37,13 +37,13 @@ def test_scheduler_integration_example_runs() -> None:
 
 def test_client_example_installs_refreshes_and_reports(tmp_path: Path) -> None:
     """examples/client.py against a real service subprocess on a free loopback port."""
-    with running_service(tmp_path) as address:
+    with running_service(tmp_path) as service:
         proc = subprocess.run(
-            [sys.executable, str(EXAMPLES / "client.py"), "--target", address],
+            [sys.executable, str(EXAMPLES / "client.py"), "--target", service.target],
             capture_output=True,
             text=True,
             timeout=60,
-            env=clean_env(),
+            env=service_env(),
         )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""

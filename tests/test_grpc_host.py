@@ -43,12 +43,11 @@ from helpers_grpc import (
     Client,
     Results,
     ScriptedDataPlane,
-    in_thread,
     iter_once,
     open_client,
     open_host,
-    wait_until,
 )
+from support.waiting import in_thread, wait_until_async
 
 from guardrefresh.proto import rule_installation as pb
 from guardrefresh.server import SHUTDOWN_MESSAGE, DrainReport, GrpcHost, open_asyncio_loop
@@ -66,7 +65,7 @@ async def test_serve_reports_port_and_answers_a_grpcio_client() -> None:
         assert outcome.code is OK
         assert outcome.response.total_rules == 7
         # The call leaves the count when its task ends, just after the client has its answer.
-        await wait_until(lambda: host.in_flight == 0)
+        await wait_until_async(lambda: host.in_flight == 0)
 
 
 async def test_drain_completes_short_calls_and_cancels_long_ones_with_unavailable() -> None:
@@ -77,7 +76,7 @@ async def test_drain_completes_short_calls_and_cancels_long_ones_with_unavailabl
             results.start(nursery, "short", client.get_rule, "sleep:0.3")
             # A long client deadline: the call must end at the grace period, not here.
             results.start(nursery, "long", client.get_rule, "sleep:30", 20.0)
-            await wait_until(lambda: host.in_flight == 2)
+            await wait_until_async(lambda: host.in_flight == 2)
 
             reports: list[DrainReport] = []
 
@@ -86,7 +85,7 @@ async def test_drain_completes_short_calls_and_cancels_long_ones_with_unavailabl
 
             start = trio.current_time()
             nursery.start_soon(drain)
-            await wait_until(lambda: host.draining)
+            await wait_until_async(lambda: host.draining)
 
             # A new RPC on the already-open connection is refused at once.
             rejected = await in_thread(client.get_rule_stats)
@@ -120,7 +119,7 @@ async def test_drain_completes_short_calls_and_cancels_long_ones_with_unavailabl
 async def test_drain_when_idle_does_not_wait_for_the_grace_period() -> None:
     async with open_host() as (host, _), open_client(host.port) as client:
         assert (await in_thread(client.get_rule_stats)).code is OK
-        await wait_until(lambda: host.in_flight == 0)
+        await wait_until_async(lambda: host.in_flight == 0)
         report = await host.drain(30.0)
     assert report.in_flight_at_start == report.completed == report.cancelled == 0
     assert report.connections_closed == 1
@@ -136,7 +135,7 @@ async def test_drain_waits_for_calls_that_finish_within_grace() -> None:
     ):
         for i in range(3):
             results.start(nursery, f"c{i}", client.get_rule, f"sleep:0.{i + 2}")
-        await wait_until(lambda: host.in_flight == 3)
+        await wait_until_async(lambda: host.in_flight == 3)
         report = await host.drain(5.0)
     assert all(o.code is OK for o in results.outcomes.values())
     assert (report.in_flight_at_start, report.completed, report.cancelled) == (3, 3, 0)
@@ -151,19 +150,19 @@ async def test_skip_grace_cuts_the_wait_short() -> None:
         trio.open_nursery() as nursery,
     ):
         results.start(nursery, "long", client.get_rule, "sleep:30", 20.0)
-        await wait_until(lambda: host.in_flight == 1)
+        await wait_until_async(lambda: host.in_flight == 1)
         reports: list[DrainReport] = []
 
         async def drain() -> None:
             reports.append(await host.drain(30.0))
 
         nursery.start_soon(drain)
-        await wait_until(lambda: host.draining)
+        await wait_until_async(lambda: host.draining)
         await trio.sleep(0.2)
         assert not reports
         skipped_at = trio.current_time()
         host.skip_grace()
-        await wait_until(lambda: bool(reports))
+        await wait_until_async(lambda: bool(reports))
         after_skip = trio.current_time() - skipped_at
     assert after_skip < 1.0
     (report,) = reports
@@ -180,9 +179,9 @@ async def test_health_watch_sees_serving_then_not_serving_during_drain() -> None
         assert (await in_thread(client.check)).response.status == NOT_SERVING
         async with trio.open_nursery() as nursery:
             results.start(nursery, "watch", client.watch, seen, DATA_PLANE)
-            await wait_until(lambda: seen == [NOT_SERVING])
+            await wait_until_async(lambda: seen == [NOT_SERVING])
             host.set_serving(True)
-            await wait_until(lambda: seen == [NOT_SERVING, SERVING])
+            await wait_until_async(lambda: seen == [NOT_SERVING, SERVING])
             assert (await in_thread(client.check)).response.status == SERVING
             # Watch streams are not in flight: an otherwise idle drain ends at once.
             assert host.in_flight == 0
@@ -215,7 +214,7 @@ async def test_cancelling_serve_without_drain_forces_a_clean_shutdown() -> None:
             client = await trio.to_thread.run_sync(Client, port)
             raw = await trio.open_tcp_stream("127.0.0.1", port)
             results.start(nursery, "long", client.get_rule, "sleep:30", 20.0)
-            await wait_until(lambda: host.in_flight == 1)
+            await wait_until_async(lambda: host.in_flight == 1)
             cancelled_at = trio.current_time()
             nursery.cancel_scope.cancel()
         # Forced: the client got UNAVAILABLE right away, not at its deadline.
@@ -251,7 +250,7 @@ async def test_a_handler_that_swallows_cancellation_cannot_hold_the_drain() -> N
         trio.open_nursery() as nursery,
     ):
         results.start(nursery, "stubborn", client.get_rule, "stubborn:30", 20.0)
-        await wait_until(lambda: host.in_flight == 1)
+        await wait_until_async(lambda: host.in_flight == 1)
         report = await host.drain(0.2)
     # Grace, then the bounded wait for cancelled handlers, then the connection closes
     # (which cancels the handler again): the client sees the connection go.
@@ -292,7 +291,7 @@ async def test_serves_over_tls(server_tls: tuple[ssl.SSLContext, Path]) -> None:
         assert outcome.code is OK and outcome.response.total_rules == 7
         async with open_client(host.port) as plaintext:
             assert (await in_thread(plaintext.get_rule_stats, 2.0)).code is UNAVAILABLE
-        await wait_until(lambda: host.in_flight == 0)
+        await wait_until_async(lambda: host.in_flight == 0)
         report = await host.drain(1.0)
     assert report.connections_closed >= 1
 
@@ -311,7 +310,7 @@ async def test_oversized_request_is_refused_with_resource_exhausted() -> None:
         assert fits.code is OK and fits.response.tier == str(limit - 8)
         assert (await in_thread(client.get_rule_stats)).code is OK
         assert servicer.finished == ["y" * (limit - 8)]
-        await wait_until(lambda: host.in_flight == 0)
+        await wait_until_async(lambda: host.in_flight == 0)
 
 
 @contextlib.contextmanager
@@ -342,7 +341,7 @@ async def test_a_finished_call_is_freed_without_the_cyclic_gc() -> None:
             for i in range(calls):
                 # With a deadline: the call also gets a deadline wrapper and its timer.
                 assert (await in_thread(client.get_rule, f"r{i}", 30.0)).code is OK
-            await wait_until(lambda: host.in_flight == 0)
+            await wait_until_async(lambda: host.in_flight == 0)
             assert live(grpclib.server.Stream) == 0
             # grpclib's Handler forgets finished calls' HTTP/2 streams (and the deadline
             # wrapper each holds) every tenth call.
@@ -365,7 +364,7 @@ async def test_a_connection_remembers_only_its_latest_closed_streams(
     async with open_host(**kwargs) as (host, _), open_client(host.port) as client:
         for i in range(calls):
             assert (await in_thread(client.get_rule, f"r{i}")).code is OK
-        await wait_until(lambda: host.in_flight == 0)
+        await wait_until_async(lambda: host.in_flight == 0)
         (connection,) = host._connections
         closed = len(internals.h2_connection(connection.h2_protocol)._closed_streams)
         if remembered is not None:
@@ -427,7 +426,7 @@ async def test_frames_for_a_forgotten_stream_leave_the_connection_serving() -> N
         seen = await trio.to_thread.run_sync(
             _frames_for_forgotten_streams_then_a_call, host.port, 5
         )
-        await wait_until(lambda: host.in_flight == 0)
+        await wait_until_async(lambda: host.in_flight == 0)
     # The server had forgotten the first stream (it remembers two): its late frames
     # cost at most a RST_STREAM for that stream (which h2's client drops, as the
     # stream is closed on its side), and the next call on the same connection is
@@ -446,7 +445,7 @@ async def test_handler_exception_answers_unknown_and_server_keeps_serving(
             r.exc_info and "unexpected failure" in str(r.exc_info[1]) for r in caplog.records
         )
         assert (await in_thread(client.get_rule, "fine")).code is OK
-        await wait_until(lambda: host.in_flight == 0)
+        await wait_until_async(lambda: host.in_flight == 0)
         report = await host.drain(1.0)
     assert report.in_flight_at_start == 0
 
@@ -576,17 +575,17 @@ async def test_on_call_done_reports_each_finished_call_once_with_its_final_statu
         future = await trio.to_thread.run_sync(
             lambda: get_rule.future(pb.GetRuleRequest(rule_id="sleep:30"), timeout=20.0)
         )
-        await wait_until(lambda: host.in_flight == 1)
+        await wait_until_async(lambda: host.in_flight == 1)
         await trio.sleep(0.2)
         await trio.to_thread.run_sync(future.cancel)
-        await wait_until(lambda: len(done) == 5 and host.in_flight == 0)
+        await wait_until_async(lambda: len(done) == 5 and host.in_flight == 0)
 
         # A drain: the running call is cancelled with UNAVAILABLE, a new one is rejected.
         async with trio.open_nursery() as nursery:
             results.start(nursery, "long", client.get_rule, "sleep:30", 20.0)
-            await wait_until(lambda: host.in_flight == 1)
+            await wait_until_async(lambda: host.in_flight == 1)
             nursery.start_soon(host.drain, 0.5)
-            await wait_until(lambda: host.draining)
+            await wait_until_async(lambda: host.draining)
             assert (await in_thread(client.get_rule_stats)).code is UNAVAILABLE
     assert results.outcomes["long"].code is UNAVAILABLE
 
@@ -620,8 +619,8 @@ async def test_on_call_done_that_raises_is_logged_and_the_call_still_answers(
         with caplog.at_level(logging.ERROR, logger="guardrefresh.server._calls"):
             assert (await in_thread(client.get_rule_stats)).code is OK
             assert (await in_thread(client.get_rule_stats)).code is OK
-            await wait_until(lambda: host.in_flight == 0)
-            await wait_until(lambda: len(caplog.records) == 2)
+            await wait_until_async(lambda: host.in_flight == 0)
+            await wait_until_async(lambda: len(caplog.records) == 2)
     assert all(
         r.exc_info and "metrics are broken" in str(r.exc_info[1]) and GET_RULE_STATS in r.message
         for r in caplog.records
@@ -655,7 +654,7 @@ async def test_calls_past_their_deadline_end_deadline_exceeded_without_error_rec
                 raw_h2_call, host.port, GET_RULE, request, [("grpc-timeout", "100m")]
             )
             assert answer.get("grpc-status") == str(Status.DEADLINE_EXCEEDED.value), answer
-            await wait_until(lambda: host.in_flight == 0)
+            await wait_until_async(lambda: host.in_flight == 0)
         assert servicer.finished == ["stubborn:0.3"]
         errors = [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert errors == []
@@ -724,7 +723,7 @@ async def test_drain_closes_connections_so_a_client_still_sending_reads_its_stat
             seen.append(await trio.to_thread.run_sync(_client_sending_through_the_drain, host.port))
 
         nursery.start_soon(client)
-        await wait_until(lambda: host.in_flight == 1)
+        await wait_until_async(lambda: host.in_flight == 1)
         report = await host.drain(0.0)
     # The server half-closed after the status and read (and dropped) what the client
     # still sent, instead of answering it with RST.
@@ -745,7 +744,7 @@ async def test_drain_closes_a_connection_whose_client_never_closes(
             )
             connection.initiate_connection()
             sock.sendall(connection.data_to_send())
-            await wait_until(lambda: host.open_connections == 1)
+            await wait_until_async(lambda: host.open_connections == 1)
             report = await host.drain(0.0)
 
             # The wait for the client to close its side, then a plain close.
@@ -780,7 +779,7 @@ async def test_drain_aborts_a_tls_connection_whose_client_never_answers_close_no
             )
             connection.initiate_connection()
             await trio.to_thread.run_sync(sock.sendall, connection.data_to_send())
-            await wait_until(lambda: host.open_connections == 1)
+            await wait_until_async(lambda: host.open_connections == 1)
             # The client reads nothing from here on, so the server's close_notify
             # stays unanswered: the drain's bounded steps must still end the connection.
             report = await host.drain(0.0)
@@ -801,7 +800,7 @@ async def test_drain_aborts_a_tls_connection_whose_client_never_answers_close_no
 async def test_a_client_that_reset_its_connection_does_not_break_the_drain() -> None:
     async with open_host() as (host, _):
         sock = socket.create_connection(("127.0.0.1", host.port))
-        await wait_until(lambda: host.open_connections == 1)
+        await wait_until_async(lambda: host.open_connections == 1)
         # SO_LINGER 0: close() sends RST. The drain starts at once, mostly before
         # the server has read the reset, so it closes a socket that is gone already.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -24,8 +24,9 @@ import pytest
 import trio
 import trio_asyncio
 from grpclib.const import Status
-from helpers_grpc import GET_RULE, GET_RULE_STATS, in_thread, open_client, open_host, wait_until
+from helpers_grpc import GET_RULE, GET_RULE_STATS, open_client, open_host
 from prometheus_client.parser import text_string_to_metric_families
+from support.waiting import in_thread, wait_until_async
 
 from guardrefresh._version import __version__
 from guardrefresh.cache import CacheStats
@@ -361,7 +362,7 @@ async def test_grpc_host_reports_its_calls_into_the_metrics() -> None:
         metrics.add_grpc_services([pb.DataPlaneBase()])
         assert (await in_thread(client.get_rule_stats)).code is grpc.StatusCode.OK
         assert (await in_thread(client.get_rule, "sleep:0.1")).code is grpc.StatusCode.OK
-        await wait_until(lambda: host.in_flight == 0)
+        await wait_until_async(lambda: host.in_flight == 0)
         samples = await scrape(port)
     labels = {"grpc_type": "unary", "grpc_service": "rule_installation.DataPlane"}
     handled = "grpc_server_handled_total"
@@ -709,11 +710,11 @@ async def test_connection_metrics_are_read_from_the_host_at_each_scrape() -> Non
         # two are closed once idle for half a second.
         streams = [await trio.open_tcp_stream("127.0.0.1", host.port) for _ in range(3)]
         try:
-            await wait_until(lambda: host.edge_counts.refused == 1)
+            await wait_until_async(lambda: host.edge_counts.refused == 1)
             second = await scrape(port)
             assert value(second, "guardrefresh_connections_refused_total") == 1
             assert value(second, "guardrefresh_connections_open") == 2
-            await wait_until(lambda: host.edge_counts.idle_closed == 2, limit_s=5.0)
+            await wait_until_async(lambda: host.edge_counts.idle_closed == 2, limit_s=5.0)
             # What reaches the loop's handler: an accept() out of descriptors.
             loop.call_exception_handler(
                 {

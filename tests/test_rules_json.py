@@ -19,10 +19,10 @@ from guardrefresh.model import (
     PolicyType,
     Rule,
     RuleValidationError,
+    rule_json_text,
     rules_from_json,
     rules_to_json,
 )
-from guardrefresh.model._json import rule_json_text
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "rules.json"
 

@@ -41,9 +41,10 @@ from guardrefresh.storage import (
     family_of,
 )
 from guardrefresh.storage import _store as store_module
+from guardrefresh.storage._encode import SegmentColumns, segment_bytes
 from guardrefresh.storage._fs import translate_os_error
-from guardrefresh.storage._segment import SegmentColumns, decode_segment, segment_bytes
-from guardrefresh.storage._store import JOURNAL_HEADER_SIZE, MANIFEST_MAGIC
+from guardrefresh.storage._manifest import JOURNAL_HEADER_SIZE, MANIFEST_MAGIC
+from guardrefresh.storage._segment import decode_segment
 
 BLOCK = 4 * 16 * 32 * 4  # anchor bytes per rule
 

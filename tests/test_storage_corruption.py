@@ -28,8 +28,8 @@ from guardrefresh.storage import (
     WarmStore,
     WarmTable,
 )
-from guardrefresh.storage._segment import SEGMENT_MAGIC
-from guardrefresh.storage._store import JOURNAL_HEADER_SIZE, JOURNAL_MAGIC, MANIFEST_MAGIC
+from guardrefresh.storage._layout import SEGMENT_MAGIC
+from guardrefresh.storage._manifest import JOURNAL_HEADER_SIZE, JOURNAL_MAGIC, MANIFEST_MAGIC
 
 FLIPS_PER_FILE = 300
 GARBAGE_FILES = 200

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import trio
 import trio_asyncio
-from helpers_grpc import wait_until
+from support.waiting import wait_until_async
 from telemetry_support import engine_settings, make_session
 
 from guardrefresh.replication import open_engine
@@ -60,7 +60,7 @@ async def record_all(store: TelemetryStore, sessions: Sequence[EnforcementSessio
     before = store.stats().recorded
     for session in sessions:
         assert store.record(session)
-    await wait_until(lambda: store.stats().recorded >= before + len(sessions), limit_s=20)
+    await wait_until_async(lambda: store.stats().recorded >= before + len(sessions), limit_s=20)
 
 
 def populate() -> list[EnforcementSession]:

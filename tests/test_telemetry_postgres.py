@@ -18,8 +18,8 @@ import asyncpg
 import pytest
 import trio
 import trio_asyncio
-from helpers_grpc import wait_until
 from pg_support import PostgresServer
+from support.waiting import wait_until_async
 from telemetry_support import engine_settings, make_session
 
 from guardrefresh.replication import Engine, open_engine
@@ -50,7 +50,7 @@ async def record_all(store: TelemetryStore, sessions: Sequence[EnforcementSessio
     before = store.stats().recorded
     for session in sessions:
         assert store.record(session)
-    await wait_until(lambda: store.stats().recorded >= before + len(sessions), limit_s=20)
+    await wait_until_async(lambda: store.stats().recorded >= before + len(sessions), limit_s=20)
 
 
 async def _fetch(conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]:
@@ -110,7 +110,7 @@ async def test_a_broken_schema_drops_and_counts_and_says_why(
         await engine.run(_fetch, "DROP TABLE telemetry_sessions")
         async with open_telemetry(Path("unused"), engine=engine, batch_window_s=0.01) as store:
             store.record(make_session("x"))
-            await wait_until(lambda: store.stats().dropped == 1)
+            await wait_until_async(lambda: store.stats().dropped == 1)
             assert not store.stats().healthy
             with pytest.raises(TelemetryUnavailableError, match="telemetry_sessions"):
                 await store.query(SessionQuery())
@@ -139,7 +139,7 @@ async def test_an_outage_degrades_telemetry_and_it_recovers_by_itself(
                 )
                 await trio.sleep(0.2)
             assert time.monotonic() - started < 5
-            await wait_until(lambda: store.stats().dropped > 0)
+            await wait_until_async(lambda: store.stats().dropped > 0)
             assert not store.stats().healthy
             with pytest.raises(TelemetryUnavailableError, match="cannot read the fleet's"):
                 await store.query(SessionQuery())

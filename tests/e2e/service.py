@@ -1,9 +1,7 @@
-"""Helpers of the end-to-end tests: the service in a subprocess, and three kinds of client.
+"""Helpers of the end-to-end tests: CLI runs, rule builders, and three kinds of client.
 
-- :func:`open_service` starts ``python -m guardrefresh --port 0 ...`` in a working
-  directory, collects its stderr log line by line (a task reads it all the time, so a
-  chatty service never blocks on a full pipe), waits for ``Listening on HOST:PORT`` and
-  kills the process on the way out if the test did not stop it.
+- The service itself is started with :func:`support.trio_service.open_service`;
+  :func:`run_cli` runs a command of it to completion.
 - :func:`open_grpclib_client`: the project's own grpclib client (betterproto2 stub),
   run inside ``trio_asyncio.open_loop()``. :class:`HeldCall` sends a call's request
   headers and holds its message back: the call is then in flight on the server (its
@@ -24,8 +22,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import threading
@@ -37,39 +33,26 @@ from typing import Any
 
 import grpc
 import numpy as np
-import pytest
 import trio
 import trio_asyncio
-from grpcio_support import (
-    CALL_TIMEOUT_S,
-    DATA_PLANE,
-    HOST,
-    DataPlaneClient,
-    service_env,
-)
+from grpcio_support import CALL_TIMEOUT_S, DATA_PLANE, HOST, DataPlaneClient
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
+from support.payloads import anchor_rows, anchors_payload
+from support.service import service_command, service_env
 
 from guardrefresh.proto import rule_installation as pb
 
 TESTS_DIR = str(Path(__file__).resolve().parents[1])
-STARTUP_TIMEOUT_S = 20.0
 STOP_TIMEOUT_S = 20.0
 CLI_TIMEOUT_S = 30.0
 
-LISTENING = re.compile(r"Listening on (?P<host>\S+):(?P<port>\d+)\s*$")
-_BAD_LOG_LINE = re.compile(r" (ERROR|CRITICAL) |Traceback")
-SLOTS = ("action", "resource", "data", "risk")
 POLICY_TYPES = ("forbidden", "context_allow", "context_deny", "context_defer")
 
 
 # ------------------------------------------------------------------ processes ---
-
-
-def service_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "guardrefresh", *args]
 
 
 async def run_cli(
@@ -86,142 +69,6 @@ async def run_cli(
             capture_stderr=True,
             check=False,
         )
-
-
-class Service:
-    """A running ``python -m guardrefresh`` and its stderr log."""
-
-    def __init__(self, process: trio.Process, warm_storage: Path) -> None:
-        self.process = process
-        self.warm_storage = warm_storage
-        self.host = ""
-        self.port = 0
-        self.lines: list[str] = []
-        self._partial = b""
-        self._eof = False
-        self._changed = trio.Event()
-
-    @property
-    def log(self) -> str:
-        """Everything the service wrote to stderr so far."""
-        return "\n".join(self.lines)
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.returncode
-
-    async def _read_stderr(self) -> None:
-        assert self.process.stderr is not None
-        try:
-            async for chunk in self.process.stderr:
-                *complete, self._partial = (self._partial + chunk).split(b"\n")
-                self.lines.extend(line.decode("utf-8", "replace") for line in complete)
-                self._notify()
-        finally:
-            if self._partial:
-                self.lines.append(self._partial.decode("utf-8", "replace"))
-            self._eof = True
-            self._notify()
-
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-
-    def find(self, pattern: str | re.Pattern[str]) -> re.Match[str] | None:
-        """The first log line matching ``pattern`` (``re.search``), if any."""
-        regex = re.compile(pattern)
-        for line in self.lines:
-            match = regex.search(line)
-            if match:
-                return match
-        return None
-
-    async def wait_for_log(
-        self, pattern: str | re.Pattern[str], *, limit_s: float = 10.0
-    ) -> re.Match[str]:
-        """Wait until a log line matches ``pattern``; fail the test with the log if none does."""
-        with trio.move_on_after(limit_s):
-            while True:
-                match = self.find(pattern)
-                if match is not None:
-                    return match
-                if self._eof:
-                    break
-                await self._changed.wait()
-        pytest.fail(
-            f"no log line matching {str(pattern)!r} within {limit_s}s "
-            f"(exit code {self.returncode}); service log:\n{self.log}"
-        )
-
-    def check_log_clean(self) -> None:
-        """Fail the test if the service logged an error or a traceback."""
-        bad = [line for line in self.lines if _BAD_LOG_LINE.search(line)]
-        if bad:
-            pytest.fail(f"service logged {bad[0]!r}; service log:\n{self.log}")
-
-    def send_signal(self, signum: signal.Signals) -> None:
-        self.process.send_signal(signum)
-
-    async def wait_exit(self, *, limit_s: float = STOP_TIMEOUT_S) -> int:
-        """Wait for the process to exit; fail the test (with the log) if it hangs."""
-        with trio.move_on_after(limit_s):
-            code = await self.process.wait()
-            # The log is complete only at EOF, a moment after the exit.
-            while not self._eof:
-                await self._changed.wait()
-            return code
-        pytest.fail(f"service still running {limit_s}s later; service log:\n{self.log}")
-
-    async def stop(self, signum: signal.Signals = signal.SIGTERM) -> int:
-        """Send ``signum`` and return the exit code."""
-        self.send_signal(signum)
-        return await self.wait_exit()
-
-
-@asynccontextmanager
-async def open_service(
-    workdir: Path,
-    *args: str,
-    warm_storage: Path | None = None,
-    env: Mapping[str, str] | None = None,
-    listening: re.Pattern[str] | None = None,
-) -> AsyncIterator[Service]:
-    """Start the service on a free port of 127.0.0.1 and wait until it listens.
-
-    Runs in ``workdir`` with warm storage at ``workdir/data/warm_storage.bin`` unless
-    told otherwise; ``args`` are further flags. When the block ends normally, the test
-    fails if the service logged an error or a traceback. On exit a still running
-    service is killed (SIGKILL) and reaped, and its pipe closed, whatever happened.
-    """
-    warm = warm_storage if warm_storage is not None else workdir / "data" / "warm_storage.bin"
-    # Metrics off: tests run side by side and must not share the default port 9464.
-    command = service_command(
-        "--port", "0", "--metrics-port", "0", "--warm-storage", str(warm), *args
-    )
-    process = await trio.lowlevel.open_process(
-        command,
-        cwd=workdir,
-        env=service_env(env),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    service = Service(process, warm)
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(service._read_stderr)
-            try:
-                match = await service.wait_for_log(
-                    listening or LISTENING, limit_s=STARTUP_TIMEOUT_S
-                )
-                service.host = match["host"]
-                service.port = int(match["port"])
-                yield service
-                service.check_log_clean()
-            finally:
-                await end_process(process)
-    finally:
-        await close_process(process)
 
 
 async def end_process(process: trio.Process) -> None:
@@ -253,20 +100,7 @@ def _f32(value: float) -> float:
 
 
 def anchor_vectors(count: int, *, seed: int) -> list[pb.AnchorVector]:
-    rng = np.random.default_rng(seed)
-    rows = rng.standard_normal((count, 32)).astype(np.float32)
-    return [pb.AnchorVector(values=row.tolist()) for row in rows]
-
-
-def anchors_payload(
-    counts: Sequence[int] = (1, 2, 3, 16), *, seed: int = 0
-) -> pb.RuleAnchorsPayload:
-    """Anchors in all four slots; ``counts`` vectors per slot, counts set to match."""
-    fields: dict[str, Any] = {}
-    for slot, (name, count) in enumerate(zip(SLOTS, counts, strict=True)):
-        fields[f"{name}_anchors"] = anchor_vectors(count, seed=seed * 4 + slot)
-        fields[f"{name}_count"] = count
-    return pb.RuleAnchorsPayload(**fields)
+    return [pb.AnchorVector(values=row) for row in anchor_rows(count, seed=seed)]
 
 
 def full_rule(
@@ -518,11 +352,6 @@ async def open_grpcio_client(
         yield client
     finally:
         await trio.to_thread.run_sync(client.close)
-
-
-async def in_thread(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)`` in a worker thread."""
-    return await trio.to_thread.run_sync(lambda: fn(*args, **kwargs))
 
 
 def to_grpcio(modules: types.SimpleNamespace, message: Any) -> Any:

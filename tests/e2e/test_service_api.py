@@ -14,6 +14,8 @@ from typing import Any
 import grpc
 import numpy as np
 from grpclib.const import Status
+from support.trio_service import open_service
+from support.waiting import in_thread
 
 from guardrefresh.proto import rule_installation as pb
 
@@ -21,11 +23,9 @@ from .service import (
     DATA_PLANE,
     DataPlaneClient,
     GrpclibClient,
-    in_thread,
     open_grpcio_client,
     open_grpcio_peer,
     open_grpclib_client,
-    open_service,
     rule_set,
     stats_rows,
     to_grpcio,

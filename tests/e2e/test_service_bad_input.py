@@ -13,6 +13,8 @@ from pathlib import Path
 
 import attrs
 from grpclib.const import Status
+from support.trio_service import open_service
+from support.waiting import in_thread
 
 from guardrefresh.proto import rule_installation as pb
 
@@ -21,10 +23,8 @@ from .service import (
     GrpclibClient,
     anchor_vectors,
     full_rule,
-    in_thread,
     open_grpcio_client,
     open_grpclib_client,
-    open_service,
     rule_set,
     stats_rows,
     to_grpcio,

@@ -19,6 +19,9 @@ from typing import Any
 import grpc
 import pytest
 from encoder_server import running_encoder
+from support.service import free_port
+from support.trio_service import open_service
+from support.waiting import in_thread
 
 from .management_plane import (
     SLOTS,
@@ -27,8 +30,8 @@ from .management_plane import (
     install_request,
     vector_of_intent_json,
 )
-from .service import DataPlaneClient, in_thread, open_grpcio_client, open_service
-from .test_service_metrics import free_port, scrape, value
+from .service import DataPlaneClient, open_grpcio_client
+from .test_service_metrics import scrape, value
 
 TENANT_A = "tenant-a"
 TENANT_B = "tenant-b"

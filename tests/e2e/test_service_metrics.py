@@ -12,16 +12,12 @@ from pathlib import Path
 import trio
 from grpclib.const import Status
 from prometheus_client.parser import text_string_to_metric_families
+from support.service import free_port
+from support.trio_service import open_service
 
 from guardrefresh.proto import rule_installation as pb
 
-from .service import HOST, open_grpcio_peer, open_grpclib_client, open_service, rule_set
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+from .service import HOST, open_grpcio_peer, open_grpclib_client, rule_set
 
 
 async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -13,18 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
+from support.trio_service import open_service
+from support.waiting import in_thread
 
 from guardrefresh.proto import rule_installation as pb
 
-from .service import (
-    HOST,
-    in_thread,
-    open_grpclib_client,
-    open_service,
-    rule_set,
-    run_cli,
-    to_grpcio,
-)
+from .service import HOST, open_grpclib_client, rule_set, run_cli, to_grpcio
 
 TOKEN = "correct-horse-battery-staple-42"
 

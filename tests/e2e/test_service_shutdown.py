@@ -30,6 +30,8 @@ import pytest
 import trio
 from grpclib.const import Status
 from grpclib.exceptions import GRPCError
+from support.trio_service import TrioService, open_service
+from support.waiting import in_thread
 
 from guardrefresh.proto import rule_installation as pb
 from guardrefresh.server import SHUTDOWN_MESSAGE
@@ -40,13 +42,10 @@ from .service import (
     HOST,
     DataPlaneClient,
     GrpclibClient,
-    Service,
     big_install_request,
-    in_thread,
     open_grpcio_client,
     open_grpcio_peer,
     open_grpclib_client,
-    open_service,
     rule_set,
     to_grpcio,
 )
@@ -61,7 +60,7 @@ BIG_MESSAGE_FLAGS = ("--max-message-bytes", str(16 * 1024 * 1024))
 SIGTERM_LINE = re.compile(r"Received SIGTERM: draining \(grace \S+s, (?P<n>\d+) RPCs in flight\)")
 
 
-async def _in_flight_at_sigterm(service: Service) -> int:
+async def _in_flight_at_sigterm(service: TrioService) -> int:
     return int((await service.wait_for_log(SIGTERM_LINE))["n"])
 
 

@@ -8,6 +8,7 @@ stray warning.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -17,11 +18,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from support.service import free_port
+from support.trio_service import open_service
 
 from guardrefresh.model import Rule
 from guardrefresh.storage import WarmStore
 
-from .service import HOST, open_service, run_cli
+from .service import HOST, run_cli
 
 
 def _one_line(result: subprocess.CompletedProcess[bytes]) -> str:
@@ -222,3 +225,69 @@ async def test_default_bind_is_loopback_and_sigint_stops_it(tmp_path: Path) -> N
         assert service.find("Received SIGINT: draining") is not None
         assert service.find("Shutdown complete") is not None
     assert (tmp_path / "data" / "warm_storage.bin").is_file()
+
+
+async def test_ready_file_holds_the_bound_ports_once_serving_and_goes_at_exit(
+    tmp_path: Path,
+) -> None:
+    metrics_port = free_port()
+    ready = tmp_path / "ready.json"
+    async with open_service(tmp_path, metrics_port=metrics_port, ready_file=ready) as service:
+        document = json.loads(ready.read_text())
+        assert document == {
+            "host": HOST,
+            "port": service.port,
+            "metrics_port": metrics_port,
+            "pid": service.sync.pid,
+        }
+        assert service.port != 0
+        with socket.create_connection((HOST, document["port"]), timeout=5):
+            pass
+        # Written after health turned SERVING (and after the line scripts used to wait for).
+        serving = next(i for i, line in enumerate(service.lines) if "health: SERVING" in line)
+        written = next(i for i, line in enumerate(service.lines) if "Wrote the ready file" in line)
+        assert serving < written
+        assert service.find(rf"Listening on {HOST}:{service.port}\b") is not None
+        assert not list(tmp_path.glob(".ready.json.tmp-*"))  # renamed into place, nothing left
+        assert await service.stop() == 0
+    assert not ready.exists()
+
+
+async def test_metrics_port_in_the_ready_file_is_null_when_metrics_are_off(
+    tmp_path: Path,
+) -> None:
+    ready = tmp_path / "ready.json"
+    async with open_service(tmp_path, ready_file=ready) as service:
+        assert json.loads(ready.read_text())["metrics_port"] is None
+        assert service.metrics_port is None
+
+
+async def test_a_ready_file_left_by_a_killed_run_is_replaced(tmp_path: Path) -> None:
+    ready = tmp_path / "ready.json"
+    async with open_service(tmp_path, ready_file=ready) as first:
+        first.send_signal(signal.SIGKILL)
+        await first.wait_exit()
+        assert json.loads(ready.read_text())["pid"] == first.sync.pid  # left behind
+    async with open_service(tmp_path, ready_file=ready) as second:
+        document = json.loads(ready.read_text())
+        assert document["pid"] == second.sync.pid != first.sync.pid
+        assert document["port"] == second.port
+
+
+async def test_an_unwritable_ready_file_exits_1_with_one_line(tmp_path: Path) -> None:
+    result = await run_cli(
+        tmp_path,
+        "--port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--warm-storage",
+        str(tmp_path / "data" / "warm_storage.bin"),
+        "--ready-file",
+        str(tmp_path / "no-such-dir" / "ready.json"),
+        "--log-level",
+        "WARNING",
+    )
+    assert result.returncode == 1
+    line = _one_line(result)
+    assert "cannot write --ready-file" in line and "no-such-dir" in line

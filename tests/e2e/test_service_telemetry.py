@@ -16,7 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpcio_support import DataPlaneClient
-from service_process import running_service
+from support.service import running_service
 from telemetry_support import make_session
 
 from guardrefresh.cli import main
@@ -63,8 +63,8 @@ def _populate(workdir: Path) -> None:
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     workdir = tmp_path_factory.mktemp("telemetry-service")
     _populate(workdir)
-    with running_service(workdir) as target:
-        yield target, int(target.rsplit(":", 1)[1])
+    with running_service(workdir) as process:
+        yield process.target, process.port
 
 
 @pytest.fixture
@@ -204,8 +204,8 @@ def test_without_telemetry_the_reads_fail_with_failed_precondition(
     tmp_path: Path, grpcio_modules: types.SimpleNamespace
 ) -> None:
     with (
-        running_service(tmp_path, "--no-telemetry") as target,
-        DataPlaneClient(grpcio_modules, int(target.rsplit(":", 1)[1])) as client,
+        running_service(tmp_path, "--no-telemetry") as process,
+        DataPlaneClient(grpcio_modules, process.port) as client,
     ):
         for method, request in (
             ("QueryTelemetry", client.pb2.QueryTelemetryRequest()),
@@ -225,8 +225,8 @@ def test_telemetry_reads_need_the_token_with_auth_reads(
     token.chmod(0o600)
     args = ("--admin-token-file", str(token), "--auth-reads")
     with (
-        running_service(tmp_path, *args) as target,
-        DataPlaneClient(grpcio_modules, int(target.rsplit(":", 1)[1])) as client,
+        running_service(tmp_path, *args) as process,
+        DataPlaneClient(grpcio_modules, process.port) as client,
     ):
         for method, request in (
             ("QueryTelemetry", client.pb2.QueryTelemetryRequest()),

@@ -22,7 +22,9 @@ import attrs
 import numpy as np
 from grpcio_support import DataPlaneClient
 from pg_support import PostgresServer
-from reliability.service import ServiceProcess, pb_rule, wait_until
+from reliability.service import pb_rule
+from support.service import ServiceProcess
+from support.waiting import wait_until
 
 from guardrefresh.storage import WarmStore
 
@@ -45,7 +47,8 @@ class Replica:
         return self.process.warm_storage
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        self.process.wait_listening()
+        """Wait until the replica listens and has synced with the fleet."""
+        self.process.wait_ready()
         self.process.wait_for_log(IN_SYNC, timeout=timeout)
 
     def connect(self, modules: types.SimpleNamespace) -> DataPlaneClient:
@@ -100,7 +103,7 @@ class Fleet:
             if wait_sync:
                 replica.wait_ready()
             else:
-                replica.process.wait_listening()
+                replica.process.wait_ready()
             replica.connect(self.modules)
         return started
 
@@ -113,7 +116,7 @@ class Fleet:
         if wait_sync:
             replica.wait_ready()
         else:
-            replica.process.wait_listening()
+            replica.process.wait_ready()
         replica.connect(self.modules)
         return replica
 

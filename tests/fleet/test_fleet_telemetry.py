@@ -12,7 +12,7 @@ from pathlib import Path
 
 from e2e.test_service_enforce import BOUNDARIES_A, EXPECTED, enforce_request, install_request
 from pg_support import PostgresServer
-from reliability.service import wait_until
+from support.waiting import wait_until
 
 from .fleet_support import database_name, running_fleet
 

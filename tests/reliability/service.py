@@ -1,299 +1,33 @@
-"""Helpers of the reliability suite: the service as a real process, a grpcio client,
-a mixed-load generator, store builders and readers, and the Prometheus scrape.
+"""Helpers of the reliability suite: grpcio rule builders, a mixed-load generator, store
+builders and readers, and the Prometheus scrape.
 
-Everything here blocks (subprocess, threads, grpcio): the reliability tests drive real
-processes with real signals over loopback on the real clock, from plain functions and
-worker threads. Every wait is bounded; every process started here is killed and reaped
-(and its pipe closed) on the way out, whatever happened.
+The service itself is started with :func:`support.service.running_service`. Everything
+here blocks (threads, grpcio): the reliability tests drive real processes with real
+signals over loopback on the real clock, from plain functions and worker threads.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import random
-import re
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import types
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 import pytest
-from grpcio_support import (
-    HOST,
-    DataPlaneClient,
-    Outcome,
-    service_env,
-)
+from grpcio_support import HOST, DataPlaneClient, Outcome
+from support.payloads import anchors_payload
 
 from guardrefresh.model import PolicyType, Rule, RuleAnchors
 from guardrefresh.storage import WarmStore
 
-START_TIMEOUT_S = 30.0
-STOP_TIMEOUT_S = 30.0
-
-LISTENING = re.compile(r"Listening on (?P<host>\S+):(?P<port>\d+)\s*$")
-METRICS_SERVED = re.compile(r"Serving metrics on http://\S+:(?P<port>\d+)")
-_BAD_LOG_LINE = re.compile(r" (ERROR|CRITICAL) |Traceback")
-_RECORD_START = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d")
-SLOTS = ("action", "resource", "data", "risk")
-
-
-# ------------------------------------------------------------------ processes ---
-
-
-class ServiceProcess:
-    """``python -m guardrefresh --port 0 ...`` in a subprocess, and its stderr log.
-
-    A reader thread collects stderr line by line all the time, so a chatty service
-    never blocks on a full pipe. ``prefix`` goes before the interpreter (for example
-    ``prlimit --fsize=N --``, which execs it: the pid stays the service's). Use
-    :func:`running_service` rather than this class directly.
-    """
-
-    def __init__(
-        self,
-        workdir: Path,
-        *args: str,
-        warm_storage: Path | None = None,
-        prefix: Sequence[str] = (),
-        metrics_port: int = 0,
-    ) -> None:
-        self.warm_storage = (
-            warm_storage if warm_storage is not None else workdir / "data" / "warm_storage.bin"
-        )
-        self.metrics_port = metrics_port
-        self.command = [
-            *prefix,
-            sys.executable,
-            "-m",
-            "guardrefresh",
-            "--port",
-            "0",
-            "--metrics-port",
-            str(metrics_port),
-            "--warm-storage",
-            str(self.warm_storage),
-            *args,
-        ]
-        self.port = 0
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._eof = False
-        self.process = subprocess.Popen(
-            self.command,
-            cwd=workdir,
-            env=service_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self._reader = threading.Thread(target=self._read, name="service-stderr", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        stream = self.process.stderr
-        assert stream is not None
-        try:
-            for raw in stream:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                with self._changed:
-                    self.lines.append(line)
-                    self._changed.notify_all()
-        finally:
-            with self._changed:
-                self._eof = True
-                self._changed.notify_all()
-
-    # -- state ------------------------------------------------------------------
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    @property
-    def returncode(self) -> int | None:
-        return self.process.poll()
-
-    @property
-    def log(self) -> str:
-        with self._changed:
-            return "\n".join(self.lines)
-
-    @property
-    def metrics_served(self) -> bool:
-        """Whether the service says it serves /metrics (the endpoint is being wired in)."""
-        return self.metrics_port != 0 and self.find(METRICS_SERVED) is not None
-
-    def rss_kib(self, field: str = "VmRSS") -> int:
-        """Resident memory in KiB: ``VmRSS`` (all), or ``RssAnon`` (heap and other
-        anonymous memory, without the page cache of memory-mapped store files)."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-        raise AssertionError(f"no {field} in /proc/{self.pid}/status")
-
-    def fd_count(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
-
-    # -- the log ----------------------------------------------------------------
-    def find(self, pattern: str | re.Pattern[str], *, start: int = 0) -> re.Match[str] | None:
-        """The first log line from index ``start`` on matching ``pattern`` (``re.search``)."""
-        regex = re.compile(pattern)
-        with self._changed:
-            lines = self.lines[start:]
-        for line in lines:
-            match = regex.search(line)
-            if match:
-                return match
-        return None
-
-    def count(self, pattern: str | re.Pattern[str], *, start: int = 0) -> int:
-        regex = re.compile(pattern)
-        with self._changed:
-            lines = self.lines[start:]
-        return sum(1 for line in lines if regex.search(line))
-
-    def mark(self) -> int:
-        """The number of log lines so far: pass it as ``start`` to look only at newer ones."""
-        with self._changed:
-            return len(self.lines)
-
-    def wait_for_log(
-        self, pattern: str | re.Pattern[str], *, timeout: float = 10.0, start: int = 0
-    ) -> re.Match[str]:
-        """Wait until a log line matches; fail the test (with the log) if none does in time."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                match = self.find(pattern, start=start)
-                if match is not None:
-                    return match
-                remaining = deadline - time.monotonic()
-                if self._eof or remaining <= 0:
-                    break
-                self._changed.wait(remaining)
-        pytest.fail(
-            f"no log line matching {str(pattern)!r} within {timeout}s "
-            f"(exit code {self.returncode}); service log:\n{self.log}"
-        )
-
-    def check_log_clean(self, *, allow: str | None = None) -> int:
-        """Fail the test if the service logged an error or a traceback.
-
-        A record (a line and the traceback lines under it) whose first line matches
-        ``allow`` is let through; returns how many were.
-        """
-        with self._changed:
-            lines = list(self.lines)
-        records: list[list[str]] = []
-        for line in lines:
-            if _RECORD_START.match(line) or not records:
-                records.append([line])
-            else:
-                records[-1].append(line)
-        allowed = 0
-        for record in records:
-            if not any(_BAD_LOG_LINE.search(line) for line in record):
-                continue
-            if allow is not None and re.search(allow, record[0]):
-                allowed += 1
-                continue
-            pytest.fail(f"service logged {record[0]!r}; service log:\n{self.log}")
-        return allowed
-
-    # -- lifecycle --------------------------------------------------------------
-    def wait_listening(self) -> None:
-        match = self.wait_for_log(LISTENING, timeout=START_TIMEOUT_S)
-        self.port = int(match["port"])
-
-    def send_signal(self, signum: signal.Signals) -> None:
-        self.process.send_signal(signum)
-
-    def wait_exit(self, *, timeout: float = STOP_TIMEOUT_S) -> int:
-        """Wait for the exit; fail the test (with the log) if it hangs. The log is then complete."""
-        try:
-            code = self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"service still running {timeout}s later; service log:\n{self.log}")
-        self._reader.join(STOP_TIMEOUT_S)
-        return code
-
-    def stop(
-        self, signum: signal.Signals = signal.SIGTERM, *, timeout: float = STOP_TIMEOUT_S
-    ) -> int:
-        self.send_signal(signum)
-        return self.wait_exit(timeout=timeout)
-
-    def close(self) -> None:
-        """Kill the process if it still runs, reap it, end the reader, close the pipe."""
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.wait(STOP_TIMEOUT_S)
-        self._reader.join(STOP_TIMEOUT_S)
-        if self.process.stderr is not None:
-            self.process.stderr.close()
-
-
-@contextlib.contextmanager
-def running_service(
-    workdir: Path,
-    *args: str,
-    warm_storage: Path | None = None,
-    prefix: Sequence[str] = (),
-    metrics_port: int = 0,
-    check_log: bool = True,
-    allow_log: str | None = None,
-) -> Iterator[ServiceProcess]:
-    """Start the service on a free port of 127.0.0.1 and wait until it listens.
-
-    When the block ends normally and ``check_log`` is set, the test fails if the
-    service logged an error or a traceback (other than records matching ``allow_log``).
-    On exit the process is killed (if it still runs) and reaped, and its pipe closed.
-    """
-    service = ServiceProcess(
-        workdir, *args, warm_storage=warm_storage, prefix=prefix, metrics_port=metrics_port
-    )
-    try:
-        service.wait_listening()
-        yield service
-        if check_log:
-            service.check_log_clean(allow=allow_log)
-    finally:
-        service.close()
-
-
-def wait_until(predicate: Callable[[], bool], *, timeout: float = 10.0, what: str = "") -> None:
-    """Poll ``predicate`` on the real clock; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate!r}")
-        time.sleep(0.01)
-
-
 # ------------------------------------------------------------------ grpcio side ---
-
-
-def anchors_payload(pb2: Any, *, seed: int, counts: Sequence[int] = (16, 16, 16, 16)) -> Any:
-    """A RuleAnchorsPayload with ``counts`` seeded vectors per slot and matching counts."""
-    rng = np.random.default_rng(seed)
-    payload = pb2.RuleAnchorsPayload()
-    for name, count in zip(SLOTS, counts, strict=True):
-        vectors = getattr(payload, f"{name}_anchors")
-        for row in rng.standard_normal((count, 32)).astype(np.float32).tolist():
-            vectors.add(values=row)
-        setattr(payload, f"{name}_count", count)
-    return payload
 
 
 def pb_rule(
@@ -320,7 +54,7 @@ def pb_rule(
     rule = pb2.RuleInstance(rule_id=rule_id, **values)
     rule.params["seed"].int_value = seed
     rule.anchors.CopyFrom(
-        anchors if anchors is not None else anchors_payload(pb2, seed=seed, counts=counts)
+        anchors if anchors is not None else anchors_payload(counts, seed=seed, pb2=pb2)
     )
     return rule
 
@@ -403,7 +137,9 @@ class MixedLoad:
         self._strict = strict
         self._call_timeout = call_timeout
         self._deadline = time.monotonic() + max_seconds
-        self._anchors = anchors if anchors is not None else anchors_payload(modules.pb2, seed=seed)
+        self._anchors = (
+            anchors if anchors is not None else anchors_payload(seed=seed, pb2=modules.pb2)
+        )
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -578,14 +314,6 @@ def read_store(path: Path) -> dict[str, Rule]:
 
 
 # ---------------------------------------------------------------------- metrics ---
-
-
-def free_port() -> int:
-    """A TCP port of 127.0.0.1 that was free a moment ago (for --metrics-port)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def scrape_metrics(port: int, *, timeout: float = 10.0) -> dict[str, float]:

@@ -35,18 +35,12 @@ import pytest
 from grpcio_support import DATA_PLANE, DataPlaneClient, raw_h2_call
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support.payloads import SLOTS, anchors_payload
+from support.service import ServiceProcess, running_service
 
 from guardrefresh.model import echo
 
-from .service import (
-    SLOTS,
-    Observed,
-    ServiceProcess,
-    anchors_payload,
-    pb_rule,
-    read_store,
-    running_service,
-)
+from .service import Observed, pb_rule, read_store
 
 AGENT = "agent-bad-input"
 BASELINE_AGENT = "baseline-agent"
@@ -164,22 +158,22 @@ def _build(pb2: Any, plan: Plan) -> tuple[bytes, list[str], tuple[str, ...]]:
     kind = plan.kind
     if kind == "anchor_width":
         width = plan.size % 64 if plan.size % 64 != 32 else 33
-        bad.anchors.CopyFrom(anchors_payload(pb2, seed=1, counts=(1, 1, 1, 1)))
+        bad.anchors.CopyFrom(anchors_payload((1, 1, 1, 1), seed=1, pb2=pb2))
         getattr(bad.anchors, f"{slot}_anchors")[0].values[:] = [0.5] * width
         expect: tuple[str, ...] = (f"anchors.{slot}_anchors[0]", "exactly 32", f"got {width}")
     elif kind == "anchor_not_finite":
-        bad.anchors.CopyFrom(anchors_payload(pb2, seed=1, counts=(1, 1, 1, 1)))
+        bad.anchors.CopyFrom(anchors_payload((1, 1, 1, 1), seed=1, pb2=pb2))
         getattr(bad.anchors, f"{slot}_anchors")[0].values[plan.size % 32] = plan.value
         expect = (f"anchors.{slot}_anchors[0]", "finite")
     elif kind == "too_many_anchors":
         count = 17 + plan.size % 4
         counts = [0, 0, 0, 0]
         counts[plan.slot] = count
-        bad.anchors.CopyFrom(anchors_payload(pb2, seed=1, counts=counts))
+        bad.anchors.CopyFrom(anchors_payload(counts, seed=1, pb2=pb2))
         expect = (f"anchors.{slot}_anchors", "at most 16", f"got {count}")
     elif kind == "count_mismatch":
         counts = [1, 1, 1, 1]
-        bad.anchors.CopyFrom(anchors_payload(pb2, seed=1, counts=counts))
+        bad.anchors.CopyFrom(anchors_payload(counts, seed=1, pb2=pb2))
         wrong = 2 + plan.size % 5
         setattr(bad.anchors, f"{slot}_count", wrong)
         expect = (f"anchors.{slot}_count", f"count {wrong}")
@@ -308,7 +302,7 @@ def test_random_bytes_to_every_method_get_an_error_not_a_crash(served: Served) -
 def test_oversized_requests_are_resource_exhausted(served: Served) -> None:
     client = served.client
     pb2 = client.pb2
-    full = anchors_payload(pb2, seed=5, counts=(16, 16, 16, 16))
+    full = anchors_payload((16, 16, 16, 16), seed=5, pb2=pb2)
     rules = [pb_rule(pb2, f"huge-{i}", seed=i, anchors=full) for i in range(MAX_RULES)]
     for rule in rules:
         rule.params["blob"].string_value = "b" * 60_000  # valid: under the 64 KiB of extras

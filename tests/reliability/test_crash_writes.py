@@ -36,11 +36,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import attrs
+from support.service import service_env
 
 from guardrefresh.model import Rule
 from guardrefresh.storage import WarmStore
 
-from .service import service_env
 from .writer_child import apply, operation
 
 CHILD = Path(__file__).with_name("writer_child.py")

@@ -26,11 +26,12 @@ import grpc
 from grpcio_support import HOST, DataPlaneClient
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
+from support.service import running_service
+from support.waiting import wait_until
 
 from guardrefresh.proto import rule_installation as pb
 
 from .h2_client import RawH2Client
-from .service import running_service, wait_until
 
 GET_RULE = "/rule_installation.DataPlane/GetRule"
 GET_RULE_STATS = "/rule_installation.DataPlane/GetRuleStats"

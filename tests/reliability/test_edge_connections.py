@@ -24,6 +24,8 @@ from pathlib import Path
 
 import grpc
 from grpcio_support import DataPlaneClient
+from support.service import ServiceProcess, running_service
+from support.waiting import wait_until
 
 from .h2_raw import (
     END_HEADERS,
@@ -37,7 +39,7 @@ from .h2_raw import (
     header_block,
     settings,
 )
-from .service import ServiceProcess, pb_rule, running_service, wait_until
+from .service import pb_rule
 
 FLOOD = 600
 

@@ -29,16 +29,9 @@ import attrs
 import grpc
 import pytest
 from grpcio_support import DataPlaneClient
+from support.service import ServiceProcess, free_port, running_service
 
-from .service import (
-    ServiceProcess,
-    free_port,
-    metric,
-    pb_rule,
-    read_store,
-    running_service,
-    scrape_metrics,
-)
+from .service import metric, pb_rule, read_store, scrape_metrics
 
 AGENT = "agent-edge"
 #: Every status message here must stay far below grpcio's 16 KiB of trailers.

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from grpcio_support import DataPlaneClient
+from support.service import ServiceProcess, running_service
 
 from .h2_raw import (
     ACK,
@@ -51,7 +52,6 @@ from .h2_raw import (
     header_block,
     settings,
 )
-from .service import ServiceProcess, running_service
 
 #: How long a case waits for the server to react (close, GOAWAY, answer).
 REACT_S = 2.0

@@ -38,17 +38,10 @@ from typing import Any
 
 import grpc
 from grpcio_support import DataPlaneClient
+from support.service import ServiceProcess, free_port, running_service
+from support.waiting import wait_until
 
-from .service import (
-    ServiceProcess,
-    build_store,
-    free_port,
-    metric,
-    pb_rule,
-    running_service,
-    scrape_metrics,
-    wait_until,
-)
+from .service import build_store, metric, pb_rule, scrape_metrics
 
 RULES = 3000
 CONNECTIONS = 10

@@ -21,8 +21,9 @@ import types
 from pathlib import Path
 
 import attrs
+from support.service import running_service
 
-from .service import MixedLoad, build_store, read_store, running_service
+from .service import MixedLoad, build_store, read_store
 
 RUNS = 20
 PARALLEL = 2

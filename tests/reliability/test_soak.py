@@ -30,18 +30,10 @@ import types
 from pathlib import Path
 
 from grpcio_support import DataPlaneClient
+from support.payloads import anchors_payload
+from support.service import free_port, running_service
 
-from .service import (
-    MixedLoad,
-    anchors_payload,
-    build_store,
-    free_port,
-    metric,
-    pb_rule,
-    read_store,
-    running_service,
-    scrape_metrics,
-)
+from .service import MixedLoad, build_store, metric, pb_rule, read_store, scrape_metrics
 
 SEED_RULES = 2000
 MAX_RSS_GROWTH = 0.05
@@ -184,7 +176,7 @@ def test_compaction_releases_the_old_generation(
         DataPlaneClient(grpcio_modules, service.port, own_connection=True) as client,
     ):
         pb2 = client.pb2
-        anchors = anchors_payload(pb2, seed=3, counts=(16, 16, 16, 16))
+        anchors = anchors_payload((16, 16, 16, 16), seed=3, pb2=pb2)
         mark = service.mark()
         # 6 x 100 rules x 8 KiB of anchors: the journal passes 4 MiB, a compaction follows.
         for batch in range(6):

@@ -30,19 +30,10 @@ from pathlib import Path
 
 import grpc
 from grpcio_support import DataPlaneClient
+from support.payloads import anchors_payload
+from support.service import ServiceProcess, free_port, running_service
 
-from .service import (
-    Observed,
-    ServiceProcess,
-    anchors_payload,
-    build_store,
-    free_port,
-    metric,
-    pb_rule,
-    read_store,
-    running_service,
-    scrape_metrics,
-)
+from .service import Observed, build_store, metric, pb_rule, read_store, scrape_metrics
 
 AGENT = "agent-a"
 
@@ -52,7 +43,7 @@ def _install(
 ) -> Sequence[str]:
     """Install ``count`` rules ``prefix-<i>`` (priority ``seed + i``); assert it worked."""
     pb2 = client.pb2
-    anchors = anchors_payload(pb2, seed=seed, counts=(16, 16, 16, 16) if full else (1, 2, 0, 3))
+    anchors = anchors_payload((16, 16, 16, 16) if full else (1, 2, 0, 3), seed=seed, pb2=pb2)
     rules = [pb_rule(pb2, f"{prefix}-{i}", seed=seed + i, anchors=anchors) for i in range(count)]
     response = client.call("InstallRules", pb2.InstallRulesRequest(agent_id=AGENT, rules=rules))
     assert response.rules_installed == count
@@ -64,7 +55,7 @@ def _refused_install(
 ) -> str:
     """Send an install that must fail with UNAVAILABLE and store nothing; its message."""
     pb2 = client.pb2
-    anchors = anchors_payload(pb2, seed=9, counts=(16, 16, 16, 16) if full else (1, 0, 0, 0))
+    anchors = anchors_payload((16, 16, 16, 16) if full else (1, 0, 0, 0), seed=9, pb2=pb2)
     rules = [pb_rule(pb2, f"{prefix}-{i}", seed=i, anchors=anchors) for i in range(count)]
     outcome = client.outcome("InstallRules", pb2.InstallRulesRequest(agent_id=AGENT, rules=rules))
     assert outcome.code is grpc.StatusCode.UNAVAILABLE, outcome

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from .service import service_env
+from support.service import service_env
 
 CHILD = Path(__file__).with_name("telemetry_child.py")
 KILLS = 20

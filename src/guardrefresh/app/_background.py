@@ -1,4 +1,5 @@
-"""Tasks the service runs beside the server for its whole life."""
+"""The service's background tasks besides the scheduler: staleness watch, compaction,
+and the ordered shutdown after a signal."""
 
 from __future__ import annotations
 
@@ -9,14 +10,42 @@ import time
 import trio
 
 from ..bridge import Bridge
-from ..refresh import RefreshService, is_stale
+from ..config import ServiceConfig
+from ..refresh import RefreshScheduler, RefreshService, is_stale
+from ..server import GrpcHost
 from ..storage import StorageError
 from ._health import ServingGate
 from ._memory import release_free_memory
 
-__all__ = ["compact_in_background", "watch_staleness"]
+__all__ = ["compact_in_background", "shutdown", "watch_staleness"]
 
 logger = logging.getLogger(__name__)
+
+
+async def shutdown(
+    nursery: trio.Nursery,
+    host: GrpcHost,
+    scheduler: RefreshScheduler,
+    refresher: RefreshService,
+    config: ServiceConfig,
+) -> None:
+    """Drain the server, stop the scheduler, save the working set, then end ``nursery``."""
+    report = await host.drain(config.server.shutdown_grace)
+    logger.info(
+        "Drained: %d in flight at start, %d completed, %d cancelled, %d rejected, "
+        "%d connections closed in %.2fs",
+        report.in_flight_at_start,
+        report.completed,
+        report.cancelled,
+        report.rejected,
+        report.connections_closed,
+        report.duration_s,
+    )
+    scheduler.stop()
+    logger.info("Scheduler stopped")
+    await refresher.save_working_set()
+    nursery.cancel_scope.cancel()
+    logger.info("Shutdown complete")
 
 
 async def watch_staleness(

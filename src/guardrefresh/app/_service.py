@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import errno
+import asyncio
+import contextlib
 import functools
 import gc
 import logging
 import signal
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import trio
@@ -14,11 +16,12 @@ import trio
 from ..bridge import Bridge
 from ..config import ServiceConfig
 from ..enforce import EnforcementEngine, IntentEncoder, open_intent_encoder
-from ..metrics import ServiceMetrics, serve_metrics
+from ..metrics import ServiceMetrics, refresh_error_reason, serve_metrics
 from ..refresh import (
     RefreshError,
     RefreshScheduler,
     RefreshService,
+    RefreshStats,
     RefreshTrigger,
     open_refresh_service,
 )
@@ -33,22 +36,13 @@ from ..server import (
 )
 from ..storage import StorageError, working_set_path
 from ..telemetry import EnforceRecorder, TelemetryStore
-from ._background import compact_in_background, watch_staleness
-from ._errors import StartupError
-from ._fleet import Fleet, watch_replication
+from ._background import compact_in_background, shutdown, watch_staleness
+from ._fleet import Fleet, FleetStartupError, open_fleet, watch_replication
 from ._health import ServingGate
 from ._limits import raise_fd_limit
-from ._parts import (
-    RefreshMetrics,
-    edge_limits_of,
-    loop_error_handler,
-    open_service_fleet,
-    open_service_telemetry,
-    security_of,
-)
+from ._ready import ReadyFile
+from ._startup import StartupError, bind_error, edge_limits, open_service_telemetry, security
 from ._trim import trim_after_request_bursts
-
-__all__ = ["StartupError", "serve_service"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,11 +54,14 @@ async def serve_service(
 
     Reports the bound gRPC port through ``task_status`` once the warm-up
     refresh is done, the scheduler runs and the port listens (health is
-    SERVING from then on). Raises :class:`StartupError` when it cannot start.
+    SERVING from then on); writes the ready file then too, if one is configured,
+    and removes it on the way out. Raises :class:`StartupError` when it cannot start.
     """
     config.security.check()
     config.replication.check()
     fd_limit = raise_fd_limit()
+    ready = ReadyFile(config.server.ready_file)
+    await ready.clear()
     try:
         bridge = await Bridge.open(
             Path(config.storage.warm_storage),
@@ -80,10 +77,8 @@ async def serve_service(
             open_refresh_service(
                 bridge, working_set_path=working_set_path(Path(config.storage.warm_storage))
             ) as refresher,
-            open_service_fleet(config, bridge, refresher) as fleet,
+            _open_fleet(config, bridge, refresher) as fleet,
             open_intent_encoder(config.enforce.management_plane_url) as encoder,
-            # Entered before the server starts and left after it has drained: every
-            # session of an answered Enforce call is written before the process exits.
             open_service_telemetry(config, fleet) as telemetry,
         ):
             await _supervise(
@@ -93,12 +88,49 @@ async def serve_service(
                 encoder,
                 telemetry,
                 fleet,
-                edge_limits_of(config, fd_limit),
-                loop_error_handler(loop),
+                edge_limits(config, fd_limit),
+                _loop_errors(loop),
+                ready,
                 task_status,
             )
     finally:
+        await ready.remove()
         bridge.close()
+
+
+def _loop_errors(loop: asyncio.AbstractEventLoop) -> LoopErrorHandler | None:
+    """The counters of the loop's error handler (installed by ``open_asyncio_loop``)."""
+    handler = loop.get_exception_handler()
+    return handler if isinstance(handler, LoopErrorHandler) else None
+
+
+@contextlib.asynccontextmanager
+async def _open_fleet(
+    config: ServiceConfig, bridge: Bridge, refresher: RefreshService
+) -> AsyncIterator[Fleet | None]:
+    try:
+        async with open_fleet(config.replication, bridge, refresher) as fleet:
+            yield fleet
+    except FleetStartupError as exc:
+        raise StartupError(str(exc)) from None
+
+
+class _RefreshMetrics:
+    """Feeds refresh outcomes (one per load, whoever asked) into the metrics."""
+
+    def __init__(self, metrics: ServiceMetrics) -> None:
+        self._metrics = metrics
+
+    def observe_load(self) -> None:
+        self._metrics.observe_load()
+
+    def observe_refresh(self, stats: RefreshStats) -> None:
+        self._metrics.observe_refresh(stats)
+
+    def observe_refresh_failure(
+        self, trigger: str, error: BaseException, duration_s: float
+    ) -> None:
+        self._metrics.observe_refresh_failure(trigger, refresh_error_reason(error), duration_s)
 
 
 async def _supervise(
@@ -110,11 +142,12 @@ async def _supervise(
     fleet: Fleet | None,
     edge_limits: EdgeLimits,
     loop_errors: LoopErrorHandler | None,
+    ready: ReadyFile,
     task_status: trio.TaskStatus[int],
 ) -> None:
-    ssl_context, auth = security_of(config)
+    ssl_context, auth = security(config)
     metrics = ServiceMetrics()
-    refresher.observers.append(RefreshMetrics(metrics))
+    refresher.observers.append(_RefreshMetrics(metrics))
     if config.scheduler.refresh_on_start:
         try:
             stats = await refresher.refresh(trigger=RefreshTrigger.STARTUP)
@@ -194,7 +227,8 @@ async def _supervise(
             try:
                 port = await nursery.start(host.serve)
             except OSError as exc:
-                raise StartupError(_bind_error(config, exc)) from None
+                raise StartupError(bind_error(config, exc)) from None
+            metrics_port: int | None = None
             if config.metrics.enabled:
                 try:
                     metrics_port = await nursery.start(
@@ -226,8 +260,11 @@ async def _supervise(
                     "No management plane URL: Enforce requests without an intent_vector "
                     "are denied (fail-closed)"
                 )
-            # Scripts and tests wait for this line: keep its shape.
+            # Scripts may wait for this line (tests and benchmarks use --ready-file): keep
+            # its shape.
             logger.info("Listening on %s:%d", config.server.host, port)
+            # Health is SERVING now (in fleet mode it waits for the first sync).
+            await ready.write(config.server.host, port, metrics_port)
             nursery.start_soon(compact_in_background, bridge)
             nursery.start_soon(
                 trim_after_request_bursts,
@@ -257,7 +294,7 @@ async def _supervise(
                     config.server.shutdown_grace,
                     host.in_flight,
                 )
-                nursery.start_soon(_shutdown, nursery, host, scheduler, refresher, config)
+                nursery.start_soon(shutdown, nursery, host, scheduler, refresher, config)
 
 
 def _tune_garbage_collector() -> None:
@@ -273,35 +310,3 @@ def _tune_garbage_collector() -> None:
     """
     gc.collect()
     gc.freeze()
-
-
-async def _shutdown(
-    nursery: trio.Nursery,
-    host: GrpcHost,
-    scheduler: RefreshScheduler,
-    refresher: RefreshService,
-    config: ServiceConfig,
-) -> None:
-    report = await host.drain(config.server.shutdown_grace)
-    logger.info(
-        "Drained: %d in flight at start, %d completed, %d cancelled, %d rejected, "
-        "%d connections closed in %.2fs",
-        report.in_flight_at_start,
-        report.completed,
-        report.cancelled,
-        report.rejected,
-        report.connections_closed,
-        report.duration_s,
-    )
-    scheduler.stop()
-    logger.info("Scheduler stopped")
-    await refresher.save_working_set()
-    nursery.cancel_scope.cancel()
-    logger.info("Shutdown complete")
-
-
-def _bind_error(config: ServiceConfig, exc: OSError) -> str:
-    where = f"{config.server.host}:{config.server.port}"
-    if exc.errno == errno.EADDRINUSE:
-        return f"cannot listen on {where}: address already in use"
-    return f"cannot listen on {where}: {exc.strerror or exc}"

@@ -21,20 +21,10 @@ from typing import Any
 
 from ..enforce import INTENT_DIM, IntentError, parse_intent
 from ..proto import rule_installation as pb
-from ._client import (
-    EXIT_OK,
-    EXIT_USAGE,
-    CommandError,
-    CommandParser,
-    Connection,
-    _add_connection_options,
-    _print_json,
-    _reason,
-    _with_connection,
-    call,
-    message_to_dict,
-    run_command,
-)
+from ._command import EXIT_OK, EXIT_USAGE, CommandError, CommandParser, print_json, run_command
+from ._connection import Connection, add_connection_options, error_reason, with_connection
+from ._format import message_to_dict
+from ._rpc import call
 
 __all__ = ["enforce_command", "evidence_lines", "vector_from_text"]
 
@@ -69,8 +59,8 @@ def enforce_command(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--request-id", metavar="ID", help="request_id (default: a new UUID)")
     parser.add_argument("--json", action="store_true", help="print the response as JSON")
-    _add_connection_options(parser)
-    return run_command(parser, argv, _with_connection(_enforce))
+    add_connection_options(parser)
+    return run_command(parser, argv, with_connection(_enforce))
 
 
 def _read(name: str, what: str) -> str:
@@ -79,7 +69,7 @@ def _read(name: str, what: str) -> str:
         raw = sys.stdin.buffer.read() if name == "-" else Path(name).read_bytes()
         return raw.decode("utf-8")
     except OSError as exc:
-        raise CommandError(f"cannot read {what} {label!r}: {_reason(exc)}") from None
+        raise CommandError(f"cannot read {what} {label!r}: {error_reason(exc)}") from None
     except UnicodeDecodeError:
         raise CommandError(f"{what} {label!r} is not UTF-8 text") from None
 
@@ -151,7 +141,7 @@ def _enforce(options: argparse.Namespace, connection: Connection) -> int:
     )
     response = call(connection, "enforce", request)
     if options.json:
-        _print_json(message_to_dict(response))
+        print_json(message_to_dict(response))
     else:
         print("\n".join(evidence_lines(response, tenant=options.tenant, layer=options.layer)))
     return EXIT_OK

@@ -17,18 +17,10 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..proto import rule_installation as pb
-from ._client import (
-    EXIT_OK,
-    EXIT_USAGE,
-    CommandError,
-    CommandParser,
-    Connection,
-    call,
-    connection_from,
-    message_to_dict,
-    run_command,
-)
-from ._client import _add_connection_options as add_connection_options
+from ._command import EXIT_OK, EXIT_USAGE, CommandError, CommandParser, run_command
+from ._connection import Connection, add_connection_options, connection_from
+from ._format import message_to_dict
+from ._rpc import call
 
 __all__ = ["SESSION_COMMANDS", "format_session", "parse_time", "sessions_table"]
 

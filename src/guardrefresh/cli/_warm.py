@@ -29,14 +29,9 @@ from typing import Any
 
 from ..model import Rule, RuleValidationError, iter_rules_json
 from ..storage import Manifest, StorageError, WarmStore, WarmTable, atomic_write
-from ._client import (
-    EXIT_OK,
-    CommandError,
-    CommandParser,
-    read_rules_file,
-    run_command,
-    utc_text,
-)
+from ._client import read_rules_file
+from ._command import EXIT_OK, CommandError, CommandParser, run_command
+from ._format import utc_text
 
 __all__ = ["WARM_COMMANDS", "warm_command"]
 

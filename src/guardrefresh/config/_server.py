@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pathlib
+
 import attrs
 
 from ..bridge import DEFAULT_MAX_RULES_PER_INSTALL
@@ -9,6 +11,7 @@ from ..settings import (
     HOST,
     INTEGER,
     NON_EMPTY_NO_SPACE,
+    OPTIONAL_PATH,
     SECONDS,
     above,
     at_least,
@@ -110,4 +113,13 @@ class ServerConfig:
         constraint=at_least(0),
         help="Calls that may wait for a slot; beyond it the connection with the most "
         "waiting is refused with RESOURCE_EXHAUSTED. 0 = 4 x max_concurrent_rpcs.",
+    )
+    #: None: no ready file.
+    ready_file: pathlib.Path | None = setting(
+        OPTIONAL_PATH,
+        None,
+        help="Once the service listens and health is SERVING (in fleet mode health waits "
+        "for the first sync), write this file (atomically) with the bound ports as JSON, "
+        '{"host", "port", "metrics_port", "pid"}, and remove it at exit: a launcher waits '
+        "for it instead of reading the log; handy with --port 0.",
     )

@@ -5,19 +5,11 @@ The names, types and labels are documented in ``docs/metrics.md``.
 
 from ._edge import CLOSE_REASONS, LOOP_ERROR_KINDS, EdgeCountsLike, LoopErrorsLike
 from ._enforce import DECISION_NAMES, EnforceMetrics, EnforceOutcomeLike
+from ._grpc import GRPC_TYPES, RPC_DURATION_BUCKETS, grpc_code_name
 from ._http import METRICS_PATH, serve_metrics
-from ._metrics import (
-    GRPC_TYPES,
-    REFRESH_DURATION_BUCKETS,
-    REFRESH_ERROR_REASONS,
-    RPC_DURATION_BUCKETS,
-    CacheStatsLike,
-    RefreshStatsLike,
-    SchedulerStatusLike,
-    ServiceMetrics,
-    grpc_code_name,
-    refresh_error_reason,
-)
+from ._metrics import REFRESH_DURATION_BUCKETS, ServiceMetrics
+from ._protocols import CacheStatsLike, RefreshStatsLike, SchedulerStatusLike
+from ._reasons import REFRESH_ERROR_REASONS, refresh_error_reason
 from ._replication import ReplicationStatusLike
 from ._telemetry import TelemetryStatsLike
 

@@ -12,7 +12,8 @@ from ._anchors import (
 )
 from ._convert import rule_from_proto, rule_from_upb, rule_to_proto
 from ._errors import RuleValidationError
-from ._json import iter_rules_json, rule_json_text, rules_from_json, rules_to_json
+from ._json_read import rules_from_json
+from ._json_write import iter_rules_json, rule_json_text, rules_to_json
 from ._rule import (
     MAX_EXTRAS_BYTES,
     MAX_JSON_DEPTH,

@@ -1,5 +1,6 @@
 """Warm storage: the durable, verified, columnar rule store on disk."""
 
+from ._encode import SegmentColumns
 from ._errors import (
     CorruptStoreError,
     StorageError,
@@ -12,9 +13,11 @@ from ._errors import (
     UnsupportedVersionError,
 )
 from ._fs import atomic_write
+from ._layout import FIXED_DTYPE, FORMAT_VERSION
+from ._manifest import Manifest, StoreInfo
 from ._names import journal_path, lock_path, snapshot_path, working_set_path
-from ._segment import FIXED_DTYPE, FORMAT_VERSION, Segment, SegmentColumns
-from ._store import Manifest, StoreInfo, WarmStore
+from ._segment import Segment
+from ._store import WarmStore
 from ._table import RuleRef, TableStat, WarmTable, family_of
 
 __all__ = [

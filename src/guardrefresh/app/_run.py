@@ -1,4 +1,4 @@
-"""Running the service as the process: the exit code and the one-line start-up errors."""
+"""The process around the service: allocator and BLAS set-up, ``trio.run``, exit codes."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import trio
 
 from ..config import ConfigError, ServiceConfig
 from ..server import DependencyInternalsError
-from ._errors import StartupError
 from ._memory import tune_allocator
 from ._service import serve_service
+from ._startup import StartupError
 
 __all__ = ["run_service"]
 

@@ -1,0 +1,63 @@
+"""What the metrics read from the parts they report on, as structural types.
+
+Protocols rather than imports: metrics sits below cache and refresh in the layering.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+__all__ = ["CacheStatsLike", "RefreshStatsLike", "SchedulerStatusLike"]
+
+
+class CacheStatsLike(Protocol):
+    """What the metrics read from :class:`guardrefresh.cache.CacheStats`."""
+
+    @property
+    def entries(self) -> int: ...
+    @property
+    def capacity(self) -> int: ...
+    @property
+    def hits(self) -> int: ...
+    @property
+    def misses(self) -> int: ...
+    @property
+    def total_evictions(self) -> int: ...
+    @property
+    def total_evicted(self) -> int: ...
+
+
+class SchedulerStatusLike(Protocol):
+    """What the metrics read from :class:`guardrefresh.refresh.SchedulerStatus`."""
+
+    @property
+    def enabled(self) -> bool: ...
+    @property
+    def running(self) -> bool: ...
+    @property
+    def last_success_ms(self) -> int: ...
+    @property
+    def next_refresh_ms(self) -> int: ...
+    @property
+    def consecutive_failures(self) -> int: ...
+    @property
+    def current_interval_s(self) -> float: ...
+    @property
+    def backoff_s(self) -> float: ...
+
+
+class RefreshStatsLike(Protocol):
+    """What the metrics read from :class:`guardrefresh.refresh.RefreshStats`."""
+
+    @property
+    def trigger(self) -> str: ...
+    @property
+    def duration_ms(self) -> float: ...
+    @property
+    def timestamp_ms(self) -> int: ...
+    @property
+    def added(self) -> int: ...
+    @property
+    def removed(self) -> int: ...
+    @property
+    def changed(self) -> int: ...
