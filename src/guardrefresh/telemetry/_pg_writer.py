@@ -28,6 +28,7 @@ from typing import Any, Final
 import trio
 
 from ._defaults import BATCH_WINDOW_S, MAX_SESSIONS, RETENTION_S
+from ._degradation import Degradation
 from ._pg_schema import PRUNE_LOCK_KEY, migrate
 from ._recorder import TelemetryRecorder
 from ._session import EnforcementSession
@@ -156,9 +157,7 @@ class PostgresSessionWriter:
         self._next_prune = -float("inf")
         self._next_size = -float("inf")
         self._prune_chunk = 500
-        self._last_warning = -float("inf")
-        self._suppressed = 0
-        self._dropped_since_healthy = 0
+        self._health = Degradation(self.counters, lambda: self.warn_interval_s)
 
     # --------------------------------------------------------------- lifecycle ---
 
@@ -191,7 +190,7 @@ class PostgresSessionWriter:
                 await self._drain()
             left = recorder.take(recorder.depth)
             if left:
-                self._drop(len(left), "telemetry shut down before PostgreSQL took them")
+                self._health.drop(len(left), "telemetry shut down before PostgreSQL took them")
 
     async def _drain(self) -> None:
         recorder = self.recorder
@@ -200,7 +199,7 @@ class PostgresSessionWriter:
             try:
                 await self.write(batch)
             except trio.Cancelled:
-                self._drop(len(batch), "telemetry write cancelled")
+                self._health.drop(len(batch), "telemetry write cancelled")
                 raise
 
     # ------------------------------------------------------------------ writes ---
@@ -210,24 +209,24 @@ class PostgresSessionWriter:
         if not batch:
             return True
         if not self._schema_ready and not await self._ensure_schema():
-            self._drop(len(batch), "telemetry tables unavailable")
+            self._health.drop(len(batch), "telemetry tables unavailable")
             return False
         try:
             columns = await trio.to_thread.run_sync(session_columns, batch)
         except Exception:
             logger.exception("Telemetry: cannot serialise a batch of %d sessions", len(batch))
-            self._drop(len(batch), "serialisation failed")
+            self._health.drop(len(batch), "serialisation failed")
             return True
         started = time.perf_counter()
         try:
             await self.engine.run(_insert, columns)
         except Exception as exc:
             self._failed()
-            self._drop(len(batch), f"cannot write to PostgreSQL: {_describe(exc)}")
+            self._health.drop(len(batch), f"cannot write to PostgreSQL: {_describe(exc)}")
             return False
         self.counters.observe_commit(time.perf_counter() - started)
         self.counters.committed += len(batch)
-        self._recovered()
+        self._health.recovered()
         return True
 
     async def _ensure_schema(self) -> bool:
@@ -235,7 +234,7 @@ class PostgresSessionWriter:
             await self.engine.run(migrate)
         except Exception as exc:
             self._failed()
-            self._degraded(f"cannot prepare the telemetry tables: {_describe(exc)}")
+            self._health.degraded(f"cannot prepare the telemetry tables: {_describe(exc)}")
             return False
         self._schema_ready = True
         return True
@@ -244,34 +243,6 @@ class PostgresSessionWriter:
         # The tables may be gone (a restored database): check them on the next attempt.
         self._schema_ready = False
         self._next_attempt = trio.current_time() + self.retry_interval_s
-
-    def _drop(self, count: int, reason: str) -> None:
-        self.counters.dropped += count
-        self._dropped_since_healthy += count
-        self._degraded(f"{reason}; {count} sessions dropped")
-
-    def _degraded(self, message: str) -> None:
-        self.counters.healthy = False
-        now = time.monotonic()
-        if now - self._last_warning >= self.warn_interval_s:
-            more = f" ({self._suppressed} similar warnings suppressed)" if self._suppressed else ""
-            logger.warning("Telemetry degraded: %s%s", message, more)
-            self._last_warning = now
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
-
-    def _recovered(self) -> None:
-        if self.counters.healthy:
-            return
-        self.counters.healthy = True
-        logger.info(
-            "Telemetry recording recovered (%d sessions dropped while degraded)",
-            self._dropped_since_healthy,
-        )
-        self._dropped_since_healthy = 0
-        self._last_warning = -float("inf")
-        self._suppressed = 0
 
     # ----------------------------------------------------------------- pruning ---
 
@@ -290,7 +261,7 @@ class PostgresSessionWriter:
         except Exception as exc:
             self._failed()
             self._next_prune = now + self.prune_interval_s
-            self._degraded(f"pruning the telemetry table failed: {_describe(exc)}")
+            self._health.degraded(f"pruning the telemetry table failed: {_describe(exc)}")
 
     async def prune_step(self) -> bool:
         """Delete one chunk past retention or over the cap; True when none is left (or

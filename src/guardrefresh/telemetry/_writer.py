@@ -36,6 +36,7 @@ from ._database import (
     transaction,
 )
 from ._defaults import BATCH_WINDOW_S, MAX_SESSIONS, RETENTION_S
+from ._degradation import Degradation
 from ._recorder import TelemetryRecorder
 from ._session import EnforcementSession
 from ._session_row import session_row
@@ -139,9 +140,7 @@ class SessionWriter:
         self._next_open = 0.0
         self._next_prune = 0.0
         self._prune_chunk = 500
-        self._last_warning = -float("inf")
-        self._suppressed = 0
-        self._dropped_since_healthy = 0
+        self._health = Degradation(self.counters, lambda: self.warn_interval_s)
         #: ``threading.get_ident()`` of the thread running :meth:`run` (its CPU clock
         #: is what the benchmark reads), None before it started.
         self.thread_ident: int | None = None
@@ -156,7 +155,7 @@ class SessionWriter:
         try:
             self._conn = open_database(self.path)
         except TelemetryDatabaseError as exc:
-            self._degraded(f"{exc}; retrying every {self.reopen_interval_s:g}s")
+            self._health.degraded(f"{exc}; retrying every {self.reopen_interval_s:g}s")
             self._next_open = time.monotonic() + self.reopen_interval_s
             return False
         self._next_prune = 0.0
@@ -167,7 +166,7 @@ class SessionWriter:
         self.counters.database_bytes = database_bytes(self.path)
         if self._on_reopen is not None:
             self._on_reopen()
-        self._recovered()
+        self._health.recovered()
         return True
 
     def stop(self) -> None:
@@ -223,7 +222,7 @@ class SessionWriter:
         if not batch:
             return
         if self._conn is None and (time.monotonic() < self._next_open or not self.open()):
-            self._drop(len(batch), "telemetry database unavailable")
+            self._health.drop(len(batch), "telemetry database unavailable")
             return
         conn = self._conn
         assert conn is not None
@@ -237,7 +236,7 @@ class SessionWriter:
                 time.sleep(0)
         except Exception:
             logger.exception("Telemetry: cannot serialise a batch of %d sessions", len(batch))
-            self._drop(len(batch), "serialisation failed")
+            self._health.drop(len(batch), "serialisation failed")
             return
         started = time.perf_counter()
         try:
@@ -245,7 +244,7 @@ class SessionWriter:
                 conn.executemany(_UPSERT, rows)
         except sqlite3.Error as exc:
             self._failed(exc)
-            self._drop(len(batch), f"cannot write telemetry database {self.path}: {exc}")
+            self._health.drop(len(batch), f"cannot write telemetry database {self.path}: {exc}")
             return
         self.counters.observe_commit(time.perf_counter() - started)
         self.counters.committed += len(batch)
@@ -253,7 +252,7 @@ class SessionWriter:
         if self._request_checkpoint is not None and self._wal_bytes() > CHECKPOINT_WAL_BYTES:
             self.checkpoints_requested += 1
             self._request_checkpoint()
-        self._recovered()
+        self._health.recovered()
 
     def _wal_bytes(self) -> int:
         try:
@@ -272,34 +271,6 @@ class SessionWriter:
             logger.warning("Telemetry: cannot move the corrupt database aside: %s", move_exc)
         self._next_open = 0.0
 
-    def _drop(self, count: int, reason: str) -> None:
-        self.counters.dropped += count
-        self._dropped_since_healthy += count
-        self._degraded(f"{reason}; {count} sessions dropped")
-
-    def _degraded(self, message: str) -> None:
-        self.counters.healthy = False
-        now = time.monotonic()
-        if now - self._last_warning >= self.warn_interval_s:
-            more = f" ({self._suppressed} similar warnings suppressed)" if self._suppressed else ""
-            logger.warning("Telemetry degraded: %s%s", message, more)
-            self._last_warning = now
-            self._suppressed = 0
-        else:
-            self._suppressed += 1
-
-    def _recovered(self) -> None:
-        if self.counters.healthy:
-            return
-        self.counters.healthy = True
-        logger.info(
-            "Telemetry recording recovered (%d sessions dropped while degraded)",
-            self._dropped_since_healthy,
-        )
-        self._dropped_since_healthy = 0
-        self._last_warning = -float("inf")
-        self._suppressed = 0
-
     # ----------------------------------------------------------------- pruning ---
 
     def _housekeeping(self) -> None:
@@ -314,7 +285,7 @@ class SessionWriter:
             finished = self.prune_step()
         except sqlite3.Error as exc:
             self._failed(exc)
-            self._degraded(f"pruning the telemetry database failed: {exc}")
+            self._health.degraded(f"pruning the telemetry database failed: {exc}")
             finished = True
         # More to delete: come back as soon as the queue allows.
         self._next_prune = now + (self.prune_interval_s if finished else 0.0)
