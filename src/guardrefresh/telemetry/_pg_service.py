@@ -62,17 +62,7 @@ class PostgresTelemetry:
         return await self._reader.get(session_id)
 
     def stats(self) -> TelemetryStats:
-        counters = self._writer.counters
-        return TelemetryStats(
-            recorded=counters.committed,
-            dropped=self._recorder.dropped + counters.dropped,
-            queue_depth=self._recorder.depth,
-            pruned=counters.pruned,
-            database_bytes=counters.database_bytes,
-            commit_counts=tuple(counters.commit_counts),
-            commit_seconds=counters.commit_seconds,
-            healthy=counters.healthy,
-        )
+        return TelemetryStats.of(self._recorder, self._writer.counters)
 
 
 @contextlib.asynccontextmanager

@@ -16,8 +16,9 @@ from typing import Any, Final, Protocol, TypeVar
 import attrs
 
 from ._query import QueryPage, SessionQuery
+from ._recorder import TelemetryRecorder
 from ._session import EnforcementSession
-from ._writer_counters import COMMIT_BUCKETS
+from ._writer_counters import COMMIT_BUCKETS, WriterCounters
 
 __all__ = ["DEFAULT_BATCH_SIZE", "EngineLike", "TelemetryStats", "TelemetryStore"]
 
@@ -48,6 +49,20 @@ class TelemetryStats:
     healthy: bool
 
     buckets = COMMIT_BUCKETS
+
+    @classmethod
+    def of(cls, recorder: TelemetryRecorder, counters: WriterCounters) -> TelemetryStats:
+        """The snapshot of a recorder and its writer's counters (either backend)."""
+        return cls(
+            recorded=counters.committed,
+            dropped=recorder.dropped + counters.dropped,
+            queue_depth=recorder.depth,
+            pruned=counters.pruned,
+            database_bytes=counters.database_bytes,
+            commit_counts=tuple(counters.commit_counts),
+            commit_seconds=counters.commit_seconds,
+            healthy=counters.healthy,
+        )
 
 
 class TelemetryStore(Protocol):
