@@ -11,11 +11,10 @@ exception never reaches grpclib unmapped.
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import grpclib.const
 import grpclib.server
@@ -27,14 +26,10 @@ from ..bridge import (
     GLOBAL_LAYER,
     Bridge,
     InstallResult,
-    RuleConflictError,
-    RuleNotFoundError,
-    TooManyRulesError,
 )
 from ..enforce import EnforcementEngine, IntentEncoder
 from ..model import (
     Rule,
-    RuleValidationError,
     check_family_ids,
     clip,
     echo,
@@ -42,25 +37,24 @@ from ..model import (
 )
 from ..proto import rule_installation as pb
 from ..refresh import (
-    RefreshError,
     RefreshScheduler,
     RefreshService,
-    RefreshStats,
     RefreshTrigger,
     is_stale,
     staleness_limit,
 )
-from ..replication import ReplicationError, ReplicationStatus
-from ..storage import StorageError
+from ..replication import ReplicationStatus
 from ..telemetry import (
     InvalidQueryError,
     SessionQuery,
-    SessionSummary,
     TelemetryStore,
     TelemetryUnavailableError,
 )
 from ._enforce import EnforceHandler
+from ._error_statuses import map_errors as _mapped
 from ._install import parse_install_request
+from ._messages import replication_message, stats_message, summary_message
+from ._raw_messages import RawRequest, RawResponse
 
 logger = logging.getLogger(__name__)
 
@@ -68,73 +62,8 @@ _Msg = TypeVar("_Msg")
 _Resp = TypeVar("_Resp")
 
 
-def _mapped(
-    handler: Callable[[Any, _Msg], Awaitable[_Resp]],
-) -> Callable[[Any, _Msg], Awaitable[_Resp]]:
-    """Turn domain errors into gRPC statuses; log and hide anything unexpected."""
-
-    @functools.wraps(handler)
-    async def wrapper(self: Any, message: _Msg) -> _Resp:
-        try:
-            return await handler(self, message)
-        except GRPCError:
-            raise
-        except RuleValidationError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-        except TooManyRulesError as exc:
-            raise GRPCError(Status.INVALID_ARGUMENT, str(exc)) from None
-        except RuleNotFoundError as exc:
-            raise GRPCError(Status.NOT_FOUND, str(exc)) from None
-        except RuleConflictError as exc:
-            raise GRPCError(Status.FAILED_PRECONDITION, str(exc)) from None
-        except StorageError as exc:
-            # Otherwise an operator would see a failing write only at the client;
-            # refresh failures are logged by the refresh service itself.
-            logger.warning("%s failed, answered UNAVAILABLE: %s", handler.__name__, exc)
-            raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
-        except RefreshError as exc:
-            raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
-        except ReplicationError as exc:
-            # Fleet mode: the database is unreachable, or this replica is behind.
-            logger.warning("%s failed, answered UNAVAILABLE: %s", handler.__name__, exc)
-            raise GRPCError(Status.UNAVAILABLE, str(exc)) from None
-        except Exception:
-            logger.exception("Unhandled error in %s", handler.__name__)
-            raise GRPCError(
-                Status.INTERNAL, f"internal error in {handler.__name__}; see server log"
-            ) from None
-
-    return wrapper
-
-
 INSTALL_RULES = "/rule_installation.DataPlane/InstallRules"
 ENFORCE = "/rule_installation.DataPlane/Enforce"
-
-
-class RawRequest:
-    """A request grpclib hands over undecoded (its codec calls ``FromString``).
-
-    A large InstallRules takes seconds of pure-Python parsing; doing that on the
-    event loop would stall every other call, health probes and signal handling.
-    """
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    @classmethod
-    def FromString(cls, data: bytes) -> RawRequest:  # the codec's protocol
-        return cls(data)
-
-    def SerializeToString(self) -> bytes:
-        return self.data
-
-
-class RawResponse(RawRequest):
-    """A response the handler has serialized itself (grpclib's codec sends the bytes)."""
-
-    __slots__ = ()
 
 
 class RuleWriter(Protocol):
@@ -148,41 +77,6 @@ class RuleWriter(Protocol):
     async def remove_policy(self, agent_id: str, policy_id: str) -> int: ...
 
     async def remove_agent_rules(self, agent_id: str) -> int: ...
-
-
-def replication_message(status: ReplicationStatus) -> pb.ReplicationStatus:
-    return pb.ReplicationStatus(
-        engine=status.engine,
-        connected=status.connected,
-        synced=status.synced,
-        fleet_version=status.fleet_version,
-        local_version=status.local_version,
-        versions_behind=status.versions_behind,
-        lag_s=status.lag_s,
-        max_lag_s=status.max_lag_s,
-        lagging=status.lagging,
-        last_synced_ms=status.last_synced_ms,
-        resyncs=status.resyncs,
-        last_error=status.last_error,
-        horizon=status.horizon,
-    )
-
-
-def stats_message(stats: RefreshStats | None) -> pb.RefreshStatsMessage | None:
-    if stats is None:
-        return None
-    return pb.RefreshStatsMessage(
-        rules_refreshed=stats.rules_refreshed,
-        duration_ms=round(stats.duration_ms),
-        timestamp_ms=stats.timestamp_ms,
-        trigger=str(stats.trigger),
-        family_ids=list(stats.families),
-        bridge_version=stats.bridge_version,
-        rules_added=stats.added,
-        rules_removed=stats.removed,
-        rules_changed=stats.changed,
-        unchanged=stats.unchanged,
-    )
 
 
 class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated code is not type-checked
@@ -451,19 +345,3 @@ class DataPlaneService(pb.DataPlaneBase):  # type: ignore[misc]  # generated cod
         if document is None:
             raise GRPCError(Status.NOT_FOUND, f"Session not found: {clip(message.session_id)}")
         return pb.GetSessionResponse(session_json=document)
-
-
-def summary_message(summary: SessionSummary) -> pb.EnforcementSessionSummary:
-    return pb.EnforcementSessionSummary(
-        session_id=summary.session_id,
-        agent_id=summary.agent_id,
-        tenant_id=summary.tenant_id,
-        layer=summary.layer,
-        timestamp_ms=summary.timestamp_ms,
-        final_decision=summary.final_decision,
-        rules_evaluated_count=summary.rules_evaluated_count,
-        duration_us=summary.duration_us,
-        intent_summary=summary.intent_summary,
-        decision_name=summary.decision_name,
-        deciding_rule_id=summary.deciding_rule_id,
-    )
