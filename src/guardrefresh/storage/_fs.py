@@ -41,12 +41,16 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> int:
+def atomic_write(path: Path, parts: Iterable[bytes | memoryview], *, sync: bool = True) -> int:
     """Write a whole file crash-safely: temp file, fsync, rename, fsync the directory.
 
     A reader (or a restart after a crash) sees either the old file or the new
     one, never a mix. On failure the temp file is removed and the old file is
     untouched. Returns the size written.
+
+    With ``sync=False`` both fsyncs are skipped: the replacement stays atomic for
+    readers and across a crash of this process (the rename is), but a power loss
+    may lose it or leave the file empty or torn (a verified store detects that).
     """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -56,11 +60,13 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> int:
     try:
         try:
             size = write_all(fd, parts)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if sync:
+            fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
