@@ -41,17 +41,27 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: Path, parts: Iterable[bytes | memoryview], *, sync: bool = True) -> int:
+def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> int:
     """Write a whole file crash-safely: temp file, fsync, rename, fsync the directory.
 
     A reader (or a restart after a crash) sees either the old file or the new
     one, never a mix. On failure the temp file is removed and the old file is
     untouched. Returns the size written.
-
-    With ``sync=False`` both fsyncs are skipped: the replacement stays atomic for
-    readers and across a crash of this process (the rename is), but a power loss
-    may lose it or leave the file empty or torn (a verified store detects that).
     """
+    return _replace(path, parts, sync=True)
+
+
+def atomic_write_unsynced(path: Path, parts: Iterable[bytes | memoryview]) -> int:
+    """:func:`atomic_write` without either fsync.
+
+    The replacement stays atomic for readers and across a crash of this process
+    (the rename is), but a power loss may lose it or leave the file empty or torn
+    (a verified store detects that). For a store that is a cache of another source.
+    """
+    return _replace(path, parts, sync=False)
+
+
+def _replace(path: Path, parts: Iterable[bytes | memoryview], *, sync: bool) -> int:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)

@@ -50,7 +50,7 @@ from ._errors import (
     StoreDirectoryMissingError,
     StoreNotFoundError,
 )
-from ._fs import DIR_MODE, atomic_write, translate_os_error
+from ._fs import DIR_MODE, atomic_write, atomic_write_unsynced, translate_os_error
 from ._journal import JournalAppender
 from ._layout import FORMAT_VERSION
 from ._manifest import Manifest, StoreInfo, journal_header, now_ms
@@ -298,7 +298,7 @@ class WarmStore(StoreReader):
             journal_checksum=hasher.intdigest(),
             updated_at_ms=now_ms(),
         )
-        atomic_write(self.path, [new.encode()], sync=durable)
+        (atomic_write if durable else atomic_write_unsynced)(self.path, [new.encode()])
         self._journal.committed(new, hasher)
         self._seen = new
         return table
