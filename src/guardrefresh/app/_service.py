@@ -68,6 +68,7 @@ async def serve_service(
             hot_capacity=config.storage.hot_capacity,
             max_rules_per_install=config.server.max_rules_per_install,
             make_dirs=True,
+            rebuild_damaged=config.replication.enabled,
         )
     except StorageError as exc:
         raise StartupError(f"cannot open warm storage: {exc}") from None

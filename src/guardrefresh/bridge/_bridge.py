@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -14,7 +15,15 @@ import trio_util
 
 from ..cache import HotCache
 from ..model import Rule, RuleValidationError, clip, echo
-from ..storage import RuleRef, SegmentColumns, TableStat, WarmStore, WarmTable, family_of
+from ..storage import (
+    CorruptStoreError,
+    RuleRef,
+    SegmentColumns,
+    TableStat,
+    WarmStore,
+    WarmTable,
+    family_of,
+)
 from ._errors import RuleConflictError, RuleNotFoundError, TooManyRulesError
 
 logger = logging.getLogger(__name__)
@@ -96,12 +105,31 @@ class Bridge:
         hot_capacity: int = DEFAULT_HOT_CAPACITY,
         max_rules_per_install: int = DEFAULT_MAX_RULES_PER_INSTALL,
         make_dirs: bool = False,
+        rebuild_damaged: bool = False,
     ) -> Bridge:
         """Open (or create) warm storage at ``path``. The hot cache starts empty:
         the warm-up refresh fills it. Raises the storage errors of
-        :meth:`WarmStore.open`."""
+        :meth:`WarmStore.open`.
+
+        With ``rebuild_damaged`` (a fleet replica: its store is a cache of the
+        database), a store that fails verification is moved aside into
+        ``<path>.damaged/`` and an empty one started instead, with one warning;
+        replication then fills it.
+        """
         store = WarmStore(path)
-        table = await trio.to_thread.run_sync(lambda: store.open(make_dirs=make_dirs))
+        try:
+            table = await trio.to_thread.run_sync(lambda: store.open(make_dirs=make_dirs))
+        except CorruptStoreError as exc:
+            if not rebuild_damaged:
+                raise
+            aside = await trio.to_thread.run_sync(store.set_aside_damaged)
+            logger.warning(
+                "Warm storage is damaged (%s); moved its files to %s and starting empty: "
+                "fleet replication rebuilds it from the database",
+                exc,
+                aside,
+            )
+            table = await trio.to_thread.run_sync(lambda: store.open(make_dirs=make_dirs))
         logger.info(
             "Opened warm storage %s: %d rules, bridge version %d",
             path,
@@ -276,11 +304,15 @@ class Bridge:
         hot cache follows, as for a local install. All or nothing; raises the storage
         errors of :meth:`WarmStore.append_columns`. Completes even if the caller is
         cancelled once started (the disk and the in-memory view never disagree).
+
+        Not fsynced (``durable=False``): the database is the source of truth, so a
+        replica's store is a cache of it. The commit stays atomic; what a power loss
+        takes, the replica pulls again (a store found damaged is rebuilt at start).
         """
         async with self.write_lock:
             with trio.CancelScope(shield=True):
                 table = await trio.to_thread.run_sync(
-                    self.store.append_columns, self.table, columns
+                    functools.partial(self.store.append_columns, self.table, columns, durable=False)
                 )
                 self.adopt(table)
                 if columns.deleted_ids:

@@ -19,12 +19,13 @@ import contextlib
 import fcntl
 import os
 import re
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 
-from ._fs import FILE_MODE, fsync_dir, translate_os_error
+from ._fs import DIR_MODE, FILE_MODE, fsync_dir, translate_os_error
 from ._names import (
     data_file_generation,
     journal_path,
@@ -86,6 +87,24 @@ class StoreFiles:
                 with contextlib.suppress(OSError):
                     entry.unlink()
         fsync_dir(self.directory)
+
+    def set_aside(self) -> Path:
+        """Move the manifest and every data file into ``<manifest>.damaged/`` (replacing
+        what an earlier call left there); returns that directory.
+
+        For a store that is only a cache of another source (a fleet replica): its
+        damaged files are kept for inspection, out of the way of a new empty store.
+        The caller holds the writers' lock. Raises :class:`OSError`.
+        """
+        aside = self.path.with_name(self.path.name + ".damaged")
+        if aside.is_dir():
+            shutil.rmtree(aside)
+        aside.mkdir(mode=DIR_MODE)
+        for entry in [self.path, *self.data_files()]:
+            with contextlib.suppress(FileNotFoundError):
+                entry.rename(aside / entry.name)
+        fsync_dir(self.directory)
+        return aside
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

@@ -48,6 +48,20 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> int:
     one, never a mix. On failure the temp file is removed and the old file is
     untouched. Returns the size written.
     """
+    return _replace(path, parts, sync=True)
+
+
+def atomic_write_unsynced(path: Path, parts: Iterable[bytes | memoryview]) -> int:
+    """:func:`atomic_write` without either fsync.
+
+    The replacement stays atomic for readers and across a crash of this process
+    (the rename is), but a power loss may lose it or leave the file empty or torn
+    (a verified store detects that). For a store that is a cache of another source.
+    """
+    return _replace(path, parts, sync=False)
+
+
+def _replace(path: Path, parts: Iterable[bytes | memoryview], *, sync: bool) -> int:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
@@ -56,11 +70,13 @@ def atomic_write(path: Path, parts: Iterable[bytes | memoryview]) -> int:
     try:
         try:
             size = write_all(fd, parts)
-            os.fsync(fd)
+            if sync:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        fsync_dir(path.parent)
+        if sync:
+            fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             os.unlink(tmp)

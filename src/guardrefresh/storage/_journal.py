@@ -29,8 +29,9 @@ class JournalAppender:
         self._hash = xxhash.xxh3_64()
         self._manifest: Manifest | None = None  # the manifest ``_hash`` is in step with
 
-    def write(self, m: Manifest, record: bytes) -> xxhash.xxh3_64:
-        """Write ``record`` after ``m``'s committed bytes and make it durable.
+    def write(self, m: Manifest, record: bytes, *, sync: bool = True) -> xxhash.xxh3_64:
+        """Write ``record`` after ``m``'s committed bytes and make it durable
+        (``sync=False``: leave it in the page cache, no fdatasync).
 
         Returns the checksum state covering the committed bytes and ``record``; pass
         it to :meth:`committed` once a manifest recording them has been switched in.
@@ -42,7 +43,8 @@ class JournalAppender:
             # Cut any unacknowledged tail a crash left behind, then append.
             os.ftruncate(fd, m.journal_size)
             write_all(fd, [record], offset=m.journal_size)
-            os.fdatasync(fd)
+            if sync:
+                os.fdatasync(fd)
         except OSError as exc:
             raise translate_os_error(exc, path, "append to") from exc
         hasher = self._hash.copy()

@@ -50,7 +50,7 @@ from ._errors import (
     StoreDirectoryMissingError,
     StoreNotFoundError,
 )
-from ._fs import DIR_MODE, atomic_write, translate_os_error
+from ._fs import DIR_MODE, atomic_write, atomic_write_unsynced, translate_os_error
 from ._journal import JournalAppender
 from ._layout import FORMAT_VERSION
 from ._manifest import Manifest, StoreInfo, journal_header, now_ms
@@ -125,6 +125,17 @@ class WarmStore(StoreReader):
                         )
                     self._create_empty()
         return self.load()
+
+    def set_aside_damaged(self) -> Path:
+        """Move the manifest and data files into ``<manifest>.damaged/`` (see
+        :meth:`StoreFiles.set_aside`) so that :meth:`open` starts an empty store.
+        Only for a store that is a cache of another source; returns that directory."""
+        self.close()
+        with self.files.locked():
+            try:
+                return self.files.set_aside()
+            except OSError as exc:
+                raise translate_os_error(exc, self.directory, "set aside the files in") from exc
 
     def _create_empty(self, generation: int = 1, bridge_version: int = 0) -> None:
         empty = SegmentColumns.from_rules([], bridge_version=bridge_version)
@@ -233,12 +244,19 @@ class WarmStore(StoreReader):
             )
             return self._append_locked(base, m, columns)
 
-    def append_columns(self, base: WarmTable, columns: SegmentColumns) -> WarmTable:
+    def append_columns(
+        self, base: WarmTable, columns: SegmentColumns, *, durable: bool = True
+    ) -> WarmTable:
         """:meth:`append` of ready-made columns at their own ``bridge_version``.
 
         For a change whose version is decided elsewhere (fleet replication: the
         fleet's version becomes this store's). The version must be above the
         store's; :class:`ValueError` otherwise, with nothing written.
+
+        ``durable=False`` (a fleet replica, whose source of truth is the database)
+        skips the fsyncs: the commit is still atomic (journal append, then the
+        manifest's rename) and survives a crash of the process, but a power loss
+        may lose it or leave a store that fails verification at the next open.
         """
         with self.files.locked():
             base, m = self._current(base)
@@ -247,7 +265,7 @@ class WarmStore(StoreReader):
                     f"version {columns.bridge_version} does not advance the store's "
                     f"{m.bridge_version}"
                 )
-            return self._append_locked(base, m, columns)
+            return self._append_locked(base, m, columns, durable=durable)
 
     def _current(self, base: WarmTable) -> tuple[WarmTable, Manifest]:
         """The manifest on disk and ``base``, reloaded if another writer committed."""
@@ -261,14 +279,16 @@ class WarmStore(StoreReader):
             base, m = self._load_once()
         return base, m
 
-    def _append_locked(self, base: WarmTable, m: Manifest, columns: SegmentColumns) -> WarmTable:
+    def _append_locked(
+        self, base: WarmTable, m: Manifest, columns: SegmentColumns, *, durable: bool = True
+    ) -> WarmTable:
         head, body = encode_segment(columns)
         record = head + b"".join(body)
         seg = decode_segment(
             memoryview(record), 0, path=self.journal_path(m.generation), what="new segment"
         )
         table = base.with_segment(seg)
-        hasher = self._journal.write(m, record)
+        hasher = self._journal.write(m, record, sync=durable)
         new = attrs.evolve(
             m,
             format_version=FORMAT_VERSION,
@@ -278,7 +298,7 @@ class WarmStore(StoreReader):
             journal_checksum=hasher.intdigest(),
             updated_at_ms=now_ms(),
         )
-        atomic_write(self.path, [new.encode()])
+        (atomic_write if durable else atomic_write_unsynced)(self.path, [new.encode()])
         self._journal.committed(new, hasher)
         self._seen = new
         return table
