@@ -25,6 +25,26 @@ def rule_from_proto(
     first problem (unknown policy type, anchor width, NaN, ...).
     """
     rid = msg.rule_id
+    params = {key: _param_from_proto(rid, key, value) for key, value in msg.params.items()}
+    anchors = _anchors_from_proto(rid, msg.anchors)
+    return _validated_rule(
+        msg, params, anchors, installed_by=installed_by, config_id=config_id, owner=owner
+    )
+
+
+def _validated_rule(
+    msg: Any,
+    params: dict[str, ParamScalar],
+    anchors: RuleAnchors,
+    *,
+    installed_by: str,
+    config_id: str,
+    owner: str,
+) -> Rule:
+    """The rule of a parsed ``RuleInstance`` (betterproto2's or upb's: the same field
+    names) whose params and anchors are converted already; checked in the order
+    :class:`Rule`'s fields are, so both parsers report the same first problem."""
+    rid = msg.rule_id
     rule = Rule(
         rule_id=rid,
         family_id=msg.family_id,
@@ -33,8 +53,8 @@ def rule_from_proto(
         priority=msg.priority,
         enabled=msg.enabled,
         created_at_ms=msg.created_at_ms,
-        params={key: _param_from_proto(rid, key, value) for key, value in msg.params.items()},
-        anchors=_anchors_from_proto(rid, msg.anchors),
+        params=params,
+        anchors=anchors,
         policy_type=PolicyType.parse(msg.policy_type, rule_id=rid),
         drift_threshold=_finite_f32(rid, "drift_threshold", msg.drift_threshold),
         modification_spec=msg.modification_spec,
@@ -68,32 +88,17 @@ def rule_from_upb(
     without it the rule's params follow upb's order.
     """
     rid = msg.rule_id
-    params = msg.params
-    rule = Rule(
-        rule_id=rid,
-        family_id=msg.family_id,
-        layer=msg.layer,
-        agent_id=msg.agent_id,
-        priority=msg.priority,
-        enabled=msg.enabled,
-        created_at_ms=msg.created_at_ms,
-        params={
-            key: _param_from_upb(rid, key, params[key])
-            for key in (params if param_keys is None else param_keys)
-        },
-        anchors=(
-            _anchors_from_upb(rid, msg.anchors) if msg.HasField("anchors") else RuleAnchors.empty()
-        ),
-        policy_type=PolicyType.parse(msg.policy_type, rule_id=rid),
-        drift_threshold=_finite_f32(rid, "drift_threshold", msg.drift_threshold),
-        modification_spec=msg.modification_spec,
-        slice_weights=tuple(msg.slice_weights),
-        installed_by=installed_by,
-        config_id=config_id,
-        owner=owner,
+    sent = msg.params
+    params = {
+        key: _param_from_upb(rid, key, sent[key])
+        for key in (sent if param_keys is None else param_keys)
+    }
+    anchors = (
+        _anchors_from_upb(rid, msg.anchors) if msg.HasField("anchors") else RuleAnchors.empty()
     )
-    rule.validate()
-    return rule
+    return _validated_rule(
+        msg, params, anchors, installed_by=installed_by, config_id=config_id, owner=owner
+    )
 
 
 def rule_to_proto(rule: Rule) -> pb.RuleInstance:
