@@ -32,6 +32,7 @@ from grpclib.exceptions import GRPCError
 
 from . import _dependency_internals as internals
 from ._call_endings import require_request_message
+from ._held_requests import headers_arrived_at
 from ._intake import RequestLimits, RequestReader
 from ._wakeup import Wakeup
 
@@ -179,7 +180,10 @@ class Calls:
             task = asyncio.current_task()
             assert task is not None
             reader = RequestReader(
-                self._limits, connection=internals.call_transport(stream), admit=not exempt
+                self._limits,
+                connection=internals.call_transport(stream),
+                admit=not exempt,
+                headers_at=headers_arrived_at(),
             )
             call = _Call(task=task, stream=stream, method=method, exempt=exempt, reader=reader)
             outcome = self._outcomes.get(task)
@@ -203,7 +207,10 @@ class Calls:
     def _track_outcome(self, method: str) -> None:
         task = asyncio.current_task()
         assert task is not None
-        outcome = _Outcome(method=method, started=trio.current_time())
+        started = headers_arrived_at()
+        outcome = _Outcome(
+            method=method, started=trio.current_time() if started is None else started
+        )
         self._outcomes[task] = outcome
         task.add_done_callback(functools.partial(self._report_outcome, outcome))
 

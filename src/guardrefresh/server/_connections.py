@@ -43,6 +43,7 @@ from hyperframe.exceptions import HyperframeError
 
 from . import _http2
 from ._dependency_internals import open_streams
+from ._held_requests import HeldRequests
 from ._throttle import LogThrottle
 
 __all__ = [
@@ -151,6 +152,7 @@ class GuardedConnection(asyncio.Protocol):
         self._reset_tokens = float(guard.limits.reset_burst)
         self._reset_at = 0.0
         self._calm_reason: str | None = None
+        self._held: HeldRequests | None = None
 
     # -------------------------------------------------------------- callbacks ---
 
@@ -169,6 +171,8 @@ class GuardedConnection(asyncio.Protocol):
         try:
             self._outer.connection_made(transport)
             _http2.ignore_unknown_frames(self._h2)
+            # Installed before the malformed-request check, which then runs first.
+            self._held = HeldRequests(self._h2, timeout_s=self._guard.request_timeout_s)
             _http2.refuse_malformed_requests(self._h2)
             _http2.observe_stream_resets(self._h2, self._stream_reset)
         except Exception as exc:
@@ -196,7 +200,9 @@ class GuardedConnection(asyncio.Protocol):
         if now_unread > self._guard.limits.max_unread_output_bytes and now_unread > unread:
             self._calm(f"{now_unread} bytes of output unread while it keeps sending")
             return
-        if open_streams(self._h2):
+        if self._held is not None:
+            self._held.arm()
+        if self.busy:
             self.idle_since = None
 
     def eof_received(self) -> bool | None:
@@ -225,6 +231,8 @@ class GuardedConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._admitted:
             return
+        if self._held is not None:
+            self._held.close()
         try:
             self._outer.connection_lost(exc)
         except Exception as error:
@@ -236,8 +244,21 @@ class GuardedConnection(asyncio.Protocol):
 
     @property
     def busy(self) -> bool:
-        """Whether a stream is open (a call not yet answered)."""
-        return bool(open_streams(self._h2))
+        """Whether a stream is open (a call not yet answered, or a request held)."""
+        return bool(open_streams(self._h2)) or bool(self._held)
+
+    @property
+    def held_requests(self) -> int:
+        """Requests of this connection whose headers came without their body yet."""
+        return len(self._held) if self._held is not None else 0
+
+    def release_held_requests(self) -> None:
+        """Hand every held request to its handler now; hold no more (the drain)."""
+        if self._held is not None and not self.shut:
+            try:
+                self._held.release_all()
+            except Exception as exc:
+                self._failed(exc, "release_held_requests")
 
     def _stream_reset(self) -> None:
         # Inside grpclib's data_received: only note it; data_received acts after.
@@ -311,8 +332,11 @@ class ConnectionGuard:
     sweep (an asyncio timer); :meth:`stop` ends it.
     """
 
-    def __init__(self, limits: EdgeLimits) -> None:
+    def __init__(self, limits: EdgeLimits, *, request_timeout_s: float) -> None:
         self.limits = limits
+        #: How long a connection holds a request whose body has not begun
+        #: (:class:`~._held_requests.HeldRequests`).
+        self.request_timeout_s = request_timeout_s
         self.counts = EdgeCounts()
         self._connections: set[GuardedConnection] = set()
         self._refused_log = LogThrottle(LOG_INTERVAL_S)
@@ -326,6 +350,17 @@ class ConnectionGuard:
         """Connections admitted and not yet lost (closing ones included: they hold a
         descriptor)."""
         return len(self._connections)
+
+    @property
+    def held_requests(self) -> int:
+        """Requests whose headers came without their body yet, on every connection."""
+        return sum(connection.held_requests for connection in self._connections)
+
+    def release_held_requests(self) -> None:
+        """Hand every held request to its handler now, and hold none from now on (the
+        drain begins: they are refused like any new call)."""
+        for connection in list(self._connections):
+            connection.release_held_requests()
 
     def wrap(self, h2: asyncio.Protocol, outer: asyncio.Protocol) -> GuardedConnection:
         """The protocol to give asyncio for a connection whose stack is ``outer`` with

@@ -148,7 +148,6 @@ class GrpcHost:
                 f"closed_streams_remembered must be >= 1, got {closed_streams_remembered}"
             )
         self._closed_streams_remembered = closed_streams_remembered
-        self._guard = ConnectionGuard(edge_limits if edge_limits is not None else EdgeLimits())
         if not 1 <= max_concurrent_streams <= 2**31 - 1:
             raise ValueError(
                 f"max_concurrent_streams must be in 1..2**31-1, got {max_concurrent_streams}"
@@ -156,6 +155,10 @@ class GrpcHost:
         self._max_concurrent_streams = max_concurrent_streams
         if not request_timeout > 0:
             raise ValueError(f"request_timeout must be > 0, got {request_timeout!r}")
+        self._guard = ConnectionGuard(
+            edge_limits if edge_limits is not None else EdgeLimits(),
+            request_timeout_s=float(request_timeout),
+        )
         if max_concurrent_rpcs is None:
             max_concurrent_rpcs = default_max_running()
         if max_queued_rpcs is None:

@@ -157,16 +157,27 @@ class RequestReader:
     """Reads one call's request messages under :class:`RequestLimits`.
 
     ``connection`` identifies the call's HTTP/2 connection (for fair admission);
-    ``admit`` is False for calls that never wait for a slot (health, reflection).
-    Call :meth:`finish` once the call's task has ended: it gives back the run slot.
+    ``admit`` is False for calls that never wait for a slot (health, reflection);
+    ``headers_at`` is when the call's headers arrived (loop time; None: now), which
+    the first message's deadline counts from. Call :meth:`finish` once the call's
+    task has ended: it gives back the run slot.
     """
 
-    def __init__(self, limits: RequestLimits, *, connection: Hashable, admit: bool) -> None:
+    def __init__(
+        self,
+        limits: RequestLimits,
+        *,
+        connection: Hashable,
+        admit: bool,
+        headers_at: float | None = None,
+    ) -> None:
         self._limits = limits
         self._connection = connection
         self._admit = admit and limits.admission is not None
         self._loop = asyncio.get_running_loop()
-        self._first_deadline = self._loop.time() + limits.request_timeout
+        if headers_at is None:
+            headers_at = self._loop.time()
+        self._first_deadline = headers_at + limits.request_timeout
         self._expect_body = False
         self._messages = 0
         self._holds_slot = False

@@ -83,6 +83,7 @@ class Drain:
         self.began = True
         self._calls.draining = True
         self._guard.stop()
+        self._guard.release_held_requests()  # refused like the other new calls
         self.started_at = trio.current_time()
         self.in_flight_at_start = self._calls.in_flight
         exempt_open = self._calls.open - self.in_flight_at_start
