@@ -693,6 +693,7 @@ async def test_connection_metrics_are_read_from_the_host_at_each_scrape() -> Non
         metrics.bind_edge(
             counts=lambda: host.edge_counts,
             open_connections=lambda: host.open_connections,
+            held_requests=lambda: host.held_requests,
             max_connections=host.edge_limits.max_connections,
             loop_errors=handler,
         )
@@ -700,6 +701,7 @@ async def test_connection_metrics_are_read_from_the_host_at_each_scrape() -> Non
         assert value(first, "guardrefresh_connections_max") == 2
         assert value(first, "guardrefresh_connections_open") == 0
         assert value(first, "guardrefresh_connections_refused_total") == 0
+        assert value(first, "guardrefresh_requests_awaiting_body") == 0
         for reason in ("idle", "calm", "error"):
             assert value(first, "guardrefresh_connections_closed_total", reason=reason) == 0
         assert value(first, "guardrefresh_accept_errors_total") == 0
@@ -743,11 +745,15 @@ async def test_connection_metrics_without_a_loop_handler_and_with_a_failing_call
 
     open_connections: list[Callable[[], int]] = [lambda: 7]
     metrics.bind_edge(
-        counts=lambda: counts, open_connections=lambda: open_connections[0](), max_connections=9
+        counts=lambda: counts,
+        open_connections=lambda: open_connections[0](),
+        held_requests=lambda: 2,
+        max_connections=9,
     )
     async with open_metrics_server(metrics) as port:
         samples = await scrape(port)
         assert value(samples, "guardrefresh_connections_open") == 7
+        assert value(samples, "guardrefresh_requests_awaiting_body") == 2
         assert value(samples, "guardrefresh_connections_refused_total") == 3
         assert value(samples, "guardrefresh_connections_closed_total", reason="calm") == 5
         assert value(samples, "guardrefresh_connections_closed_total", reason="error") == 6
@@ -760,5 +766,8 @@ async def test_connection_metrics_without_a_loop_handler_and_with_a_failing_call
     assert "reading connection counts failed" in caplog.text
     with pytest.raises(ValueError, match="max_connections"):
         ServiceMetrics().bind_edge(
-            counts=lambda: counts, open_connections=lambda: 0, max_connections=0
+            counts=lambda: counts,
+            open_connections=lambda: 0,
+            held_requests=lambda: 0,
+            max_connections=0,
         )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
@@ -91,6 +92,23 @@ class RawH2Client:
         self._send_pending()
         self._flush()
         return stream_id
+
+    def send_message(self, stream_id: int, message: bytes, *, declared: int | None = None) -> None:
+        """Send a request message on a stream opened with headers only: ``message`` whole
+        (then end the stream), or, with ``declared``, a prefix declaring that many bytes
+        followed by ``message`` only (and the stream stays open)."""
+        length = len(message) if declared is None else declared
+        self._pending[stream_id] = b"\x00" + length.to_bytes(4, "big") + message
+        if declared is None:
+            self._ending.add(stream_id)
+        self._send_pending()
+        self._flush()
+
+    def reset(self, stream_id: int) -> None:
+        """Reset one of our streams (RST_STREAM CANCEL)."""
+        self._pending.pop(stream_id, None)
+        self.h2.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+        self._flush()
 
     def start_call_beyond_the_limit(self, path: str) -> int:
         """Open one more stream than the server allows (h2 itself would refuse to)."""

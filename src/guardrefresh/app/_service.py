@@ -213,6 +213,7 @@ async def _supervise(
     metrics.bind_edge(
         counts=lambda: host.edge_counts,
         open_connections=lambda: host.open_connections,
+        held_requests=lambda: host.held_requests,
         max_connections=edge_limits.max_connections,
         loop_errors=loop_errors,
     )

@@ -65,8 +65,8 @@ class LoopErrorsLike(Protocol):
 class EdgeCollector:
     """A ``prometheus_client`` collector over the host's connection counters.
 
-    ``counts`` and ``open_connections`` are called at each scrape (on the Trio thread
-    that serves it, the thread the counters live on); ``loop_errors`` may be None when
+    ``counts``, ``open_connections`` and ``held_requests`` are called at each scrape
+    (on the Trio thread that serves it, the thread the counters live on); ``loop_errors`` may be None when
     the loop's handler is not ours (its families are then left out). A callback that
     raises costs its own families in that scrape (logged), never the whole scrape.
     """
@@ -76,6 +76,7 @@ class EdgeCollector:
         *,
         counts: Callable[[], EdgeCountsLike],
         open_connections: Callable[[], int],
+        held_requests: Callable[[], int],
         max_connections: int,
         loop_errors: LoopErrorsLike | None,
     ) -> None:
@@ -83,27 +84,30 @@ class EdgeCollector:
             raise ValueError(f"max_connections must be >= 1, got {max_connections!r}")
         self._counts = counts
         self._open = open_connections
+        self._held = held_requests
         self._max = max_connections
         self._loop_errors = loop_errors
 
     def describe(self) -> Iterable[Metric]:
-        return [*self._connections(None, None), *self._loop(None)]
+        return [*self._connections(None, None, None), *self._loop(None)]
 
     def collect(self) -> Iterable[Metric]:
         try:
-            counts, open_now = self._counts(), self._open()
+            counts, open_now, held = self._counts(), self._open(), self._held()
         except Exception:
             logger.exception(
                 "metrics: reading connection counts failed; their metrics are left out"
             )
             families: list[Metric] = []
         else:
-            families = self._connections(counts, open_now)
+            families = self._connections(counts, open_now, held)
         if self._loop_errors is not None:
             families.extend(self._loop(self._loop_errors))
         return families
 
-    def _connections(self, counts: EdgeCountsLike | None, open_now: int | None) -> list[Metric]:
+    def _connections(
+        self, counts: EdgeCountsLike | None, open_now: int | None, held: int | None
+    ) -> list[Metric]:
         closed = CounterMetricFamily(
             "guardrefresh_connections_closed_total",
             "Client connections the service closed, by reason: idle (no stream for "
@@ -133,6 +137,12 @@ class EdgeCollector:
                 value=None if counts is None else counts.refused,
             ),
             closed,
+            GaugeMetricFamily(
+                "guardrefresh_requests_awaiting_body",
+                "Requests whose headers arrived without any of their body yet; they become "
+                "calls when it begins, or end DEADLINE_EXCEEDED after --request-timeout.",
+                value=held,
+            ),
         ]
 
     @staticmethod

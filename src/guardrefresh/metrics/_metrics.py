@@ -215,18 +215,21 @@ class ServiceMetrics:
         *,
         counts: Callable[[], EdgeCountsLike],
         open_connections: Callable[[], int],
+        held_requests: Callable[[], int],
         max_connections: int,
         loop_errors: LoopErrorsLike | None = None,
     ) -> None:
         """Expose the connection layer's counters (``guardrefresh_connections_*``,
-        ``guardrefresh_accept_errors_total``, ``guardrefresh_loop_errors_total``), read at
-        each scrape: pass ``GrpcHost.edge_counts``'s getter, ``GrpcHost.open_connections``'s,
-        the cap in force, and the loop's :class:`~guardrefresh.server.LoopErrorHandler`
+        ``guardrefresh_requests_awaiting_body``, ``guardrefresh_accept_errors_total``,
+        ``guardrefresh_loop_errors_total``), read at each scrape: pass
+        ``GrpcHost.edge_counts``'s getter, ``GrpcHost.open_connections``'s,
+        ``GrpcHost.held_requests``'s, the cap in force, and the loop's :class:`~guardrefresh.server.LoopErrorHandler`
         (None leaves the accept and loop error families out)."""
         self.registry.register(
             EdgeCollector(
                 counts=counts,
                 open_connections=open_connections,
+                held_requests=held_requests,
                 max_connections=max_connections,
                 loop_errors=loop_errors,
             )

@@ -281,6 +281,12 @@ class GrpcHost:
         return len(self._connections)
 
     @property
+    def held_requests(self) -> int:
+        """Requests whose headers arrived without their body yet; not calls until it
+        begins (see ``_held_requests``)."""
+        return self._guard.held_requests
+
+    @property
     def edge_limits(self) -> EdgeLimits:
         """The connection limits in force."""
         return self._guard.limits
