@@ -54,6 +54,7 @@ EXPECTED = {
         "fresh_client_GetRuleStats_under_flood",
         "health_check_under_flood",
         "rss_after_stall_attack",
+        "rss_after_stall_attack_empty_store",
     ],
     "codec": [
         f"{message}_{how}"
@@ -109,6 +110,7 @@ WITH_TARGETS = {
         "fresh_client_GetRuleStats_under_flood",
         "health_check_under_flood",
         "rss_after_stall_attack",
+        "rss_after_stall_attack_empty_store",
     },
     "codec": set(),
     # Decision targets are stated for 1,000 and 10,000 rules only.
@@ -243,11 +245,16 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
     assert sum(fresh["flood_calls"].values()) > 0  # the flooders did flood
     assert fresh["probes"] >= 1 and edge["health_check_under_flood"]["probes"] >= 1
     assert set(fresh["rss_mib"]) == {"before", "end_of_flood", "after"}
-    stall = edge["rss_after_stall_attack"]
-    assert stall["parameters"]["header_only_streams"] == 200
-    # The budget (64 MiB) admits all 4 tiny stalled bodies: none was refused.
-    assert stall["stalled_call_statuses"] == {}
-    assert stall["rss_mib"]["peak"] >= stall["rss_mib"]["before"] > 0
+    for name, rules in (
+        ("rss_after_stall_attack", meta["plan"]["grpc_rules"]),
+        ("rss_after_stall_attack_empty_store", 0),
+    ):
+        stall = edge[name]
+        assert stall["parameters"]["header_only_streams"] == 200
+        assert stall["parameters"]["store_rules"] == rules
+        # The budget (64 MiB) admits all 4 tiny stalled bodies: none was refused.
+        assert stall["stalled_call_statuses"] == {}
+        assert stall["rss_mib"]["peak"] >= stall["rss_mib"]["before"] > 0
 
     # Telemetry on and off measured side by side, the on service really recording.
     ratio = document["enforce_grpc"]["Enforce_telemetry_on_off_p50_ratio_20_rules"]

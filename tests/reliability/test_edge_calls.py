@@ -26,12 +26,13 @@ import grpc
 from grpcio_support import HOST, DataPlaneClient
 from grpclib.client import Channel
 from grpclib.exceptions import GRPCError
-from support.service import running_service
+from support.service import free_port, running_service
 from support.waiting import wait_until
 
 from guardrefresh.proto import rule_installation as pb
 
 from .h2_client import RawH2Client
+from .service import metric, scrape_metrics
 
 GET_RULE = "/rule_installation.DataPlane/GetRule"
 GET_RULE_STATS = "/rule_installation.DataPlane/GetRuleStats"
@@ -145,11 +146,11 @@ def test_memory_returns_after_a_stall_attack(
     """400 streams that send only headers and 100 bodies stalled at 3.9 MB of 4 MB.
 
     The default budget (64 MiB) admits 16 of the bodies; the others are refused at their
-    length prefix. Once the clients leave, the process is back within 20 % of its size
-    before the attack.
+    length prefix. The header-only streams wait as headers, not as calls. Once the
+    clients leave, the process is back within 20 % of its size before the attack.
     """
     with (
-        running_service(tmp_path) as service,
+        running_service(tmp_path, metrics_port=free_port()) as service,
         DataPlaneClient(grpcio_modules, service.port) as client,
     ):
         for _ in range(50):
@@ -178,6 +179,9 @@ def test_memory_returns_after_a_stall_attack(
             during = service.rss_kib()
             # Held: 16 bodies (62 MB) and 400 idle streams, not 390 MB of bodies.
             assert during - before < 150 * 1024, (before, during)
+            assert service.metrics_port is not None
+            samples = scrape_metrics(service.metrics_port)
+            assert metric(samples, "guardrefresh_requests_awaiting_body") == 400
             assert client.stats().total_rules == 0
         finally:
             for attacker in idle + stalling:
