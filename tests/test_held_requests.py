@@ -8,11 +8,13 @@ wide margin on one side only (this machine is shared).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 from grpclib.const import Status
 from helpers_grpc import open_host
@@ -114,7 +116,8 @@ async def test_a_held_request_the_client_resets_is_forgotten() -> None:
     assert [(method, status) for method, status, _s in calls] == [(GET_RULE_STATS, Status.OK)]
 
 
-async def test_the_drain_refuses_held_requests_at_once() -> None:
+async def test_the_drain_refuses_held_requests_at_once(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="guardrefresh.server")
     async with open_host() as (host, _), raw_client(host.port) as client:
         streams = await in_thread(lambda: [client.start_call(GET_RULE_STATS) for _ in range(3)])
         await wait_until_async(lambda: host.held_requests == 3)
@@ -125,6 +128,7 @@ async def test_the_drain_refuses_held_requests_at_once() -> None:
         assert host.report is not None
         assert host.report.duration_s < 2.0  # nothing held back the drain
         assert host.held_requests == 0
+    assert "and 3 requests still awaiting their body" in caplog.text
 
 
 async def test_a_connection_whose_requests_are_held_is_not_idle() -> None:

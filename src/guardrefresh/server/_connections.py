@@ -252,13 +252,17 @@ class GuardedConnection(asyncio.Protocol):
         """Requests of this connection whose headers came without their body yet."""
         return len(self._held) if self._held is not None else 0
 
-    def release_held_requests(self) -> None:
-        """Hand every held request to its handler now; hold no more (the drain)."""
-        if self._held is not None and not self.shut:
-            try:
-                self._held.release_all()
-            except Exception as exc:
-                self._failed(exc, "release_held_requests")
+    def release_held_requests(self) -> int:
+        """Hand every held request to its handler now and hold no more (the drain);
+        how many there were."""
+        if self._held is None or self.shut:
+            return 0
+        held = len(self._held)
+        try:
+            self._held.release_all()
+        except Exception as exc:
+            self._failed(exc, "release_held_requests")
+        return held
 
     def _stream_reset(self) -> None:
         # Inside grpclib's data_received: only note it; data_received acts after.
@@ -356,11 +360,10 @@ class ConnectionGuard:
         """Requests whose headers came without their body yet, on every connection."""
         return sum(connection.held_requests for connection in self._connections)
 
-    def release_held_requests(self) -> None:
+    def release_held_requests(self) -> int:
         """Hand every held request to its handler now, and hold none from now on (the
-        drain begins: they are refused like any new call)."""
-        for connection in list(self._connections):
-            connection.release_held_requests()
+        drain begins: they are refused like any new call); how many there were."""
+        return sum(connection.release_held_requests() for connection in list(self._connections))
 
     def wrap(self, h2: asyncio.Protocol, outer: asyncio.Protocol) -> GuardedConnection:
         """The protocol to give asyncio for a connection whose stack is ``outer`` with

@@ -83,7 +83,7 @@ class Drain:
         self.began = True
         self._calls.draining = True
         self._guard.stop()
-        self._guard.release_held_requests()  # refused like the other new calls
+        held = self._guard.release_held_requests()  # refused like the other new calls
         self.started_at = trio.current_time()
         self.in_flight_at_start = self._calls.in_flight
         exempt_open = self._calls.open - self.in_flight_at_start
@@ -105,7 +105,9 @@ class Drain:
             len(self._connections),
         )
         logger.info(
-            "drain 3/6: new RPCs answered UNAVAILABLE (%d exempt methods keep answering)",
+            "drain 3/6: new RPCs answered UNAVAILABLE, and %d requests still awaiting their "
+            "body (%d exempt methods keep answering)",
+            held,
             len(self._calls.exempt),
         )
 
