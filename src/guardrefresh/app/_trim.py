@@ -1,9 +1,9 @@
 """Give memory back to the OS after a burst of requests has passed.
 
-Calls in progress hold memory the allocator keeps once they end: each open HTTP/2
-stream about 20 KB (grpclib's stream, buffers, events, the handler task), each request
-body being received its bytes, in blocks of up to 16 KiB (one DATA frame each). After a
-flood (4,000 stalled streams and 16 bodies of 3.9 MB: +146 MB), the freed blocks stay
+Calls in progress hold memory the allocator keeps once they end: each call about
+17 KB (grpclib's stream, buffers, events, the handler task), each request body being
+received its bytes, in blocks of up to 16 KiB (one DATA frame each). After a burst
+(a flood of calls, or 16 stalled bodies of 3.9 MB: +62 MB), the freed blocks stay
 resident as holes in the heap: glibc only returns free memory at the top of a heap.
 :func:`trim_after_request_bursts` calls ``malloc_trim`` (see
 :func:`~._memory.release_free_memory`) once such a burst is over.
