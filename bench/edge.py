@@ -122,6 +122,7 @@ def run_edge(ws: Workspace, plan: Plan) -> dict[str, Any]:
     probes: list[tuple[float, str]] = []
     health: list[tuple[float, str]] = []
     flood: Counter[str] = Counter()
+    flooders_reported = 0
     with real_service(path, log_dir) as server:
         time.sleep(1.0)
         rss_before = _rss_mib(server.pid)
@@ -144,6 +145,7 @@ def run_edge(ws: Workspace, plan: Plan) -> dict[str, Any]:
                 line = proc.stdout.readline()
                 if line:
                     flood.update(json.loads(line))
+                    flooders_reported += 1
             rss_end = _rss_mib(server.pid)
         finally:
             stop.set()
@@ -159,6 +161,16 @@ def run_edge(ws: Workspace, plan: Plan) -> dict[str, Any]:
         rss_after = _rss_mib(server.pid)
     if not probes or not health:
         raise RuntimeError("the probes made no call; see the logs in " + str(log_dir))
+    # Probes answered quickly prove nothing unless the flood really ran.
+    flood_ran = flooders_reported == plan.edge_flood_processes and flood["OK"] > 0
+    if not flood_ran:
+        logger.warning(
+            "%d of %d flooders reported, %d calls answered: the flood did not run; see %s",
+            flooders_reported,
+            plan.edge_flood_processes,
+            flood["OK"],
+            log_dir,
+        )
     parameters = {
         "store_rules": plan.grpc_rules,
         "flood_processes": plan.edge_flood_processes,
@@ -168,6 +180,7 @@ def run_edge(ws: Workspace, plan: Plan) -> dict[str, Any]:
         "server": "python -m guardrefresh (default limits)",
     }
     flood_summary = {
+        "flooders_reported": flooders_reported,
         "flood_calls": dict(flood),
         "flood_calls_per_s": round(sum(flood.values()) / plan.edge_seconds, 1),
         "rss_mib": {
@@ -181,6 +194,7 @@ def run_edge(ws: Workspace, plan: Plan) -> dict[str, Any]:
         parameters | {"probe": "new grpcio channel per GetRuleStats, every 0.2 s"},
         Target("p99", "<=", FRESH_CLIENT_P99_MS, "ms"),
         plan,
+        flood_ran,
         flood_summary,
     )
     checks = _probe_entry(
@@ -188,6 +202,7 @@ def run_edge(ws: Workspace, plan: Plan) -> dict[str, Any]:
         parameters | {"probe": "new grpcio channel per Health/Check, every 0.1 s"},
         Target("p99", "<=", HEALTH_P99_MS, "ms"),
         plan,
+        flood_ran,
         {},
     )
     from .stall import run_stall
@@ -204,6 +219,7 @@ def _probe_entry(
     parameters: dict[str, Any],
     target: Target,
     plan: Plan,
+    flood_ran: bool,
     extra: dict[str, Any],
 ) -> dict[str, Any]:
     codes = Counter(code for _, code in samples)
@@ -218,6 +234,7 @@ def _probe_entry(
     )
     if result["met"] is not None:
         result["checks"]["every probe succeeded"] = codes["OK"] == len(samples)
+        result["checks"]["the flood ran (every flooder reported answered calls)"] = flood_ran
         result["met"] = all(result["checks"].values())
     return result
 
@@ -246,6 +263,9 @@ async def _flood(port: int, connections: int, streams: int, seconds: float) -> C
                 seen[exc.status.name] += 1
             except (TimeoutError, OSError) as exc:
                 seen[type(exc).__name__] += 1
+            except Exception as exc:  # counted, not fatal: a dead flooder floods nothing
+                seen[type(exc).__name__] += 1
+                await asyncio.sleep(0.01)
 
     try:
         stubs = [pb.DataPlaneStub(channel) for channel in channels]

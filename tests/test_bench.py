@@ -243,6 +243,7 @@ def test_tiny_run_writes_every_section_with_numbers(tmp_path: Path) -> None:
     fresh = edge["fresh_client_GetRuleStats_under_flood"]
     assert fresh["parameters"]["flood_seconds"] == meta["plan"]["edge_seconds"]
     assert sum(fresh["flood_calls"].values()) > 0  # the flooders did flood
+    assert fresh["flooders_reported"] == meta["plan"]["edge_flood_processes"]
     assert fresh["probes"] >= 1 and edge["health_check_under_flood"]["probes"] >= 1
     assert set(fresh["rss_mib"]) == {"before", "end_of_flood", "after"}
     for name, rules in (

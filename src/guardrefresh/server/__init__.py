@@ -3,9 +3,9 @@
 from ._auth import AdminAuth, TokenFileError
 from ._codec import CompiledProtoCodec
 from ._codec_plan import decode_message, encode_message
-from ._connections import FD_RESERVE, EdgeCounts, EdgeLimits, max_connections_for
 from ._dataplane import DataPlaneService
 from ._dependency_internals import DependencyInternalsError
+from ._edge_limits import FD_RESERVE, EdgeCounts, EdgeLimits, max_connections_for
 from ._enforce import EnforceHandler
 from ._enforce_outcome import EnforceObserver, EnforceOutcome
 from ._enforce_wire import enforce_response, enforce_response_bytes

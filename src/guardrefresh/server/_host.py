@@ -40,8 +40,9 @@ from ._budget import ByteBudget
 from ._call_endings import answer_expired_deadlines
 from ._calls import DEFAULT_EXEMPT_METHODS, SHUTDOWN_MESSAGE, Calls
 from ._codec import CompiledProtoCodec
-from ._connections import ConnectionGuard, EdgeCounts, EdgeLimits
+from ._connections import ConnectionGuard
 from ._drain_report import DrainReport
+from ._edge_limits import EdgeCounts, EdgeLimits
 from ._health import DrainAwareHealth, service_name
 from ._host_connections import OpenConnections
 from ._host_limits import (
