@@ -298,3 +298,27 @@ def test_the_log_throttle_logs_once_per_interval_and_counts_the_rest() -> None:
     assert throttle.ready() == 5
     assert LogThrottle.suffix(5) == " (5 more since the last report)"
     assert LogThrottle.suffix(0) == ""
+
+
+async def _coroutine_function() -> None:
+    pass
+
+
+async def test_callbacks_are_checked_in_debug_mode_only_as_in_asyncio() -> None:
+    async with open_asyncio_loop() as loop:
+        assert not loop.get_debug()
+        # asyncio does not look at the callback unless in debug mode; nor does the loop.
+        loop.call_soon(_coroutine_function).cancel()
+        loop.call_later(60.0, _coroutine_function).cancel()
+        loop.set_debug(True)
+        try:
+            with pytest.raises(TypeError, match="coroutines cannot be used with call_soon"):
+                loop.call_soon(_coroutine_function)
+            with pytest.raises(TypeError, match="call_at"):
+                loop.call_at(loop.time() + 60.0, _coroutine_function)
+        finally:
+            loop.set_debug(False)
+        fired = trio.Event()
+        loop.call_soon(fired.set)
+        with trio.fail_after(5):
+            await fired.wait()

@@ -371,10 +371,15 @@ async def test_call_transport_is_the_connections_own() -> None:
 
 async def test_intercepted_reads_see_the_prefix_then_the_body_and_may_refuse() -> None:
     sizes: list[int] = []
+    arrived_at_once: list[int] = []
     canary = Canary()
 
-    async def reader(read: Callable[[int], Awaitable[bytes]], size: int) -> bytes:
+    async def reader(
+        read: Callable[[int], Awaitable[bytes]], size: int, arrived: Callable[[int], bool]
+    ) -> bytes:
         sizes.append(size)
+        if arrived(size):
+            arrived_at_once.append(size)
         if size > 1000:
             raise GRPCError(Status.RESOURCE_EXHAUSTED, "too big for the canary")
         return await read(size)
@@ -396,6 +401,28 @@ async def test_intercepted_reads_see_the_prefix_then_the_body_and_may_refuse() -
     body = len(HealthCheckRequest(service="abc").SerializeToString())
     assert sizes[:2] == [5, body]
     assert refused.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Once the prefix has been read, the short body of the first call is in as well.
+    assert body in arrived_at_once
+
+
+def test_request_bytes_arrived_tells_whether_a_read_would_wait() -> None:
+    acked: list[int] = []
+    buffer = grpclib.protocol.Buffer(acked.append)
+    assert not internals.request_bytes_arrived(buffer, 1)
+    buffer.add(b"abc", 3)
+    buffer.add(b"de", 2)
+    assert internals.request_bytes_arrived(buffer, 5)
+    assert not internals.request_bytes_arrived(buffer, 6)
+
+    async def read(size: int) -> bytes:
+        return await buffer.read(size)
+
+    assert asyncio.run(read(4)) == b"abcd"  # both chunks taken, one byte left over
+    assert internals.request_bytes_arrived(buffer, 1)
+    assert not internals.request_bytes_arrived(buffer, 2)
+    buffer.eof()
+    # The end of the stream is in: a read returns what there is at once.
+    assert internals.request_bytes_arrived(buffer, 100)
 
 
 async def test_client_streaming_follows_the_methods_cardinality() -> None:

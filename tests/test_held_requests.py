@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import h2.errors
 import pytest
 import trio
 from grpclib.const import Status
@@ -51,7 +52,7 @@ async def test_headers_without_a_body_wait_as_headers_and_start_when_it_comes() 
         streams = await in_thread(lambda: [client.start_call(GET_RULE_STATS) for _ in range(20)])
         await wait_until_async(lambda: host.held_requests == 20)
         assert host.calls_open == 0  # no handler, no stream object in grpclib
-        assert host.in_flight == 0
+        assert host.in_flight == 20  # but in progress, for the drain
 
         def finish() -> None:
             for stream in streams:
@@ -116,19 +117,45 @@ async def test_a_held_request_the_client_resets_is_forgotten() -> None:
     assert [(method, status) for method, status, _s in calls] == [(GET_RULE_STATS, Status.OK)]
 
 
-async def test_the_drain_refuses_held_requests_at_once(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_drain_waits_for_held_requests_then_refuses_the_rest(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Held when the drain begins: in flight, given the grace period; a body that comes
+    meanwhile is served, a request still without one is answered UNAVAILABLE at its end
+    (and its stream reset). Headers that come after the drain began: UNAVAILABLE at once."""
     caplog.set_level(logging.INFO, logger="guardrefresh.server")
     async with open_host() as (host, _), raw_client(host.port) as client:
-        streams = await in_thread(lambda: [client.start_call(GET_RULE_STATS) for _ in range(3)])
-        await wait_until_async(lambda: host.held_requests == 3)
+        served, refused = await in_thread(
+            lambda: [client.start_call(GET_RULE_STATS) for _ in range(2)]
+        )
+        await wait_until_async(lambda: host.held_requests == 2)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(host.drain, 5.0)
-            await in_thread(lambda: client.pump(10.0, until=lambda: len(client.statuses) == 3))
-        assert [client.statuses.get(stream) for stream in streams] == [UNAVAILABLE] * 3
+            nursery.start_soon(host.drain, 1.5)
+            await wait_until_async(lambda: host.draining)
+
+            def during_the_drain() -> tuple[int, float]:
+                started = time.monotonic()
+                late = client.start_call(GET_RULE_STATS)
+                client.pump(5.0, until=lambda: late in client.statuses)
+                late_after = time.monotonic() - started
+                client.send_message(served, b"")
+                client.pump(
+                    10.0, until=lambda: served in client.statuses and refused in client.resets
+                )
+                return late, late_after
+
+            late, late_after = await in_thread(during_the_drain)
+        assert client.statuses.get(late) == UNAVAILABLE
+        assert late_after < 1.0  # refused at once, not held
+        assert client.statuses.get(served) == OK
+        assert client.statuses.get(refused) == UNAVAILABLE
+        assert client.resets.get(refused) == h2.errors.ErrorCodes.NO_ERROR
         assert host.report is not None
-        assert host.report.duration_s < 2.0  # nothing held back the drain
+        assert host.report.in_flight_at_start == 2
+        assert host.report.completed == 1 and host.report.cancelled == 1
         assert host.held_requests == 0
-    assert "and 3 requests still awaiting their body" in caplog.text
+    assert "2 RPCs in flight (2 of them awaiting their request body)" in caplog.text
+    assert "UNAVAILABLE (1 of them still awaiting their request body)" in caplog.text
 
 
 async def test_a_connection_whose_requests_are_held_is_not_idle() -> None:

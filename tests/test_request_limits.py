@@ -152,6 +152,35 @@ async def test_a_first_message_that_does_not_arrive_in_time_ends_deadline_exceed
     await on_asyncio(body)
 
 
+async def test_the_deadline_counts_from_the_headers_and_bytes_already_in_need_no_timer(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def body() -> None:
+        loop = asyncio.get_running_loop()
+        # Headers that waited 20 s before the call started: 10 s of the 30 are left.
+        reader = RequestReader(limits(), connection="A", admit=False, headers_at=loop.time() - 20.0)
+        source = Source()
+        started = loop.time()
+        with pytest.raises(GRPCError) as info:
+            await reader.read(source.read, 5, lambda size: False)
+        assert info.value.status is Status.DEADLINE_EXCEEDED
+        assert loop.time() - started == pytest.approx(10.0)
+
+        # A read whose bytes are in (arrived) is not timed: no timer, no deadline.
+        reader = RequestReader(limits(), connection="A", admit=False)
+        source = Source()
+        timers = len(loop._timers)  # type: ignore[attr-defined]
+        reading = asyncio.ensure_future(reader.read(source.read, 5, lambda size: True))
+        await asyncio.sleep(0)
+        assert len(loop._timers) == timers  # type: ignore[attr-defined]
+        await asyncio.sleep(40.0)  # past the request timeout: the read still waits
+        assert not reading.done()
+        source.send(prefix(0))
+        assert await reading == prefix(0)
+
+    await on_asyncio(body)
+
+
 async def test_headers_without_any_message_end_deadline_exceeded(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

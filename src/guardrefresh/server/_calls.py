@@ -101,6 +101,9 @@ class Calls:
         self.exempt = frozenset(exempt)
         #: Set by the host when its drain begins: new calls get UNAVAILABLE from then on.
         self.draining = False
+        #: When the drain began (Trio clock); a call whose headers came before is not
+        #: new, even if it starts later (its request was held, ``_held_requests``).
+        self.drain_began_at = 0.0
         #: New calls answered UNAVAILABLE during the drain.
         self.rejected = 0
         #: Calls whose task has ended since the host was made (only grows).
@@ -142,7 +145,7 @@ class Calls:
         exempt = method in self.exempt
         if self._on_call_done is not None:
             self._track_outcome(method)
-        if self.draining and not exempt:
+        if self.draining and not exempt and self._new_since_drain():
             self._reject(method)
         if self._authorize is not None:
             self._authorize(method, event.metadata)
@@ -175,7 +178,7 @@ class Calls:
     ) -> Callable[[grpclib.server.Stream[Any, Any]], Any]:
         async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
             # Listeners registered after ours may have awaited: check again.
-            if self.draining and not exempt:
+            if self.draining and not exempt and self._new_since_drain():
                 self._reject(method)
             task = asyncio.current_task()
             assert task is not None
@@ -235,6 +238,11 @@ class Calls:
             self._on_call_done(outcome.method, status, trio.current_time() - outcome.started)
         except Exception:
             logger.exception("on_call_done(%r, %s) failed", outcome.method, status.name)
+
+    def _new_since_drain(self) -> bool:
+        # In the call's task: its headers came after the drain began (None: just now).
+        arrived = headers_arrived_at()
+        return arrived is None or arrived >= self.drain_began_at
 
     def _reject(self, method: str) -> NoReturn:
         self.rejected += 1

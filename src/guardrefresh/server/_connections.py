@@ -34,6 +34,7 @@ import logging
 import math
 
 import trio
+from grpclib.const import Status
 from h2.errors import ErrorCodes
 from h2.exceptions import ProtocolError
 from hyperframe.exceptions import HyperframeError
@@ -185,17 +186,21 @@ class GuardedConnection(asyncio.Protocol):
         """Requests of this connection whose headers came without their body yet."""
         return len(self._held) if self._held is not None else 0
 
-    def release_held_requests(self) -> int:
-        """Hand every held request to its handler now and hold no more (the drain);
-        how many there were."""
+    def stop_holding_requests(self) -> None:
+        """New requests are handed on at once from now on (the drain has begun)."""
+        if self._held is not None:
+            self._held.stop_holding()
+
+    def answer_held_requests(self, status: Status, message: str) -> int:
+        """Answer the held requests with ``status`` (see
+        :meth:`~._held_requests.HeldRequests.answer_all`); how many there were."""
         if self._held is None or self.shut:
             return 0
-        held = len(self._held)
         try:
-            self._held.release_all()
-        except Exception as exc:
-            self._failed(exc, "release_held_requests")
-        return held
+            return self._held.answer_all(status, message)
+        except Exception as exc:  # the HTTP/2 state may be closing already
+            self._failed(exc, "answer_held_requests")
+            return 0
 
     def _stream_reset(self) -> None:
         # Inside grpclib's data_received: only note it; data_received acts after.
@@ -295,10 +300,19 @@ class ConnectionGuard:
         """Requests whose headers came without their body yet, on every connection."""
         return sum(connection.held_requests for connection in self._connections)
 
-    def release_held_requests(self) -> int:
-        """Hand every held request to its handler now, and hold none from now on (the
-        drain begins: they are refused like any new call); how many there were."""
-        return sum(connection.release_held_requests() for connection in list(self._connections))
+    def stop_holding_requests(self) -> None:
+        """The drain has begun: requests held already go on waiting for their body (as
+        calls in flight); new ones are handed on at once, and refused."""
+        for connection in self._connections:
+            connection.stop_holding_requests()
+
+    def answer_held_requests(self, status: Status, message: str) -> int:
+        """The drain's grace period is over: answer every held request with ``status``
+        and ``message`` and reset its stream; how many there were."""
+        return sum(
+            connection.answer_held_requests(status, message)
+            for connection in list(self._connections)
+        )
 
     def wrap(self, h2: asyncio.Protocol, outer: asyncio.Protocol) -> GuardedConnection:
         """The protocol to give asyncio for a connection whose stack is ``outer`` with

@@ -41,6 +41,7 @@ __all__ = [
     "PINNED",
     "DependencyInternalsError",
     "call_transport",
+    "callback_check",
     "check_dependency_internals",
     "client_streaming",
     "event_handlers",
@@ -52,7 +53,9 @@ __all__ = [
     "on_timer_cancelled",
     "open_streams",
     "prune_trio_deadlines",
+    "replace_callback_check",
     "replace_timer_heap",
+    "request_bytes_arrived",
     "timer_heap",
     "trailers_sent",
     "unparsed_input",
@@ -133,31 +136,76 @@ def call_transport(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTrans
 
 def intercept_request_reads(
     stream: grpclib.server.Stream[Any, Any],
-    reader: Callable[[Callable[[int], Awaitable[bytes]], int], Awaitable[bytes]],
+    reader: Callable[
+        [Callable[[int], Awaitable[bytes]], int, Callable[[int], bool]], Awaitable[bytes]
+    ],
 ) -> None:
-    """Make every read of this call's request bytes go through ``reader(read, size)``.
+    """Make every read of this call's request bytes go through
+    ``reader(read, size, arrived)``.
 
     grpclib reads each message as ``recv_data(5)`` (compression flag and length), then
-    ``recv_data(length)``; ``reader`` gets grpclib's own ``read`` and the size asked for,
-    and may refuse (raise) before anything is read.
+    ``recv_data(length)``; ``reader`` gets grpclib's own ``read``, the size asked for and
+    ``arrived(size)``, which tells whether ``read(size)`` would return without waiting
+    for the client (the bytes, or the end of the stream, are in already); it may refuse
+    (raise) before anything is read.
     """
     # Stream._stream: the call's grpclib.protocol.Stream; recv_message() reads through
-    # its recv_data(). Patching this one instance leaves other calls alone.
+    # its recv_data(), which reads its ``buffer``. Patching this one instance leaves
+    # other calls alone.
     h2_stream = stream._stream
     # Weakly: a strong bound method stored on the stream would make every call's stream
     # (its buffers, queues, events) a reference cycle, freed only by the cyclic GC.
     recv_data: weakref.WeakMethod[Callable[[int], Awaitable[bytes]]]
     recv_data = weakref.WeakMethod(h2_stream.recv_data)
+    buffer = weakref.ref(h2_stream.buffer)
 
     async def read(size: int) -> bytes:
         method = recv_data()
         assert method is not None, "a stream is alive while it is read from"
         return await method(size)
 
+    def arrived(size: int) -> bool:
+        found = buffer()
+        return found is not None and request_bytes_arrived(found, size)
+
     async def intercepted_recv_data(size: int) -> bytes:
-        return await reader(read, size)
+        return await reader(read, size, arrived)
 
     h2_stream.recv_data = intercepted_recv_data
+
+
+def callback_check(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[..., object], str], None]:
+    """The check ``loop`` runs on every callback it is given (raises TypeError for a
+    coroutine)."""
+    # BaseEventLoop._check_callback(callback, method): asyncio calls it in debug mode
+    # only; trio-asyncio's call_soon, call_at and call_later always do.
+    check: Callable[[Callable[..., object], str], None] = loop._check_callback  # type: ignore[attr-defined]
+    return check
+
+
+def replace_callback_check(
+    loop: asyncio.AbstractEventLoop, check: Callable[[Callable[..., object], str], None]
+) -> None:
+    """Make ``loop`` run ``check`` instead (this loop only)."""
+    loop._check_callback = check  # type: ignore[attr-defined]
+
+
+def request_bytes_arrived(buffer: grpclib.protocol.Buffer, size: int) -> bool:
+    """Whether ``buffer.read(size)`` would return without waiting for the client."""
+    # Buffer.read(size) waits only while fewer than ``size`` bytes are in and the end of
+    # the stream is not: _acked_size counts the bytes taken off the queue and not yet
+    # read, _unacked is the asyncio.Queue of what arrived since (UnackedData, whose
+    # data_size is its length; its deque is Queue._queue), _eof marks the end queued.
+    if buffer._eof:
+        return True
+    total: int = buffer._acked_size
+    if total >= size:
+        return True
+    for item in buffer._unacked._queue:
+        total += item.data_size
+        if total >= size:
+            return True
+    return False
 
 
 def client_streaming(stream: grpclib.server.Stream[Any, Any]) -> bool:
@@ -398,6 +446,11 @@ _REQUIREMENTS = (
         ),
     ),
     _Requirement(
+        "grpclib",
+        "grpclib.protocol.Buffer()._eof, ._acked_size and ._unacked._queue",
+        lambda _: _buffer_readable(),
+    ),
+    _Requirement(
         "h2",
         "h2.connection.H2Connection().incoming_buffer._data",
         lambda _: isinstance(getattr(H2Connection().incoming_buffer, "_data", None), bytearray),
@@ -423,6 +476,11 @@ _REQUIREMENTS = (
         ),
     ),
     _Requirement(
+        "trio-asyncio",
+        "TrioEventLoop._check_callback(callback, method)",
+        _has_parameters(None, "_check_callback", ["callback", "method"]),
+    ),
+    _Requirement(
         "trio",
         "trio._core._run.GLOBAL_RUN_CONTEXT.runner.deadlines._prune()",
         lambda _: callable(getattr(_trio_deadlines(), "_prune", None)),
@@ -433,6 +491,17 @@ _REQUIREMENTS = (
         _has_parameters(None, "_start_serving", START_SERVING_PARAMETERS),
     ),
 )
+
+
+def _buffer_readable() -> bool:
+    buffer = grpclib.protocol.Buffer(lambda _size: None)
+    buffer.add(b"abc", 3)
+    return (
+        buffer._eof is False
+        and buffer._acked_size == 0
+        and request_bytes_arrived(buffer, 3)
+        and not request_bytes_arrived(buffer, 4)
+    )
 
 
 def _version(package: str) -> str:

@@ -26,6 +26,9 @@ from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any
 
+from grpclib.const import Status
+from grpclib.metadata import encode_grpc_message
+from h2.errors import ErrorCodes
 from h2.events import DataReceived, RequestReceived, StreamEnded, StreamReset, TrailersReceived
 
 from . import _dependency_internals as internals
@@ -54,15 +57,17 @@ class HeldRequests:
     ``protocol`` (after its ``connection_made()``) by the constructor.
 
     The owner calls :meth:`arm` after each ``data_received`` (so that only requests
-    still held after a read cost a timer), :meth:`release_all` when the server begins
-    to drain (held requests then reach their handler, which refuses them, and new
-    ones are no longer held) and :meth:`close` when the connection is lost.
+    still held after a read cost a timer) and :meth:`close` when the connection is lost.
+    The drain calls :meth:`stop_holding` when it begins (requests that came before go
+    on waiting for their body, as calls in flight would; new ones are not held, and
+    are refused at once) and :meth:`answer_all` when its grace period is over.
     """
 
     def __init__(self, protocol: asyncio.Protocol, *, timeout_s: float) -> None:
         if not timeout_s > 0:
             raise ValueError(f"timeout_s must be > 0, got {timeout_s!r}")
         self._timeout_s = timeout_s
+        self._protocol = protocol
         self._loop = asyncio.get_running_loop()
         #: stream id -> (its headers, when they arrived); in order of arrival.
         self._held: dict[int, tuple[RequestReceived, float]] = {}
@@ -85,11 +90,29 @@ class HeldRequests:
             _event, arrived = next(iter(self._held.values()))
             self._timer = self._loop.call_at(arrived + self._timeout_s, self._expire)
 
-    def release_all(self) -> None:
-        """Hand every held request to grpclib now, and hold no more from now on."""
+    def stop_holding(self) -> None:
+        """Hand new requests to grpclib at once from now on; those held stay held."""
         self._holding = False
-        while self._held:
-            self._release(next(iter(self._held)))
+
+    def answer_all(self, status: Status, message: str) -> int:
+        """Answer every held request with ``status`` and ``message`` (a trailers-only
+        response) and reset its stream, whose body will not be read (NO_ERROR); how
+        many there were."""
+        answered = len(self._held)
+        if answered:
+            connection = internals.h2_connection(self._protocol)
+            trailers = [
+                (":status", "200"),
+                ("content-type", "application/grpc"),
+                ("grpc-status", str(status.value)),
+                ("grpc-message", encode_grpc_message(message)),
+            ]
+            for stream_id in self._held:
+                connection.send_headers(stream_id, trailers, end_stream=True)
+                connection.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+            self._held.clear()
+            internals.flush(self._protocol)
+        return answered
 
     def close(self) -> None:
         """The connection is lost: forget its held requests (grpclib never saw them)."""

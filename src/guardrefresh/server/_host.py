@@ -229,8 +229,9 @@ class GrpcHost:
 
     @property
     def in_flight(self) -> int:
-        """RPCs running now, health and reflection streams excluded."""
-        return self._calls.in_flight
+        """RPCs in progress, health and reflection streams excluded: running, or with
+        their headers in and their body not begun yet (:attr:`held_requests`)."""
+        return self._calls.in_flight + self._guard.held_requests
 
     @property
     def request_budget(self) -> ByteBudget:

@@ -192,11 +192,15 @@ class RequestReader:
         """Whether this call holds a run slot now."""
         return self._holds_slot
 
-    async def read(self, read: _Read, size: int) -> bytes:
+    async def read(
+        self, read: _Read, size: int, arrived: Callable[[int], bool] | None = None
+    ) -> bytes:
         """``read(size)`` under the limits; raises :exc:`GRPCError` when one is crossed.
 
-        Cancellation (client reset, its deadline, the drain) propagates; any
-        reservation is given back first.
+        ``arrived(size)``, if given, tells whether those bytes are in already: then no
+        deadline is needed (the read returns without waiting), which spares the usual
+        call a timer in the loop. Cancellation (client reset, its deadline, the drain)
+        propagates; any reservation is given back first.
         """
         limits = self._limits
         if size > limits.max_message_bytes:
@@ -208,7 +212,7 @@ class RequestReader:
         if not self._expect_body:
             # A length prefix, or the end of the stream (b"").
             deadline = self._first_deadline if self._messages == 0 else None
-            prefix = await self._within(read(size), deadline)
+            prefix = await self._within(read, size, deadline, arrived)
             self._expect_body = bool(prefix)
             return prefix
         self._expect_body = False
@@ -222,7 +226,7 @@ class RequestReader:
             )
         try:
             deadline = self._first_deadline if first else self._loop.time() + limits.request_timeout
-            body = await self._within(read(size), deadline)
+            body = await self._within(read, size, deadline, arrived)
             if first and self._admit:
                 await self._acquire_slot()
             return body
@@ -243,12 +247,18 @@ class RequestReader:
             assert admission is not None
             admission.leave(self._connection)
 
-    async def _within(self, reading: Awaitable[bytes], deadline: float | None) -> bytes:
-        if deadline is None:
-            return await reading
+    async def _within(
+        self,
+        read: _Read,
+        size: int,
+        deadline: float | None,
+        arrived: Callable[[int], bool] | None,
+    ) -> bytes:
+        if deadline is None or (arrived is not None and arrived(size)):
+            return await read(size)
         try:
             async with asyncio.timeout_at(deadline):
-                return await reading
+                return await read(size)
         except TimeoutError:
             timeout = self._limits.request_timeout
             logger.debug("request not received within %s s; ending the call", timeout)

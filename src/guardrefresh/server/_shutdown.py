@@ -2,8 +2,10 @@
 
 1. health goes NOT_SERVING (Watch streams see it); 2. the listening socket closes;
 3. new calls, also on open connections, get UNAVAILABLE at once; 4. calls in flight get
-up to the grace period; 5. those still running are cancelled and their clients get
-UNAVAILABLE; 6. every connection closes (``_host_connections``).
+up to the grace period (requests whose headers came before the drain count as in
+flight, also those still waiting for their body: ``_held_requests``); 5. those still
+running are cancelled and their clients get UNAVAILABLE (requests still without their
+body too); 6. every connection closes (``_host_connections``).
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ from collections.abc import Callable
 import grpclib.server
 import trio
 import trio_asyncio
+from grpclib.const import Status
 from grpclib.health.check import ServiceStatus
 
 from . import _dependency_internals as internals
-from ._calls import Calls
+from ._calls import SHUTDOWN_MESSAGE, Calls
 from ._connections import ConnectionGuard
 from ._drain_report import DrainReport
 from ._health import DrainAwareHealth
@@ -32,6 +35,8 @@ logger = logging.getLogger(__name__)
 # How long cancelled handlers get to send their trailers at the forced end, so that a
 # handler that swallows cancellation cannot hold the shutdown.
 _CANCEL_WAIT_S = 1.0
+# How often the grace period looks again at requests held for their body.
+_HELD_POLL_S = 0.1
 
 
 def close_listener(server: grpclib.server.Server) -> None:
@@ -81,20 +86,24 @@ class Drain:
     def begin(self, grace: float, *, reason: str) -> None:
         """Steps 1 to 3: health NOT_SERVING, the listening socket closed, new calls refused."""
         self.began = True
-        self._calls.draining = True
-        self._guard.stop()
-        held = self._guard.release_held_requests()  # refused like the other new calls
         self.started_at = trio.current_time()
-        self.in_flight_at_start = self._calls.in_flight
-        exempt_open = self._calls.open - self.in_flight_at_start
+        self._calls.draining = True
+        self._calls.drain_began_at = self.started_at
+        self._guard.stop()
+        # Requests whose headers came already are in flight too, body or not yet.
+        self._guard.stop_holding_requests()
+        held = self._guard.held_requests
+        exempt_open = self._calls.open - self._calls.in_flight
+        self.in_flight_at_start = self._calls.in_flight + held
 
         self._status.set(False)
         self._backoff.resume_all()  # the drain reads on until clients close their side
         logger.info(
-            "drain 1/6 (%s): health NOT_SERVING; %d RPCs in flight, "
-            "%d health/reflection streams open, grace %.3f s",
+            "drain 1/6 (%s): health NOT_SERVING; %d RPCs in flight (%d of them awaiting "
+            "their request body), %d health/reflection streams open, grace %.3f s",
             reason,
             self.in_flight_at_start,
+            held,
             exempt_open,
             grace,
         )
@@ -105,9 +114,7 @@ class Drain:
             len(self._connections),
         )
         logger.info(
-            "drain 3/6: new RPCs answered UNAVAILABLE, and %d requests still awaiting their "
-            "body (%d exempt methods keep answering)",
-            held,
+            "drain 3/6: new RPCs answered UNAVAILABLE (%d exempt methods keep answering)",
             len(self._calls.exempt),
         )
 
@@ -116,14 +123,22 @@ class Drain:
         why = "serve() cancelled"
         try:
             with trio.move_on_after(grace):
-                await self._wakeup.wait_for(lambda: self._skipped() or self._calls.in_flight == 0)
+                while not self._skipped() and self._in_flight():
+                    # Calls ending wake us; held requests leave unannounced: look again.
+                    with trio.move_on_after(_HELD_POLL_S):
+                        await self._wakeup.wait_for(
+                            lambda: self._skipped() or not self._in_flight()
+                        )
             why = "grace period over"
         finally:
             self._log_grace_over(why)
 
+    def _in_flight(self) -> int:
+        return self._calls.in_flight + self._guard.held_requests
+
     def _log_grace_over(self, why: str) -> None:
         self.grace_over = True
-        still = self._calls.in_flight
+        still = self._in_flight()
         if still == 0:
             why = "all in-flight RPCs done"
         elif self._skipped():
@@ -147,7 +162,9 @@ class Drain:
         if not self.grace_over:
             self._log_grace_over("no grace: serve() cancelled")
 
+        refused = self._guard.answer_held_requests(Status.UNAVAILABLE, SHUTDOWN_MESSAGE)
         cancelled, exempt_ended = self._calls.cancel_all()
+        cancelled += refused
         self._health.close()  # Watch streams send their final status and end
         with trio.move_on_after(_CANCEL_WAIT_S):
             await self._wakeup.wait_for(lambda: not self._calls.open)
@@ -158,9 +175,10 @@ class Drain:
                 _CANCEL_WAIT_S,
             )
         logger.info(
-            "drain 5/6: cancelled %d RPCs with UNAVAILABLE, ended %d health/reflection "
-            "streams; %d new RPCs were rejected",
+            "drain 5/6: cancelled %d RPCs with UNAVAILABLE (%d of them still awaiting their "
+            "request body), ended %d health/reflection streams; %d new RPCs were rejected",
             cancelled,
+            refused,
             exempt_ended,
             self._calls.rejected,
         )
