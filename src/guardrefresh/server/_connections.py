@@ -21,7 +21,9 @@ grpclib's ``H2Protocol``), which:
 - **caps connections**: beyond :attr:`EdgeLimits.max_connections` open at once, a new
   connection is closed as soon as it is accepted (its descriptor freed at once);
 - **closes idle connections**: one with no open stream for
-  :attr:`EdgeLimits.idle_timeout_s` gets GOAWAY NO_ERROR and is closed.
+  :attr:`EdgeLimits.idle_timeout_s` gets GOAWAY NO_ERROR and is closed;
+- **holds requests that came without their body** as headers, not calls, until the
+  body begins (``_held_requests``): a stalled stream costs h2's state, not a call.
 
 A connection the guard closes stops being read, gets FIN after its GOAWAY, and is
 aborted :data:`LINGER_S` later if its client has not closed its side by then.

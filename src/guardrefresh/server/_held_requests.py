@@ -17,6 +17,9 @@ start exactly as before, within the same read.
 A request still held ``timeout_s`` after its headers is handed to grpclib then, and
 ends with DEADLINE_EXCEEDED the usual way: the call's receive deadline counts from
 :func:`headers_arrived_at`, which has passed. A stream the client resets is forgotten.
+For the drain a held request is in flight: its headers came before the drain began,
+so its call is not refused as new when its body comes; one whose body has not come
+by the end of the grace period is answered UNAVAILABLE.
 """
 
 from __future__ import annotations
