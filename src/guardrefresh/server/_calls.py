@@ -1,9 +1,11 @@
 """The host's view of every call: counted in flight, rejected while draining, reported.
 
-A ``RecvRequest`` listener (:meth:`Calls.on_recv_request`) sees every call before its
-handler. It answers new calls with UNAVAILABLE while draining, runs the authorisation
-check, and swaps the handler for a wrapper that registers the call with its asyncio task
-and grpclib stream, and reads its request under the host's limits (``_intake``).
+Every method's handler is wrapped once, when the server is built (:meth:`Calls.serve`);
+the wrapper sees every call before the handler. It answers new calls with UNAVAILABLE
+while draining, runs the authorisation check, registers the call with its asyncio task
+and grpclib stream, and reads its request under the host's limits (``_intake``). (A
+``RecvRequest`` listener could do the same per call, at the cost of an event object and
+a closure for every call.)
 
 In-flight counting keys on the request's asyncio *task*: the call leaves the count from
 the task's done-callback, i.e. after grpclib has sent its trailers and released the
@@ -19,10 +21,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, NoReturn
 
 import attrs
+import grpclib.const
 import grpclib.events
 import grpclib.server
 import trio
@@ -131,25 +134,17 @@ class Calls:
         self._calls = set(self._calls)
         self._outcomes = dict(self._outcomes)
 
+    def serve(self, servables: Sequence[object]) -> list[object]:
+        """The servables to give grpclib: each method's handler wrapped (once, here) so
+        that every call goes through the host (see the module docstring)."""
+        return [_Wrapped(servable, self._wrap_handler) for servable in servables]
+
     def listen(self, server: grpclib.server.Server) -> None:
-        """Register the listeners on a grpclib server (before it starts)."""
-        grpclib.events.listen(server, grpclib.events.RecvRequest, self.on_recv_request)
+        """Register the listener that learns each call's status (before it starts)."""
         if self._on_call_done is not None:
             grpclib.events.listen(
                 server, grpclib.events.SendTrailingMetadata, self._on_send_trailing_metadata
             )
-
-    async def on_recv_request(self, event: grpclib.events.RecvRequest) -> None:
-        # asyncio side, in the request's task, before the handler runs.
-        method: str = event.method_name
-        exempt = method in self.exempt
-        if self._on_call_done is not None:
-            self._track_outcome(method)
-        if self.draining and not exempt and self._new_since_drain():
-            self._reject(method)
-        if self._authorize is not None:
-            self._authorize(method, event.metadata)
-        event.method_func = self._wrap_handler(event.method_func, method, exempt)
 
     def cancel_all(self) -> tuple[int, int]:
         """The forced end: cancel every running call; its client gets UNAVAILABLE.
@@ -174,14 +169,23 @@ class Calls:
         self,
         func: Callable[[grpclib.server.Stream[Any, Any]], Any],
         method: str,
-        exempt: bool,
     ) -> Callable[[grpclib.server.Stream[Any, Any]], Any]:
+        exempt = method in self.exempt
+
         async def handle(stream: grpclib.server.Stream[Any, Any]) -> None:
-            # Listeners registered after ours may have awaited: check again.
-            if self.draining and not exempt and self._new_since_drain():
-                self._reject(method)
+            # In the call's task, once grpclib has read the headers (stream.metadata).
             task = asyncio.current_task()
             assert task is not None
+            outcome = None if self._on_call_done is None else self._track_outcome(method, task)
+            try:
+                if self.draining and not exempt and self._new_since_drain():
+                    self._reject(method)
+                if self._authorize is not None:
+                    self._authorize(method, stream.metadata)
+            except BaseException:
+                if outcome is not None:
+                    task.add_done_callback(functools.partial(self._report_outcome, outcome))
+                raise
             reader = RequestReader(
                 self._limits,
                 connection=internals.call_transport(stream),
@@ -189,11 +193,11 @@ class Calls:
                 headers_at=headers_arrived_at(),
             )
             call = _Call(task=task, stream=stream, method=method, exempt=exempt, reader=reader)
-            outcome = self._outcomes.get(task)
             if outcome is not None:
                 outcome.stream = stream
             self._calls.add(call)
-            task.add_done_callback(functools.partial(self._call_done, call))
+            # One callback for both: each is a pass of the loop for every call.
+            task.add_done_callback(functools.partial(self._call_done, call, outcome))
             internals.intercept_request_reads(stream, reader.read)
             require_request_message(stream)
             try:
@@ -207,15 +211,13 @@ class Calls:
 
         return handle
 
-    def _track_outcome(self, method: str) -> None:
-        task = asyncio.current_task()
-        assert task is not None
+    def _track_outcome(self, method: str, task: asyncio.Task[Any]) -> _Outcome:
         started = headers_arrived_at()
         outcome = _Outcome(
             method=method, started=trio.current_time() if started is None else started
         )
         self._outcomes[task] = outcome
-        task.add_done_callback(functools.partial(self._report_outcome, outcome))
+        return outcome
 
     async def _on_send_trailing_metadata(self, event: grpclib.events.SendTrailingMetadata) -> None:
         # grpclib sends a call's trailers from the call's own task.
@@ -249,9 +251,30 @@ class Calls:
         logger.debug("rejected %s: draining", method)
         raise GRPCError(Status.UNAVAILABLE, SHUTDOWN_MESSAGE)
 
-    def _call_done(self, call: _Call, _task: asyncio.Task[Any]) -> None:
+    def _call_done(self, call: _Call, outcome: _Outcome | None, task: asyncio.Task[Any]) -> None:
         # Runs after grpclib sent the trailers and released the stream.
+        if outcome is not None:
+            self._report_outcome(outcome, task)
         call.reader.finish()
         self._calls.discard(call)
         self.ended.value += 1
         self._wakeup.set()
+
+
+class _Wrapped:
+    """A grpclib servable whose method handlers go through ``wrap(func, method)``."""
+
+    def __init__(
+        self,
+        servable: object,
+        wrap: Callable[[Callable[[grpclib.server.Stream[Any, Any]], Any], str], Any],
+    ) -> None:
+        self._servable = servable
+        self._wrap = wrap
+
+    def __mapping__(self) -> dict[str, grpclib.const.Handler]:
+        mapping: dict[str, grpclib.const.Handler] = self._servable.__mapping__()  # type: ignore[attr-defined]
+        return {
+            method: handler._replace(func=self._wrap(handler.func, method))
+            for method, handler in mapping.items()
+        }

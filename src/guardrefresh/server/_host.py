@@ -437,7 +437,7 @@ class GrpcHost:
         if self._reflection:
             handlers = ServerReflection.extend(handlers, pool=default_google_proto_descriptor_pool)
         handlers.append(self._health)
-        server = grpclib.server.Server(handlers, codec=CompiledProtoCodec())
+        server = grpclib.server.Server(self._calls.serve(handlers), codec=CompiledProtoCodec())
         internals.wrap_protocol_factory(server, self._wrap_connection)
         answer_expired_deadlines()
         self._calls.listen(server)
