@@ -41,8 +41,15 @@ __all__ = [
     "send_goaway",
 ]
 
-#: Pseudo-headers without which grpclib's request handler fails with a KeyError.
-_REQUIRED_PSEUDO_HEADERS = frozenset({":method", ":path"})
+#: Pseudo-headers without which grpclib's request handler fails with a KeyError, each a
+#: bit (h2 gives names as str or bytes, as configured).
+_REQUIRED_PSEUDO_HEADERS: dict[str | bytes, int] = {
+    ":method": 1,
+    ":path": 2,
+    b":method": 1,
+    b":path": 2,
+}
+_ALL_REQUIRED = 3
 
 
 def remember_closed_streams(count: int) -> None:
@@ -156,16 +163,14 @@ def refuse_malformed_requests(protocol: asyncio.Protocol) -> None:
     handle = handlers[RequestReceived]
 
     def process_request_received(event: RequestReceived) -> None:
-        names = {_text(name) for name, _value in event.headers or ()}
-        if names >= _REQUIRED_PSEUDO_HEADERS:
-            handle(event)
-            return
+        found = 0
+        for name, _value in event.headers or ():
+            found |= _REQUIRED_PSEUDO_HEADERS.get(name, 0)
+            if found == _ALL_REQUIRED:
+                handle(event)
+                return
         assert event.stream_id is not None
         internals.h2_connection(protocol).reset_stream(event.stream_id, ErrorCodes.PROTOCOL_ERROR)
         internals.flush(protocol)
 
     handlers[RequestReceived] = process_request_received
-
-
-def _text(name: str | bytes) -> str:
-    return name.decode("ascii", "replace") if isinstance(name, bytes) else name
