@@ -73,8 +73,9 @@ def test_sigkill_during_heavy_recording_loses_nothing_committed(tmp_path: Path) 
         missing = [i for i in range(reported) if f"{prefix}-{i}" not in present]
         assert not missing, f"kill {kill}: committed sessions lost: {missing[:10]}"
         total_committed += reported
-    # The kills landed during real work, not before it started.
-    assert total_committed > KILLS * 100
+    # The kills landed during real work, not before it started. (About 600 sessions a
+    # kill on a quiet machine, 80 when other jobs took the CPU: the bound leaves room.)
+    assert total_committed > KILLS * 20
     with contextlib.closing(sqlite3.connect(db)) as conn:
         count = conn.execute("SELECT count(*) FROM sessions").fetchone()[0]
         kept = conn.execute("SELECT n FROM session_count").fetchone()[0]

@@ -35,8 +35,10 @@ logger = logging.getLogger(__name__)
 # How long cancelled handlers get to send their trailers at the forced end, so that a
 # handler that swallows cancellation cannot hold the shutdown.
 _CANCEL_WAIT_S = 1.0
-# How often the grace period looks again at requests held for their body.
+# How often the grace period looks again at requests held for their body, and how long
+# it waits to see that nothing is in flight any more.
 _HELD_POLL_S = 0.1
+_SETTLE_S = 0.01
 
 
 def close_listener(server: grpclib.server.Server) -> None:
@@ -123,7 +125,13 @@ class Drain:
         why = "serve() cancelled"
         try:
             with trio.move_on_after(grace):
-                while not self._skipped() and self._in_flight():
+                while not self._skipped():
+                    if not self._in_flight():
+                        # A held request whose body just came is no call until its task
+                        # has run: look again once the asyncio loop had its turn.
+                        await trio.sleep(_SETTLE_S)
+                        if not self._in_flight():
+                            break
                     # Calls ending wake us; held requests leave unannounced: look again.
                     with trio.move_on_after(_HELD_POLL_S):
                         await self._wakeup.wait_for(
