@@ -66,9 +66,10 @@ class EdgeCollector:
     """A ``prometheus_client`` collector over the host's connection counters.
 
     ``counts``, ``open_connections`` and ``held_requests`` are called at each scrape
-    (on the Trio thread that serves it, the thread the counters live on); ``loop_errors`` may be None when
-    the loop's handler is not ours (its families are then left out). A callback that
-    raises costs its own families in that scrape (logged), never the whole scrape.
+    (on the Trio thread that serves it, the thread the counters live on);
+    ``loop_errors`` may be None when the loop's handler is not ours (its families are
+    then left out). A callback that raises costs its own families in that scrape
+    (logged), never the whole scrape.
     """
 
     def __init__(

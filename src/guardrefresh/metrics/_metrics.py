@@ -223,8 +223,9 @@ class ServiceMetrics:
         ``guardrefresh_requests_awaiting_body``, ``guardrefresh_accept_errors_total``,
         ``guardrefresh_loop_errors_total``), read at each scrape: pass
         ``GrpcHost.edge_counts``'s getter, ``GrpcHost.open_connections``'s,
-        ``GrpcHost.held_requests``'s, the cap in force, and the loop's :class:`~guardrefresh.server.LoopErrorHandler`
-        (None leaves the accept and loop error families out)."""
+        ``GrpcHost.held_requests``'s, the cap in force, and the loop's
+        :class:`~guardrefresh.server.LoopErrorHandler` (None leaves the accept and loop
+        error families out)."""
         self.registry.register(
             EdgeCollector(
                 counts=counts,

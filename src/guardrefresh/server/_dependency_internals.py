@@ -39,9 +39,9 @@ from h2.events import RequestReceived, StreamReset
 
 __all__ = [
     "PINNED",
+    "CallbackCheck",
     "DependencyInternalsError",
     "call_transport",
-    "callback_check",
     "check_dependency_internals",
     "client_streaming",
     "event_handlers",
@@ -53,13 +53,13 @@ __all__ = [
     "on_timer_cancelled",
     "open_streams",
     "prune_trio_deadlines",
-    "replace_callback_check",
     "replace_timer_heap",
     "request_bytes_arrived",
     "timer_heap",
     "trailers_sent",
     "unparsed_input",
     "use_deadline_wrapper",
+    "wrap_callback_check",
     "wrap_protocol_factory",
     "wrap_run_one",
     "wrap_start_serving",
@@ -134,6 +134,10 @@ def call_transport(stream: grpclib.server.Stream[Any, Any]) -> asyncio.BaseTrans
     return transport
 
 
+#: asyncio's check of a callback: ``check(callback, method)``.
+CallbackCheck = Callable[[Callable[..., object], str], None]
+
+
 def intercept_request_reads(
     stream: grpclib.server.Stream[Any, Any],
     reader: Callable[
@@ -174,20 +178,16 @@ def intercept_request_reads(
     h2_stream.recv_data = intercepted_recv_data
 
 
-def callback_check(loop: asyncio.AbstractEventLoop) -> Callable[[Callable[..., object], str], None]:
-    """The check ``loop`` runs on every callback it is given (raises TypeError for a
-    coroutine)."""
-    # BaseEventLoop._check_callback(callback, method): asyncio calls it in debug mode
-    # only; trio-asyncio's call_soon, call_at and call_later always do.
-    check: Callable[[Callable[..., object], str], None] = loop._check_callback  # type: ignore[attr-defined]
-    return check
-
-
-def replace_callback_check(
-    loop: asyncio.AbstractEventLoop, check: Callable[[Callable[..., object], str], None]
+def wrap_callback_check(
+    loop: asyncio.AbstractEventLoop,
+    wrap: Callable[[CallbackCheck], CallbackCheck],
 ) -> None:
-    """Make ``loop`` run ``check`` instead (this loop only)."""
-    loop._check_callback = check  # type: ignore[attr-defined]
+    """Replace the check ``loop`` runs on every callback it is given (``check(callback,
+    method)`` raises TypeError for a coroutine) with ``wrap(check)``; this loop only."""
+    # BaseEventLoop._check_callback(callback, method): asyncio calls it in debug mode
+    # only; trio-asyncio's call_soon, call_at and call_later always do. An instance
+    # attribute shadows the method.
+    loop._check_callback = wrap(loop._check_callback)  # type: ignore[attr-defined]
 
 
 def request_bytes_arrived(buffer: grpclib.protocol.Buffer, size: int) -> bool:

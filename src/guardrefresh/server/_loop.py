@@ -23,13 +23,12 @@ of the loop task for each as it came due. :func:`forget_cancelled_timers` drops 
 as asyncio does: when more than half of a heap of over 100 timers are cancelled, the
 heap is rebuilt without them.
 
-And trio-asyncio checks every callback as asyncio does only in debug mode
-(:func:`check_callbacks_in_debug_only` restores asyncio's behaviour).
+trio-asyncio also checks every callback it is given, where asyncio does so only in
+debug mode; :func:`check_callbacks_in_debug_only` restores asyncio's behaviour.
 
 These reach trio-asyncio internals (its main-loop step, its timer heap, its callback
-check) through
-``_dependency_internals``, which :func:`open_asyncio_loop` checks before anything else:
-a trio-asyncio without them refuses to start.
+check) through ``_dependency_internals``, which :func:`open_asyncio_loop` checks before
+anything else: a trio-asyncio without them refuses to start.
 """
 
 from __future__ import annotations
@@ -122,13 +121,15 @@ def check_callbacks_in_debug_only(loop: trio_asyncio.TrioEventLoop) -> None:
     GetRule over gRPC (a unary call schedules a dozen callbacks). A mistaken coroutine
     callback still fails in debug mode (``PYTHONASYNCIODEBUG=1``), as in asyncio.
     """
-    check = internals.callback_check(loop)
 
-    def check_in_debug(callback: Callable[..., object], method: str) -> None:
-        if loop.get_debug():
-            check(callback, method)
+    def in_debug_only(check: internals.CallbackCheck) -> internals.CallbackCheck:
+        def check_in_debug(callback: Callable[..., object], method: str) -> None:
+            if loop.get_debug():
+                check(callback, method)
 
-    internals.replace_callback_check(loop, check_in_debug)
+        return check_in_debug
+
+    internals.wrap_callback_check(loop, in_debug_only)
 
 
 def forget_cancelled_timers(loop: trio_asyncio.TrioEventLoop) -> None:
