@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -165,7 +166,8 @@ async def test_an_outage_degrades_telemetry_and_it_recovers_by_itself(
     degraded = [r for r in caplog.records if "Telemetry degraded" in r.getMessage()]
     # Several batches failed in ~2.4 s; one WARNING said so (at most one a minute).
     assert len(degraded) == 1 and degraded[0].levelno == logging.WARNING
-    assert "cannot" in degraded[0].getMessage()
+    # It says why: the database could not be reached, or it dropped the connection mid-call.
+    assert re.search(r"cannot|connection", degraded[0].getMessage()), degraded[0].getMessage()
     assert any("Telemetry recording recovered" in r.getMessage() for r in caplog.records)
 
 
