@@ -99,8 +99,8 @@ def require_request_message(stream: grpclib.server.Stream[Any, Any]) -> None:
     """
     if internals.client_streaming(stream):
         return
-    # Weakly, as in _dependency_internals.intercept_request_reads: no reference cycle
-    # through the stream.
+    # Weakly: a bound method of the stream stored on the stream would be a reference
+    # cycle, leaving every call's stream to the cyclic GC.
     recv_message: weakref.WeakMethod[Callable[[], Awaitable[Any]]]
     recv_message = weakref.WeakMethod(stream.recv_message)
 

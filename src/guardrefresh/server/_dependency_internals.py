@@ -23,9 +23,9 @@ changes what they do fails there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.metadata
 import inspect
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -50,8 +50,10 @@ __all__ = [
     "h2_connection",
     "intercept_request_reads",
     "listener",
+    "on_stream_released",
     "on_timer_cancelled",
     "open_streams",
+    "protocol_stream",
     "prune_trio_deadlines",
     "replace_timer_heap",
     "request_bytes_arrived",
@@ -118,6 +120,45 @@ def forget_closed_connections(server: grpclib.server.Server) -> None:
     server.__gc_collect__()
 
 
+def on_stream_released(
+    protocol: asyncio.Protocol, released: Callable[[grpclib.protocol.Stream], None]
+) -> None:
+    """Call ``released(stream)`` whenever grpclib releases a call's stream on one server
+    connection (``H2Protocol``): the last thing the call's task does, after its trailers
+    were written (or could not be), however the handler ended. ``stream`` is the call's
+    :func:`protocol_stream`. An exception from ``released`` still lets grpclib release
+    the stream, and then ends the call's task.
+    """
+    # H2Protocol.handler: the connection's grpclib.server.Handler. EventsProcessor calls
+    # its accept(stream, headers, release_stream) for each request; request_handler()
+    # calls release_stream() in its outermost ``finally``. An instance attribute shadows
+    # the method, for this connection only.
+    handler = protocol.handler  # type: ignore[attr-defined]
+    accept = handler.accept
+
+    def accept_reporting(
+        stream: grpclib.protocol.Stream, headers: Any, release_stream: Callable[[], Any]
+    ) -> None:
+        def release() -> None:
+            try:
+                released(stream)
+            finally:
+                release_stream()
+
+        accept(stream, headers, release)
+
+    handler.accept = accept_reporting
+
+
+def protocol_stream(stream: grpclib.server.Stream[Any, Any]) -> grpclib.protocol.Stream:
+    """grpclib's HTTP/2 stream of a call (what :func:`on_stream_released` reports)."""
+    # Stream._stream: the call's grpclib.protocol.Stream, set at construction.
+    found = stream._stream
+    if not isinstance(found, grpclib.protocol.Stream):
+        raise DependencyInternalsError(f"grpclib server stream wraps {found!r}")
+    return found
+
+
 def trailers_sent(stream: grpclib.server.Stream[Any, Any]) -> bool:
     """Whether the call's status already went to the client."""
     # Stream._send_trailing_metadata_done: set by send_trailing_metadata(); no accessor.
@@ -140,42 +181,26 @@ CallbackCheck = Callable[[Callable[..., object], str], None]
 
 def intercept_request_reads(
     stream: grpclib.server.Stream[Any, Any],
-    reader: Callable[
-        [Callable[[int], Awaitable[bytes]], int, Callable[[int], bool]], Awaitable[bytes]
-    ],
+    reader: Callable[..., Awaitable[bytes]],
 ) -> None:
     """Make every read of this call's request bytes go through
-    ``reader(read, size, arrived)``.
+    ``reader(read, size, arrived=arrived)``.
 
     grpclib reads each message as ``recv_data(5)`` (compression flag and length), then
-    ``recv_data(length)``; ``reader`` gets grpclib's own ``read``, the size asked for and
+    ``recv_data(length)``; ``reader`` gets the call's own ``read``, the size asked for and
     ``arrived(size)``, which tells whether ``read(size)`` would return without waiting
     for the client (the bytes, or the end of the stream, are in already); it may refuse
     (raise) before anything is read.
     """
     # Stream._stream: the call's grpclib.protocol.Stream; recv_message() reads through
-    # its recv_data(), which reads its ``buffer``. Patching this one instance leaves
-    # other calls alone.
-    h2_stream = stream._stream
-    # Weakly: a strong bound method stored on the stream would make every call's stream
-    # (its buffers, queues, events) a reference cycle, freed only by the cyclic GC.
-    recv_data: weakref.WeakMethod[Callable[[int], Awaitable[bytes]]]
-    recv_data = weakref.WeakMethod(h2_stream.recv_data)
-    buffer = weakref.ref(h2_stream.buffer)
-
-    async def read(size: int) -> bytes:
-        method = recv_data()
-        assert method is not None, "a stream is alive while it is read from"
-        return await method(size)
-
-    def arrived(size: int) -> bool:
-        found = buffer()
-        return found is not None and request_bytes_arrived(found, size)
-
-    async def intercepted_recv_data(size: int) -> bytes:
-        return await reader(read, size, arrived)
-
-    h2_stream.recv_data = intercepted_recv_data
+    # its recv_data(size), which is ``await self.buffer.read(size)``. Patching this one
+    # instance leaves other calls alone. What is stored refers to the buffer only (whose
+    # ack callback holds the connection, not the stream): no reference cycle through
+    # the stream, which would leave every call's stream to the cyclic GC.
+    buffer = stream._stream.buffer
+    stream._stream.recv_data = functools.partial(
+        reader, buffer.read, arrived=functools.partial(request_bytes_arrived, buffer)
+    )
 
 
 def wrap_callback_check(
@@ -407,10 +432,23 @@ _REQUIREMENTS = (
     ),
     _Requirement(
         "grpclib",
-        "grpclib.protocol.Stream._transport and .recv_data(size)",
+        "grpclib.protocol.Stream._transport and .recv_data(size), which reads .buffer",
         lambda loop: (
             _sets(grpclib.protocol.Stream, "_transport")(loop)
             and inspect.iscoroutinefunction(getattr(grpclib.protocol.Stream, "recv_data", None))
+            and grpclib.protocol.Stream.recv_data.__code__.co_names == ("buffer", "read")
+        ),
+    ),
+    _Requirement(
+        "grpclib",
+        "grpclib.server.Handler.accept(stream, headers, release_stream), called by "
+        "H2Protocol.handler's EventsProcessor; release_stream() ends request_handler()",
+        lambda loop: (
+            _has_parameters(
+                grpclib.server.Handler, "accept", ["self", "stream", "headers", "release_stream"]
+            )(loop)
+            and _sets(grpclib.protocol.H2Protocol, "handler")(loop)
+            and "release_stream" in grpclib.server.request_handler.__code__.co_varnames
         ),
     ),
     _Requirement(

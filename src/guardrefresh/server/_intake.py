@@ -211,8 +211,11 @@ class RequestReader:
             )
         if not self._expect_body:
             # A length prefix, or the end of the stream (b"").
-            deadline = self._first_deadline if self._messages == 0 else None
-            prefix = await self._within(read, size, deadline, arrived)
+            # Only the first message has a deadline from the headers on.
+            if self._messages or (arrived is not None and arrived(size)):
+                prefix = await read(size)  # no timer: the usual call's prefix is in
+            else:
+                prefix = await self._within(read, size, self._first_deadline)
             self._expect_body = bool(prefix)
             return prefix
         self._expect_body = False
@@ -225,8 +228,13 @@ class RequestReader:
                 f"{limits.budget.limit} bytes; a body of {size} bytes does not fit",
             )
         try:
-            deadline = self._first_deadline if first else self._loop.time() + limits.request_timeout
-            body = await self._within(read, size, deadline, arrived)
+            if arrived is not None and arrived(size):
+                body = await read(size)  # no timer: the usual call's body is in
+            else:
+                deadline = (
+                    self._first_deadline if first else self._loop.time() + limits.request_timeout
+                )
+                body = await self._within(read, size, deadline)
             if first and self._admit:
                 await self._acquire_slot()
             return body
@@ -247,15 +255,7 @@ class RequestReader:
             assert admission is not None
             admission.leave(self._connection)
 
-    async def _within(
-        self,
-        read: _Read,
-        size: int,
-        deadline: float | None,
-        arrived: Callable[[int], bool] | None,
-    ) -> bytes:
-        if deadline is None or (arrived is not None and arrived(size)):
-            return await read(size)
+    async def _within(self, read: _Read, size: int, deadline: float) -> bytes:
         try:
             async with asyncio.timeout_at(deadline):
                 return await read(size)
