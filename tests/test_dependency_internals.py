@@ -346,41 +346,6 @@ async def test_trailers_sent_turns_true_once_the_status_went_out() -> None:
     assert seen == [False, False, True]
 
 
-async def test_a_released_stream_is_reported_once_after_its_trailers_went_out() -> None:
-    calls: dict[grpclib.protocol.Stream, grpclib.server.Stream[Any, Any]] = {}
-    released: list[tuple[grpclib.protocol.Stream, bool]] = []
-    canary = Canary()
-
-    def report(h2_stream: grpclib.protocol.Stream) -> None:
-        released.append((h2_stream, internals.trailers_sent(calls[h2_stream])))
-
-    def wrap(protocol: asyncio.Protocol) -> asyncio.Protocol:
-        internals.on_stream_released(protocol, report)
-        return protocol
-
-    async def call(stream: grpclib.server.Stream[Any, Any]) -> None:
-        calls[internals.protocol_stream(stream)] = stream
-        request = await stream.recv_message()
-        if request.service == "fail":
-            raise GRPCError(Status.FAILED_PRECONDITION, "as asked")
-        await stream.send_message(HealthCheckResponse())
-
-    canary.on_call = call
-    async with open_server(canary, wrap=wrap) as (_, port):
-        channel = Channel(port)
-        try:
-            assert (await in_thread(channel.unary)).code is OK
-            failed = await in_thread(channel.unary, "fail")
-            assert failed.code is grpc.StatusCode.FAILED_PRECONDITION
-            assert (await in_thread(channel.unary)).code is OK
-        finally:
-            channel.close()
-        await wait_until(lambda: len(released) == 3)
-    # Each call's own stream, once, with its status on the wire already.
-    assert [stream for stream, _ in released] == list(calls)
-    assert all(sent for _, sent in released)
-
-
 async def test_call_transport_is_the_connections_own() -> None:
     transports: list[asyncio.BaseTransport] = []
     canary = Canary()

@@ -7,12 +7,10 @@ and grpclib stream, and reads its request under the host's limits (``_intake``).
 ``RecvRequest`` listener could do the same per call, at the cost of an event object and
 a closure for every call.)
 
-A call leaves the in-flight count when grpclib releases its stream
-(:meth:`Calls.released`, which the host hooks into each connection): the last step of
-the call's task, after grpclib has sent its trailers, never merely when the handler
-function returned. So a drain that sees zero in flight can close connections without
-cutting off a response on the wire. (The task's done-callback would say the same one
-pass of the loop later, at the cost of that pass for every call.) A forced end
+In-flight counting keys on the request's asyncio *task*: the call leaves the count from
+the task's done-callback, i.e. after grpclib has sent its trailers and released the
+stream, never merely when the handler function returned. So a drain that sees zero in
+flight can close connections without cutting off a response on the wire. A forced end
 (:meth:`Calls.cancel_all`) cancels each remaining task after marking it; the wrapper turns
 that cancellation into ``GRPCError(UNAVAILABLE)``, which grpclib itself sends as trailers:
 a client always gets a status, never a hang until its own deadline.
@@ -29,7 +27,6 @@ from typing import Any, NoReturn
 import attrs
 import grpclib.const
 import grpclib.events
-import grpclib.protocol
 import grpclib.server
 import trio
 import trio_util
@@ -120,8 +117,6 @@ class Calls:
         self._authorize = authorize
         self._calls: set[_Call] = set()
         self._outcomes: dict[asyncio.Task[Any], _Outcome] = {}
-        #: What to do when grpclib releases a call's stream (:meth:`released`).
-        self._endings: dict[grpclib.protocol.Stream, Callable[[], None]] = {}
 
     @property
     def in_flight(self) -> int:
@@ -138,20 +133,11 @@ class Calls:
         grew to (a dict or set never shrinks on deletion), pinning memory."""
         self._calls = set(self._calls)
         self._outcomes = dict(self._outcomes)
-        self._endings = dict(self._endings)
 
     def serve(self, servables: Sequence[object]) -> list[object]:
         """The servables to give grpclib: each method's handler wrapped (once, here) so
         that every call goes through the host (see the module docstring)."""
         return [_Wrapped(servable, self._wrap_handler) for servable in servables]
-
-    def released(self, stream: grpclib.protocol.Stream) -> None:
-        """grpclib has released a call's ``stream``: its task is at its very end (see
-        ``_dependency_internals.on_stream_released``, which the host installs on every
-        connection). Streams of calls whose handler never ran are not known here."""
-        ending = self._endings.pop(stream, None)
-        if ending is not None:
-            ending()
 
     def listen(self, server: grpclib.server.Server) -> None:
         """Register the listener that learns each call's status (before it starts)."""
@@ -190,7 +176,6 @@ class Calls:
             # In the call's task, once grpclib has read the headers (stream.metadata).
             task = asyncio.current_task()
             assert task is not None
-            h2_stream = internals.protocol_stream(stream)
             outcome = None if self._on_call_done is None else self._track_outcome(method, task)
             try:
                 if self.draining and not exempt and self._new_since_drain():
@@ -199,9 +184,7 @@ class Calls:
                     self._authorize(method, stream.metadata)
             except BaseException:
                 if outcome is not None:
-                    self._endings[h2_stream] = functools.partial(
-                        self._report_outcome, outcome, task
-                    )
+                    task.add_done_callback(functools.partial(self._report_outcome, outcome))
                 raise
             reader = RequestReader(
                 self._limits,
@@ -213,7 +196,8 @@ class Calls:
             if outcome is not None:
                 outcome.stream = stream
             self._calls.add(call)
-            self._endings[h2_stream] = functools.partial(self._call_done, call, outcome)
+            # One callback for both: each is a pass of the loop for every call.
+            task.add_done_callback(functools.partial(self._call_done, call, outcome))
             internals.intercept_request_reads(stream, reader.read)
             require_request_message(stream)
             try:
@@ -267,10 +251,10 @@ class Calls:
         logger.debug("rejected %s: draining", method)
         raise GRPCError(Status.UNAVAILABLE, SHUTDOWN_MESSAGE)
 
-    def _call_done(self, call: _Call, outcome: _Outcome | None) -> None:
-        # Runs as grpclib releases the stream, after it sent the trailers.
+    def _call_done(self, call: _Call, outcome: _Outcome | None, task: asyncio.Task[Any]) -> None:
+        # Runs after grpclib sent the trailers and released the stream.
         if outcome is not None:
-            self._report_outcome(outcome, call.task)
+            self._report_outcome(outcome, task)
         call.reader.finish()
         self._calls.discard(call)
         self.ended.value += 1

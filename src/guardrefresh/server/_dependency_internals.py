@@ -50,10 +50,8 @@ __all__ = [
     "h2_connection",
     "intercept_request_reads",
     "listener",
-    "on_stream_released",
     "on_timer_cancelled",
     "open_streams",
-    "protocol_stream",
     "prune_trio_deadlines",
     "replace_timer_heap",
     "request_bytes_arrived",
@@ -118,45 +116,6 @@ def forget_closed_connections(server: grpclib.server.Server) -> None:
     # Server.__gc_collect__: keeps only the handlers not closed or with tasks still
     # running; grpclib itself runs it once every ten connections made.
     server.__gc_collect__()
-
-
-def on_stream_released(
-    protocol: asyncio.Protocol, released: Callable[[grpclib.protocol.Stream], None]
-) -> None:
-    """Call ``released(stream)`` whenever grpclib releases a call's stream on one server
-    connection (``H2Protocol``): the last thing the call's task does, after its trailers
-    were written (or could not be), however the handler ended. ``stream`` is the call's
-    :func:`protocol_stream`. An exception from ``released`` still lets grpclib release
-    the stream, and then ends the call's task.
-    """
-    # H2Protocol.handler: the connection's grpclib.server.Handler. EventsProcessor calls
-    # its accept(stream, headers, release_stream) for each request; request_handler()
-    # calls release_stream() in its outermost ``finally``. An instance attribute shadows
-    # the method, for this connection only.
-    handler = protocol.handler  # type: ignore[attr-defined]
-    accept = handler.accept
-
-    def accept_reporting(
-        stream: grpclib.protocol.Stream, headers: Any, release_stream: Callable[[], Any]
-    ) -> None:
-        def release() -> None:
-            try:
-                released(stream)
-            finally:
-                release_stream()
-
-        accept(stream, headers, release)
-
-    handler.accept = accept_reporting
-
-
-def protocol_stream(stream: grpclib.server.Stream[Any, Any]) -> grpclib.protocol.Stream:
-    """grpclib's HTTP/2 stream of a call (what :func:`on_stream_released` reports)."""
-    # Stream._stream: the call's grpclib.protocol.Stream, set at construction.
-    found = stream._stream
-    if not isinstance(found, grpclib.protocol.Stream):
-        raise DependencyInternalsError(f"grpclib server stream wraps {found!r}")
-    return found
 
 
 def trailers_sent(stream: grpclib.server.Stream[Any, Any]) -> bool:
@@ -437,18 +396,6 @@ _REQUIREMENTS = (
             _sets(grpclib.protocol.Stream, "_transport")(loop)
             and inspect.iscoroutinefunction(getattr(grpclib.protocol.Stream, "recv_data", None))
             and grpclib.protocol.Stream.recv_data.__code__.co_names == ("buffer", "read")
-        ),
-    ),
-    _Requirement(
-        "grpclib",
-        "grpclib.server.Handler.accept(stream, headers, release_stream), called by "
-        "H2Protocol.handler's EventsProcessor; release_stream() ends request_handler()",
-        lambda loop: (
-            _has_parameters(
-                grpclib.server.Handler, "accept", ["self", "stream", "headers", "release_stream"]
-            )(loop)
-            and _sets(grpclib.protocol.H2Protocol, "handler")(loop)
-            and "release_stream" in grpclib.server.request_handler.__code__.co_varnames
         ),
     ),
     _Requirement(

@@ -444,7 +444,6 @@ class GrpcHost:
         return server
 
     def _wrap_connection(self, h2: asyncio.Protocol) -> asyncio.Protocol:
-        internals.on_stream_released(h2, self._calls.released)
         return self._guard.wrap(h2, self._connections.track(h2))
 
     async def _finish(self) -> None:
