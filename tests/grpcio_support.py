@@ -182,14 +182,15 @@ def grpc_request_headers(
 def raw_h2_call(
     port: int,
     path: str,
-    message: bytes,
+    message: bytes | None,
     headers: Sequence[tuple[str, str]] = (),
     *,
     timeout_s: float = 10.0,
 ) -> dict[str, str]:
     """Send one unary gRPC call over a fresh HTTP/2 connection to 127.0.0.1:``port``.
 
-    ``message`` is the serialized request; ``headers`` are added to the standard ones
+    ``message`` is the serialized request (None: the headers end the request, with no
+    message at all); ``headers`` are added to the standard ones
     (for example ``("grpc-timeout", "1n")``). Returns the response headers and trailers
     merged (``grpc-status``, ``grpc-message``, ...). Fails the test when the call has
     not ended after ``timeout_s``.
@@ -199,8 +200,10 @@ def raw_h2_call(
     with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as sock:
         connection.initiate_connection()
         stream_id = connection.get_next_available_stream_id()
-        connection.send_headers(stream_id, grpc_request_headers(port, path, headers))
-        frame = b"\x00" + len(message).to_bytes(4, "big") + message
+        connection.send_headers(
+            stream_id, grpc_request_headers(port, path, headers), end_stream=message is None
+        )
+        frame = b"" if message is None else b"\x00" + len(message).to_bytes(4, "big") + message
         # One flow-control window is plenty for a test request; no waiting for updates.
         window = connection.local_flow_control_window(stream_id)
         if len(frame) > window:

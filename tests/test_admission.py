@@ -90,6 +90,29 @@ async def test_calls_run_at_once_up_to_the_cap_then_wait_in_order(
     await on_asyncio(body)
 
 
+async def test_try_acquire_takes_a_free_slot_or_nothing(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async def body() -> None:
+        admission = Admission(max_running=1, max_queued=10)
+        calls = Calls(admission)
+        assert admission.try_acquire("A") is False  # not demoted
+        assert admission.try_acquire("B") is None  # would wait: nothing taken
+        assert (admission.running, admission.queued) == (1, 0)
+        calls.start("b1", "B")  # waits in line for the slot A holds
+        await settle()
+        assert calls.order == [] and admission.queued == 1
+        # A call waits: the free slot is the waiting call's, not a newcomer's.
+        admission.release()
+        assert admission.try_acquire("C") is None
+        await settle()
+        assert calls.order == ["b1"] and admission.running == 1
+        await calls.finish("b1")
+        assert (admission.running, admission.queued, admission.refused) == (0, 0, 0)
+
+    await on_asyncio(body)
+
+
 async def test_freed_slots_go_to_connections_in_turn(
     autojump_clock: trio.testing.MockClock,
 ) -> None:

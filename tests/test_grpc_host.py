@@ -421,6 +421,14 @@ def _frames_for_forgotten_streams_then_a_call(port: int, calls: int) -> list[str
     return seen
 
 
+async def test_a_unary_request_without_its_message_is_invalid_argument() -> None:
+    async with open_host() as (host, _):
+        answer = await in_thread(raw_h2_call, host.port, GET_RULE, None)
+        await wait_until_async(lambda: host.in_flight == 0)
+    assert answer["grpc-status"] == str(Status.INVALID_ARGUMENT.value), answer
+    assert answer["grpc-message"] == "the request ended without a message"
+
+
 async def test_frames_for_a_forgotten_stream_leave_the_connection_serving() -> None:
     async with open_host(closed_streams_remembered=2) as (host, _):
         seen = await trio.to_thread.run_sync(

@@ -185,6 +185,20 @@ class Admission:
         line = self._lines.get(key)
         return len(line.waiters) if line is not None else 0
 
+    def try_acquire(self, key: Hashable) -> bool | None:
+        """Take a run slot for a call of connection ``key`` if one is free for it now:
+        whether it is a demoted connection's slot (as :meth:`acquire`), or None when
+        the call would have to wait (nothing is taken then)."""
+        demoted = self._is_demoted(key)
+        if self._running < self._max_running and (
+            not demoted or (not self._queued and self._running_demoted < self._max_demoted)
+        ):
+            # A free slot with calls waiting means only demoted ones wait, at their cap.
+            self._running += 1
+            self._running_demoted += demoted
+            return demoted
+        return None
+
     async def acquire(self, key: Hashable) -> bool:
         """Take a run slot for a call of connection ``key``, waiting in line if need be;
         returns whether it is a demoted connection's slot (pass that to :meth:`release`).
@@ -195,13 +209,8 @@ class Admission:
         while waiting, the call leaves the line and holds no slot; if cancelled just
         as its turn came, the slot passes on.
         """
-        demoted = self._is_demoted(key)
-        if self._running < self._max_running and (
-            not demoted or (not self._queued and self._running_demoted < self._max_demoted)
-        ):
-            # A free slot with calls waiting means only demoted ones wait, at their cap.
-            self._running += 1
-            self._running_demoted += demoted
+        demoted = self.try_acquire(key)
+        if demoted is not None:
             return demoted
         if self._queued >= self._max_queued:
             self._displace_for(key)

@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import weakref
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
@@ -99,17 +100,18 @@ def require_request_message(stream: grpclib.server.Stream[Any, Any]) -> None:
     """
     if internals.client_streaming(stream):
         return
-    # Weakly: a bound method of the stream stored on the stream would be a reference
-    # cycle, leaving every call's stream to the cyclic GC.
-    recv_message: weakref.WeakMethod[Callable[[], Awaitable[Any]]]
-    recv_message = weakref.WeakMethod(stream.recv_message)
+    # Through a weak reference: the stream itself stored on the stream would be a
+    # reference cycle, leaving every call's stream to the cyclic GC.
+    stream.recv_message = functools.partial(_recv_required_message, weakref.ref(stream))
 
-    async def recv_required_message() -> Any:
-        read = recv_message()
-        assert read is not None, "a stream is alive while it is read from"
-        message = await read()
-        if message is None:
-            raise GRPCError(Status.INVALID_ARGUMENT, "the request ended without a message")
-        return message
 
-    stream.recv_message = recv_required_message
+async def _recv_required_message(
+    stream_ref: weakref.ref[grpclib.server.Stream[Any, Any]],
+) -> Any:
+    stream = stream_ref()
+    assert stream is not None, "a stream is alive while it is read from"
+    # The class's method: the instance's own is this function.
+    message = await grpclib.server.Stream.recv_message(stream)
+    if message is None:
+        raise GRPCError(Status.INVALID_ARGUMENT, "the request ended without a message")
+    return message

@@ -270,6 +270,11 @@ class RequestReader:
     async def _acquire_slot(self) -> None:
         admission = self._limits.admission
         assert admission is not None
+        demoted = admission.try_acquire(self._connection)
+        if demoted is not None:  # the usual call: no waiting
+            self._demoted_slot = demoted
+            self._holds_slot = True
+            return
         try:
             self._demoted_slot = await admission.acquire(self._connection)
         except AdmissionRefused as exc:
