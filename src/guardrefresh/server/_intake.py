@@ -235,7 +235,7 @@ class RequestReader:
                     self._first_deadline if first else self._loop.time() + limits.request_timeout
                 )
                 body = await self._within(read, size, deadline)
-            if first and self._admit:
+            if first and self._admit and not self._take_free_slot():
                 await self._acquire_slot()
             return body
         finally:
@@ -267,14 +267,21 @@ class RequestReader:
                 f"request message not received within {timeout:g} s",
             ) from None
 
-    async def _acquire_slot(self) -> None:
+    def _take_free_slot(self) -> bool:
+        """Take a run slot if one is free for this call now (the usual call: no waiting,
+        no coroutine); whether it did."""
         admission = self._limits.admission
         assert admission is not None
         demoted = admission.try_acquire(self._connection)
-        if demoted is not None:  # the usual call: no waiting
-            self._demoted_slot = demoted
-            self._holds_slot = True
-            return
+        if demoted is None:
+            return False
+        self._demoted_slot = demoted
+        self._holds_slot = True
+        return True
+
+    async def _acquire_slot(self) -> None:
+        admission = self._limits.admission
+        assert admission is not None
         try:
             self._demoted_slot = await admission.acquire(self._connection)
         except AdmissionRefused as exc:
