@@ -176,9 +176,14 @@ class Calls:
             # In the call's task, once grpclib has read the headers (stream.metadata).
             task = asyncio.current_task()
             assert task is not None
-            outcome = None if self._on_call_done is None else self._track_outcome(method, task)
+            headers_at = headers_arrived_at()
+            outcome = (
+                None
+                if self._on_call_done is None
+                else self._track_outcome(method, task, headers_at)
+            )
             try:
-                if self.draining and not exempt and self._new_since_drain():
+                if self.draining and not exempt and self._new_since_drain(headers_at):
                     self._reject(method)
                 if self._authorize is not None:
                     self._authorize(method, stream.metadata)
@@ -190,7 +195,7 @@ class Calls:
                 self._limits,
                 connection=internals.call_transport(stream),
                 admit=not exempt,
-                headers_at=headers_arrived_at(),
+                headers_at=headers_at,
             )
             call = _Call(task=task, stream=stream, method=method, exempt=exempt, reader=reader)
             if outcome is not None:
@@ -211,10 +216,11 @@ class Calls:
 
         return handle
 
-    def _track_outcome(self, method: str, task: asyncio.Task[Any]) -> _Outcome:
-        started = headers_arrived_at()
+    def _track_outcome(
+        self, method: str, task: asyncio.Task[Any], headers_at: float | None
+    ) -> _Outcome:
         outcome = _Outcome(
-            method=method, started=trio.current_time() if started is None else started
+            method=method, started=trio.current_time() if headers_at is None else headers_at
         )
         self._outcomes[task] = outcome
         return outcome
@@ -241,10 +247,9 @@ class Calls:
         except Exception:
             logger.exception("on_call_done(%r, %s) failed", outcome.method, status.name)
 
-    def _new_since_drain(self) -> bool:
-        # In the call's task: its headers came after the drain began (None: just now).
-        arrived = headers_arrived_at()
-        return arrived is None or arrived >= self.drain_began_at
+    def _new_since_drain(self, headers_at: float | None) -> bool:
+        # The call's headers came after the drain began (None: just now).
+        return headers_at is None or headers_at >= self.drain_began_at
 
     def _reject(self, method: str) -> NoReturn:
         self.rejected += 1
