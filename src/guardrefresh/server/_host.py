@@ -57,7 +57,7 @@ from ._host_limits import (
 )
 from ._intake import RequestLimits, ShedBackoff
 from ._loop import drop_cancelled_timers
-from ._shutdown import Drain, close_listener
+from ._shutdown import Drain, close_listener, requests_in_flight
 from ._wakeup import Wakeup
 
 __all__ = ["DEFAULT_EXEMPT_METHODS", "SHUTDOWN_MESSAGE", "DrainReport", "GrpcHost"]
@@ -231,7 +231,7 @@ class GrpcHost:
     def in_flight(self) -> int:
         """RPCs in progress, health and reflection streams excluded: running, or with
         their headers in and their body not begun yet (:attr:`held_requests`)."""
-        return self._calls.in_flight + self._guard.held_requests
+        return requests_in_flight(self._calls, self._guard)
 
     @property
     def request_budget(self) -> ByteBudget:

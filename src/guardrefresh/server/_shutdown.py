@@ -28,7 +28,7 @@ from ._host_connections import OpenConnections
 from ._intake import ShedBackoff
 from ._wakeup import Wakeup
 
-__all__ = ["Drain", "close_listener"]
+__all__ = ["Drain", "close_listener", "requests_in_flight"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +39,12 @@ _CANCEL_WAIT_S = 1.0
 # it waits to see that nothing is in flight any more.
 _HELD_POLL_S = 0.1
 _SETTLE_S = 0.01
+
+
+def requests_in_flight(calls: Calls, guard: ConnectionGuard) -> int:
+    """RPCs in progress, health and reflection streams excluded: calls running, and
+    requests whose headers came with their body not begun yet (``_held_requests``)."""
+    return calls.in_flight + guard.held_requests
 
 
 def close_listener(server: grpclib.server.Server) -> None:
@@ -96,7 +102,7 @@ class Drain:
         self._guard.stop_holding_requests()
         held = self._guard.held_requests
         exempt_open = self._calls.open - self._calls.in_flight
-        self.in_flight_at_start = self._calls.in_flight + held
+        self.in_flight_at_start = self._in_flight()
 
         self._status.set(False)
         self._backoff.resume_all()  # the drain reads on until clients close their side
@@ -142,7 +148,7 @@ class Drain:
             self._log_grace_over(why)
 
     def _in_flight(self) -> int:
-        return self._calls.in_flight + self._guard.held_requests
+        return requests_in_flight(self._calls, self._guard)
 
     def _log_grace_over(self, why: str) -> None:
         self.grace_over = True
